@@ -1,1 +1,14 @@
-//! kiln-models
+//! kiln-models: architectures, checkpoint loading, tokenizers and generation.
+//!
+//! A model file reads top to bottom like its paper: config → modules → forward → decoding session.
+
+pub mod attention;
+pub mod config;
+pub mod error;
+pub mod generation;
+pub mod gpt2;
+pub mod hub;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,619 @@
+//! One generation engine for every model: greedy, sampling (temperature, top-k, top-p) and beam search,
+//! following transformers' `generate` step for step (logits processors in the same order, the same
+//! beam-search bookkeeping), so that outputs are token-identical.
+//!
+//! A model plugs in through [`DecodeSession`]: it returns next-token logits for each row, consumes one
+//! token per row per step (its KV cache grows), and reorders its rows for beam search. The engine itself
+//! works on plain vectors on the CPU: per step it touches `rows × vocab` floats, which is small next to a
+//! forward pass.
+
+use std::path::Path;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// `early_stopping` as in transformers: `true`, `false`, or `"never"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EarlyStopping {
+    True,
+    #[default]
+    False,
+    Never,
+}
+
+/// Generation parameters, named as in transformers' `GenerationConfig`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    pub max_new_tokens: Option<usize>,
+    /// Total length (prompt + new tokens) when `max_new_tokens` is not set. Default 20, as transformers.
+    pub max_length: usize,
+    pub min_length: usize,
+    pub min_new_tokens: usize,
+    pub do_sample: bool,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub repetition_penalty: f32,
+    pub no_repeat_ngram_size: usize,
+    pub num_beams: usize,
+    pub early_stopping: EarlyStopping,
+    pub length_penalty: f32,
+    pub num_return_sequences: usize,
+    pub eos_token_id: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+    pub bos_token_id: Option<u32>,
+    pub decoder_start_token_id: Option<u32>,
+    pub forced_bos_token_id: Option<u32>,
+    pub forced_eos_token_id: Option<u32>,
+    pub seed: u64,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: None,
+            max_length: 20,
+            min_length: 0,
+            min_new_tokens: 0,
+            do_sample: false,
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+            num_beams: 1,
+            early_stopping: EarlyStopping::False,
+            length_penalty: 1.0,
+            num_return_sequences: 1,
+            eos_token_id: vec![],
+            pad_token_id: None,
+            bos_token_id: None,
+            decoder_start_token_id: None,
+            forced_bos_token_id: None,
+            forced_eos_token_id: None,
+            seed: 0,
+        }
+    }
+}
+
+fn token_ids(v: &Value) -> Option<Vec<u32>> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|x| vec![x as u32]),
+        Value::Array(a) => a.iter().map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        Value::Null => Some(vec![]),
+        _ => None,
+    }
+}
+
+impl GenerationConfig {
+    /// Overlay the fields present in a JSON object (`generation_config.json`, or a model's `config.json`).
+    pub fn update_from_json(&mut self, path: &Path, v: &Value) -> Result<()> {
+        let obj = v.as_object().ok_or_else(|| Error::field(path, "<root>", "expected a JSON object"))?;
+        let bad = |f: &str, v: &Value| Error::field(path, f, format!("unexpected value {v}"));
+        for (k, val) in obj {
+            if val.is_null() {
+                continue;
+            }
+            let u = || val.as_u64().map(|x| x as usize).ok_or_else(|| bad(k, val));
+            let f = || val.as_f64().map(|x| x as f32).ok_or_else(|| bad(k, val));
+            let id = || val.as_u64().map(|x| x as u32).ok_or_else(|| bad(k, val));
+            match k.as_str() {
+                "max_new_tokens" => self.max_new_tokens = Some(u()?),
+                "max_length" => self.max_length = u()?,
+                "min_length" => self.min_length = u()?,
+                "min_new_tokens" => self.min_new_tokens = u()?,
+                "do_sample" => self.do_sample = val.as_bool().ok_or_else(|| bad(k, val))?,
+                "temperature" => self.temperature = f()?,
+                "top_k" => self.top_k = u()?,
+                "top_p" => self.top_p = f()?,
+                "repetition_penalty" => self.repetition_penalty = f()?,
+                "no_repeat_ngram_size" => self.no_repeat_ngram_size = u()?,
+                "num_beams" => self.num_beams = u()?,
+                "length_penalty" => self.length_penalty = f()?,
+                "num_return_sequences" => self.num_return_sequences = u()?,
+                "early_stopping" => {
+                    self.early_stopping = match val {
+                        Value::Bool(true) => EarlyStopping::True,
+                        Value::Bool(false) => EarlyStopping::False,
+                        Value::String(s) if s == "never" => EarlyStopping::Never,
+                        _ => return Err(bad(k, val)),
+                    }
+                }
+                "eos_token_id" => self.eos_token_id = token_ids(val).ok_or_else(|| bad(k, val))?,
+                "pad_token_id" => self.pad_token_id = Some(id()?),
+                "bos_token_id" => self.bos_token_id = Some(id()?),
+                "decoder_start_token_id" => self.decoder_start_token_id = Some(id()?),
+                "forced_bos_token_id" => self.forced_bos_token_id = Some(id()?),
+                "forced_eos_token_id" => self.forced_eos_token_id = Some(id()?),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Defaults from a checkpoint directory: special ids from `config.json`, then `generation_config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let mut g = Self::default();
+        for (name, only_ids) in [("config.json", true), ("generation_config.json", false)] {
+            let p = dir.join(name);
+            if !p.is_file() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: p.clone(), source })?;
+            if only_ids {
+                let keep = ["eos_token_id", "pad_token_id", "bos_token_id", "decoder_start_token_id",
+                    "forced_bos_token_id", "forced_eos_token_id"];
+                let sub: serde_json::Map<String, Value> = v
+                    .as_object()
+                    .map(|o| o.iter().filter(|(k, _)| keep.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default();
+                g.update_from_json(&p, &Value::Object(sub))?;
+            } else {
+                g.update_from_json(&p, &v)?;
+            }
+        }
+        Ok(g)
+    }
+
+    /// Reject nonsense before any work; return warnings (as transformers warns) for ignored settings.
+    pub fn validate(&self) -> Result<Vec<String>> {
+        let e = |m: String| Err(Error::Generation(m));
+        if self.num_beams == 0 {
+            return e("num_beams must be at least 1".into());
+        }
+        if self.num_return_sequences == 0 {
+            return e("num_return_sequences must be at least 1".into());
+        }
+        if !self.do_sample && self.num_return_sequences > self.num_beams {
+            return e(format!(
+                "num_return_sequences ({}) must be at most num_beams ({}) without sampling",
+                self.num_return_sequences, self.num_beams
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return e(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return e(format!("temperature must be a positive number, got {}", self.temperature));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return e(format!("repetition_penalty must be positive, got {}", self.repetition_penalty));
+        }
+        if !self.length_penalty.is_finite() {
+            return e("length_penalty must be finite".into());
+        }
+        if self.max_new_tokens == Some(0) {
+            return e("max_new_tokens must be at least 1".into());
+        }
+        let mut warnings = Vec::new();
+        if !self.do_sample {
+            if self.temperature != 1.0 {
+                warnings.push(format!("`do_sample` is false but `temperature` is {}: it only applies to sampling and is ignored", self.temperature));
+            }
+            if self.top_p != 1.0 {
+                warnings.push(format!("`do_sample` is false but `top_p` is {}: it only applies to sampling and is ignored", self.top_p));
+            }
+        }
+        if self.num_beams == 1 && self.early_stopping != EarlyStopping::False {
+            warnings.push("`num_beams` is 1 but `early_stopping` is set: it only applies to beam search and is ignored".into());
+        }
+        Ok(warnings)
+    }
+
+    fn max_total(&self, prompt_len: usize) -> usize {
+        match self.max_new_tokens {
+            Some(n) => prompt_len + n,
+            None => self.max_length,
+        }
+    }
+}
+
+/// A model being decoded: rows of tokens, each with its own cache.
+pub trait DecodeSession {
+    /// Run the prompt (`rows`, left-padded, with `mask`) and return each row's next-token logits.
+    fn prefill(&mut self, rows: &[Vec<u32>], mask: &[Vec<u8>]) -> Result<Vec<Vec<f32>>>;
+    /// Feed one token per row; return each row's next-token logits.
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>>;
+    /// Keep rows `idx`, in that order (beam reordering).
+    fn select(&mut self, idx: &[usize]) -> Result<()>;
+}
+
+/// The result of one `generate` call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOutput {
+    /// `batch × num_return_sequences` rows: prompt (with its padding) followed by the new tokens,
+    /// padded to a common length as transformers pads them.
+    pub sequences: Vec<Vec<u32>>,
+    /// Beam search: each returned sequence's length-penalised score.
+    pub sequences_scores: Option<Vec<f32>>,
+    /// The prompt length (including padding) that the new tokens follow.
+    pub prompt_len: usize,
+}
+
+/// Generate from left-padded prompt rows (`mask`: 1 = real token). `on_token` is called with each
+/// step's chosen tokens for greedy/sampling (streaming); beam search reports only at the end.
+pub fn generate<S: DecodeSession>(
+    session: &mut S,
+    prompts: &[Vec<u32>],
+    mask: &[Vec<u8>],
+    cfg: &GenerationConfig,
+    on_token: Option<&mut dyn FnMut(&[u32])>,
+) -> Result<GenerateOutput> {
+    cfg.validate()?;
+    if prompts.is_empty() {
+        return Err(Error::Input("no prompts".into()));
+    }
+    let len = prompts[0].len();
+    if len == 0 || prompts.iter().any(|p| p.len() != len) || mask.len() != prompts.len() {
+        return Err(Error::Input("prompts must be non-empty, padded to one length, with a mask row each".into()));
+    }
+    if cfg.num_beams > 1 {
+        beam_search(session, prompts, mask, cfg)
+    } else {
+        sample(session, prompts, mask, cfg, on_token)
+    }
+}
+
+/// Logits processors in transformers' order (`_get_logits_processor`), applied to one row.
+struct Processors<'a> {
+    cfg: &'a GenerationConfig,
+    prompt_len: usize,
+    max_length: usize,
+    /// Per row: prompt positions ignored by the repetition penalty (its left padding).
+    ignore: Vec<usize>,
+}
+
+impl Processors<'_> {
+    fn apply(&self, row: usize, seq: &[u32], scores: &mut [f32]) {
+        let cfg = self.cfg;
+        let v = scores.len();
+        if cfg.repetition_penalty != 1.0 {
+            let mut seen = vec![false; v];
+            for &t in &seq[self.ignore[row].min(seq.len())..] {
+                if (t as usize) < v {
+                    seen[t as usize] = true;
+                }
+            }
+            for (t, s) in scores.iter_mut().enumerate() {
+                if seen[t] {
+                    *s = if *s < 0.0 { *s * cfg.repetition_penalty } else { *s / cfg.repetition_penalty };
+                }
+            }
+        }
+        let n = cfg.no_repeat_ngram_size;
+        if n > 0 && seq.len() + 1 >= n {
+            let cur = seq.len();
+            let prefix = &seq[cur + 1 - n..cur];
+            for start in 0..=(cur - n) {
+                if &seq[start..start + n - 1] == prefix {
+                    let banned = seq[start + n - 1] as usize;
+                    if banned < v {
+                        scores[banned] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let ban_eos = |scores: &mut [f32]| {
+            for &e in &cfg.eos_token_id {
+                if (e as usize) < v {
+                    scores[e as usize] = f32::NEG_INFINITY;
+                }
+            }
+        };
+        if cfg.min_length > 0 && !cfg.eos_token_id.is_empty() && seq.len() < cfg.min_length {
+            ban_eos(scores);
+        }
+        if cfg.min_new_tokens > 0 && !cfg.eos_token_id.is_empty() && seq.len() - self.prompt_len < cfg.min_new_tokens {
+            ban_eos(scores);
+        }
+        if let Some(bos) = cfg.forced_bos_token_id {
+            if seq.len() == 1 {
+                force(scores, bos);
+            }
+        }
+        if let Some(eos) = cfg.forced_eos_token_id {
+            if seq.len() == self.max_length - 1 {
+                force(scores, eos);
+            }
+        }
+    }
+
+    /// Temperature, top-k and top-p (sampling only), as the warpers do.
+    fn warp(&self, scores: &mut [f32], min_keep: usize) {
+        let cfg = self.cfg;
+        if cfg.temperature != 1.0 {
+            for s in scores.iter_mut() {
+                *s /= cfg.temperature;
+            }
+        }
+        if cfg.top_k != 0 {
+            let k = cfg.top_k.max(min_keep).min(scores.len());
+            let mut sorted = scores.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kth = sorted[k - 1];
+            for s in scores.iter_mut() {
+                if *s < kth {
+                    *s = f32::NEG_INFINITY;
+                }
+            }
+        }
+        if cfg.top_p < 1.0 {
+            // Ascending sort; drop the low tail whose cumulative probability is ≤ 1 - top_p.
+            let mut idx: Vec<usize> = (0..scores.len()).collect();
+            idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+            let sorted: Vec<f32> = idx.iter().map(|&i| scores[i]).collect();
+            let probs = softmax(&sorted);
+            let mut cum = 0f32;
+            let n = scores.len();
+            let mut remove = vec![false; n];
+            for (j, p) in probs.iter().enumerate() {
+                cum += p;
+                remove[j] = cum <= 1.0 - cfg.top_p && j < n.saturating_sub(min_keep);
+            }
+            for (j, &i) in idx.iter().enumerate() {
+                if remove[j] {
+                    scores[i] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+}
+
+fn force(scores: &mut [f32], id: u32) {
+    for s in scores.iter_mut() {
+        *s = f32::NEG_INFINITY;
+    }
+    if (id as usize) < scores.len() {
+        scores[id as usize] = 0.0;
+    }
+}
+
+pub fn softmax(x: &[f32]) -> Vec<f32> {
+    let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+pub fn log_softmax(x: &[f32]) -> Vec<f32> {
+    let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let s: f32 = x.iter().map(|v| (v - m).exp()).sum();
+    let l = s.ln();
+    x.iter().map(|v| v - m - l).collect()
+}
+
+fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn padding_lengths(mask: &[Vec<u8>]) -> Vec<usize> {
+    // transformers: (mask != 0).argmax() — index of the first real token (0 when none).
+    mask.iter().map(|r| r.iter().position(|&m| m != 0).unwrap_or(0)).collect()
+}
+
+fn expand<T: Clone>(rows: &[T], n: usize) -> Vec<T> {
+    rows.iter().flat_map(|r| std::iter::repeat_n(r.clone(), n)).collect()
+}
+
+/// Greedy decoding and multinomial sampling (`_sample`).
+fn sample<S: DecodeSession>(
+    session: &mut S,
+    prompts: &[Vec<u32>],
+    mask: &[Vec<u8>],
+    cfg: &GenerationConfig,
+    mut on_token: Option<&mut dyn FnMut(&[u32])>,
+) -> Result<GenerateOutput> {
+    let n = cfg.num_return_sequences;
+    let mut seqs = expand(prompts, n);
+    let mask = expand(mask, n);
+    let prompt_len = seqs[0].len();
+    let max_length = cfg.max_total(prompt_len);
+    let procs = Processors { cfg, prompt_len, max_length, ignore: padding_lengths(&mask) };
+    let pad = cfg.pad_token_id.or(cfg.eos_token_id.first().copied()).unwrap_or(0);
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut unfinished = vec![true; seqs.len()];
+    if prompt_len >= max_length {
+        return Ok(GenerateOutput { sequences: seqs, sequences_scores: None, prompt_len });
+    }
+    let mut logits = session.prefill(&seqs, &mask)?;
+    loop {
+        let mut next = Vec::with_capacity(seqs.len());
+        for (r, row_logits) in logits.iter_mut().enumerate() {
+            procs.apply(r, &seqs[r], row_logits);
+            let tok = if cfg.do_sample {
+                procs.warp(row_logits, 1);
+                let p = softmax(row_logits);
+                let u: f32 = rng.random();
+                let mut acc = 0f32;
+                let mut pick = p.len() - 1;
+                for (i, q) in p.iter().enumerate() {
+                    acc += q;
+                    if u < acc {
+                        pick = i;
+                        break;
+                    }
+                }
+                pick
+            } else {
+                argmax(row_logits)
+            };
+            let tok = if unfinished[r] { tok as u32 } else { pad };
+            next.push(tok);
+        }
+        for (r, &t) in next.iter().enumerate() {
+            seqs[r].push(t);
+            if cfg.eos_token_id.contains(&t) {
+                unfinished[r] = false;
+            }
+        }
+        if let Some(cb) = on_token.as_deref_mut() {
+            cb(&next);
+        }
+        if seqs[0].len() >= max_length || unfinished.iter().all(|u| !u) {
+            break;
+        }
+        logits = session.step(&next)?;
+    }
+    Ok(GenerateOutput { sequences: seqs, sequences_scores: None, prompt_len })
+}
+
+/// Beam search, as transformers' vectorised `_beam_search` (≥ 4.50).
+fn beam_search<S: DecodeSession>(
+    session: &mut S,
+    prompts: &[Vec<u32>],
+    mask: &[Vec<u8>],
+    cfg: &GenerationConfig,
+) -> Result<GenerateOutput> {
+    const NEG: f32 = -1.0e9;
+    let nb = cfg.num_beams;
+    let batch = prompts.len();
+    let rows = expand(prompts, nb);
+    let mask = expand(mask, nb);
+    let prompt_len = rows[0].len();
+    let max_length = cfg.max_total(prompt_len);
+    let procs = Processors { cfg, prompt_len, max_length, ignore: padding_lengths(&mask) };
+    let n_eos = cfg.eos_token_id.len();
+    let keep = 2usize.max(1 + n_eos) * nb;
+    let lp = cfg.length_penalty;
+    let fill = match (cfg.pad_token_id, cfg.eos_token_id.first()) {
+        (_, None) => u32::MAX,
+        (Some(p), _) if p != 0 => p,
+        (_, Some(&e)) => e,
+    };
+
+    // running[b][j]: sequence and score of live beam j of batch item b.
+    let mut running: Vec<Vec<Vec<u32>>> = (0..batch).map(|b| rows[b * nb..(b + 1) * nb].to_vec()).collect();
+    let mut running_scores: Vec<Vec<f32>> = (0..batch).map(|_| (0..nb).map(|j| if j == 0 { 0.0 } else { NEG }).collect()).collect();
+    let mut finished: Vec<Vec<Vec<u32>>> = running.clone();
+    let mut finished_scores = vec![vec![NEG; nb]; batch];
+    let mut is_finished = vec![vec![false; nb]; batch];
+    let mut heuristic_unsatisfied = vec![true; batch];
+    let mut cur_len = prompt_len;
+    if prompt_len >= max_length {
+        return Ok(GenerateOutput { sequences: expand(prompts, cfg.num_return_sequences), sequences_scores: None, prompt_len });
+    }
+    let mut logits = session.prefill(&rows, &mask)?;
+    loop {
+        let mut all_hit = true;
+        let mut next_tokens = vec![0u32; batch * nb];
+        let mut reorder = vec![0usize; batch * nb];
+        for b in 0..batch {
+            // Accumulated log-probs of every (beam, token) continuation.
+            let mut acc: Vec<(f32, usize, u32)> = Vec::new();
+            for j in 0..nb {
+                let r = b * nb + j;
+                let mut lp_row = log_softmax(&logits[r]);
+                procs.apply(r, &running[b][j], &mut lp_row);
+                let base = running_scores[b][j];
+                acc.extend(lp_row.iter().enumerate().map(|(t, &s)| (s + base, j, t as u32)));
+            }
+            let top = top_k_desc(&acc, keep, |c| c.0);
+            let cands: Vec<(f32, usize, u32)> = top.iter().map(|&i| acc[i]).collect();
+            let hits: Vec<bool> = cands
+                .iter()
+                .map(|&(_, _, t)| cfg.eos_token_id.contains(&t) || cur_len + 1 >= max_length)
+                .collect();
+            all_hit &= hits.iter().all(|&h| h);
+            // Live beams for the next step: the best candidates that did not stop.
+            let live: Vec<f32> = cands.iter().zip(&hits).map(|(c, &h)| c.0 + if h { NEG } else { 0.0 }).collect();
+            let pick = top_k_desc(&live, nb, |s| *s);
+            let new_running: Vec<Vec<u32>> = pick
+                .iter()
+                .map(|&i| {
+                    let (_, j, t) = cands[i];
+                    let mut s = running[b][j].clone();
+                    s.push(t);
+                    s
+                })
+                .collect();
+            for (slot, &i) in pick.iter().enumerate() {
+                next_tokens[b * nb + slot] = cands[i].2;
+                reorder[b * nb + slot] = b * nb + cands[i].1;
+            }
+            // Finished hypotheses: merge the best stopping candidates with those kept so far.
+            let all_done = is_finished[b].iter().all(|&f| f) && cfg.early_stopping == EarlyStopping::True;
+            let denom = ((cur_len + 1 - prompt_len) as f32).powf(lp);
+            let mut merged: Vec<(f32, Vec<u32>, bool)> = (0..nb)
+                .map(|j| (finished_scores[b][j], finished[b][j].clone(), is_finished[b][j]))
+                .collect();
+            for (k, &(s, j, t)) in cands.iter().enumerate() {
+                let did_finish = hits[k] && k < nb;
+                let mut s = s / denom;
+                if all_done {
+                    s += NEG;
+                }
+                if !heuristic_unsatisfied[b] {
+                    s += NEG;
+                }
+                if !did_finish {
+                    s += NEG;
+                }
+                let mut seq = running[b][j].clone();
+                seq.push(t);
+                merged.push((s, seq, did_finish));
+            }
+            let best = top_k_desc(&merged, nb, |m| m.0);
+            finished[b] = best.iter().map(|&i| merged[i].1.clone()).collect();
+            finished_scores[b] = best.iter().map(|&i| merged[i].0).collect();
+            is_finished[b] = best.iter().map(|&i| merged[i].2).collect();
+            running_scores[b] = pick.iter().map(|&i| live[i]).collect();
+            running[b] = new_running;
+        }
+        cur_len += 1;
+        for b in 0..batch {
+            let best_len = if cfg.early_stopping == EarlyStopping::Never && lp > 0.0 {
+                max_length - prompt_len
+            } else {
+                cur_len - prompt_len
+            };
+            let best_running = running_scores[b][0] / (best_len as f32).powf(lp);
+            let min_finished = finished_scores[b].iter().cloned().fold(f32::INFINITY, f32::min);
+            let improvable = is_finished[b].iter().any(|&f| best_running > if f { min_finished } else { NEG });
+            heuristic_unsatisfied[b] &= improvable;
+        }
+        let improvement_possible = heuristic_unsatisfied.iter().any(|&u| u);
+        let all_finished = is_finished.iter().all(|r| r.iter().all(|&f| f));
+        let open = !(all_finished && cfg.early_stopping == EarlyStopping::True);
+        if !(improvement_possible && open && !all_hit) {
+            break;
+        }
+        session.select(&reorder)?;
+        logits = session.step(&next_tokens)?;
+    }
+    let nr = cfg.num_return_sequences;
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    let mut scores = Vec::new();
+    for b in 0..batch {
+        for j in 0..nr {
+            out.push(finished[b][j].clone());
+            scores.push(finished_scores[b][j]);
+        }
+    }
+    let width = out.iter().map(|s| s.len()).max().unwrap_or(prompt_len);
+    for s in out.iter_mut() {
+        s.resize(width, fill);
+    }
+    Ok(GenerateOutput { sequences: out, sequences_scores: Some(scores), prompt_len })
+}
+
+/// Indices of the `k` largest items, in descending order; ties keep the earlier index first.
+fn top_k_desc<T>(items: &[T], k: usize, key: impl Fn(&T) -> f32) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..items.len()).collect();
+    let k = k.min(items.len());
+    if k < items.len() {
+        idx.select_nth_unstable_by(k, |&a, &b| key(&items[b]).total_cmp(&key(&items[a])).then(a.cmp(&b)));
+        idx.truncate(k);
+    }
+    idx.sort_by(|&a, &b| key(&items[b]).total_cmp(&key(&items[a])).then(a.cmp(&b)));
+    idx
+}

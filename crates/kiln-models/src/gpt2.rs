@@ -1,0 +1,309 @@
+//! GPT-2 (`GPT2LMHeadModel`), as in Radford et al. 2019: learned positions, pre-LN blocks with `Conv1D`
+//! projections (stored `[in, out]`), gelu_new, a final LayerNorm, and an LM head tied to the token embedding.
+
+use std::path::Path;
+
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::prelude::*;
+use kiln_peft::PeftLinear;
+
+use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
+use crate::config::{Activation, RawConfig};
+use crate::error::Result;
+use crate::weights::LoadSpec;
+
+/// The fields of GPT-2's `config.json` that the forward pass uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_inner: usize,
+    pub layer_norm_epsilon: f64,
+    pub activation: Activation,
+    pub scale_attn_weights: bool,
+    pub scale_attn_by_inverse_layer_idx: bool,
+    pub initializer_range: f64,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+impl Gpt2Config {
+    pub fn from_raw(c: &RawConfig) -> Result<Self> {
+        let n_embd = c.req_usize_any(&["n_embd", "hidden_size"])?;
+        let n_head = c.req_usize_any(&["n_head", "num_attention_heads"])?;
+        let cfg = Self {
+            vocab_size: c.req_usize("vocab_size")?,
+            n_positions: c.usize_or("n_positions", 1024)?,
+            n_embd,
+            n_layer: c.req_usize_any(&["n_layer", "num_hidden_layers"])?,
+            n_head,
+            n_inner: c.opt_usize("n_inner")?.unwrap_or(4 * n_embd),
+            layer_norm_epsilon: c.f64_or("layer_norm_epsilon", 1e-5)?,
+            activation: c.activation("activation_function", "gelu_new")?,
+            scale_attn_weights: c.bool_or("scale_attn_weights", true)?,
+            scale_attn_by_inverse_layer_idx: c.bool_or("scale_attn_by_inverse_layer_idx", false)?,
+            initializer_range: c.f64_or("initializer_range", 0.02)?,
+            bos_token_id: c.opt_token_id("bos_token_id")?,
+            eos_token_id: c.opt_token_id("eos_token_id")?,
+            pad_token_id: c.opt_token_id("pad_token_id")?,
+        };
+        c.check_range("vocab_size", cfg.vocab_size, 1, 10_000_000)?;
+        c.check_range("n_embd", cfg.n_embd, 1, 1 << 16)?;
+        c.check_range("n_layer", cfg.n_layer, 1, 1024)?;
+        c.check_range("n_positions", cfg.n_positions, 1, 1 << 20)?;
+        c.check_range("n_head", cfg.n_head, 1, 1024)?;
+        c.check_divides("n_embd", cfg.n_embd, "n_head", cfg.n_head)?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::from_raw(&RawConfig::load(path)?)
+    }
+
+    /// How checkpoint keys map onto [`Gpt2LmHead`]: old checkpoints (the hub's `gpt2`) lack the
+    /// `transformer.` prefix; `lm_head.weight` is tied and never needed.
+    pub fn load_spec() -> LoadSpec {
+        LoadSpec {
+            remaps: vec![(r"^(h\.|wte\.|wpe\.|ln_f\.)".into(), "transformer.$1".into())],
+            optional: vec![],
+            transpose_linear: false,
+        }
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt2LmHead<B> {
+        let std = self.initializer_range;
+        let d = self.n_embd;
+        let emb = |n: usize| {
+            EmbeddingConfig::new(n, d)
+                .with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std })
+                .init(device)
+        };
+        let ln = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_epsilon).init(device);
+        let h = (0..self.n_layer)
+            .map(|i| Block {
+                ln_1: ln(),
+                attn: Attention {
+                    c_attn: PeftLinear::new_normal(d, 3 * d, true, std, device),
+                    c_proj: PeftLinear::new_normal(d, d, true, std, device),
+                    n_head: self.n_head,
+                    scale: self.attn_scale(i),
+                },
+                ln_2: ln(),
+                mlp: Mlp {
+                    c_fc: PeftLinear::new_normal(d, self.n_inner, true, std, device),
+                    c_proj: PeftLinear::new_normal(self.n_inner, d, true, std, device),
+                    act: self.activation,
+                },
+            })
+            .collect();
+        Gpt2LmHead {
+            transformer: Gpt2Model { wte: emb(self.vocab_size), wpe: emb(self.n_positions), h, ln_f: ln() },
+        }
+    }
+
+    fn attn_scale(&self, layer: usize) -> f64 {
+        let mut s = 1.0;
+        if self.scale_attn_weights {
+            s /= ((self.n_embd / self.n_head) as f64).sqrt();
+        }
+        if self.scale_attn_by_inverse_layer_idx {
+            s /= (layer + 1) as f64;
+        }
+        s
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2LmHead<B: Backend> {
+    pub transformer: Gpt2Model<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Model<B: Backend> {
+    pub wte: Embedding<B>,
+    pub wpe: Embedding<B>,
+    pub h: Vec<Block<B>>,
+    pub ln_f: LayerNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub ln_1: LayerNorm<B>,
+    pub attn: Attention<B>,
+    pub ln_2: LayerNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[d, 3d]`: queries, keys and values in one projection.
+    pub c_attn: PeftLinear<B>,
+    pub c_proj: PeftLinear<B>,
+    pub n_head: usize,
+    pub scale: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub c_fc: PeftLinear<B>,
+    pub c_proj: PeftLinear<B>,
+    #[module(skip)]
+    pub act: Activation,
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+        let [b, s, d] = x.dims();
+        let qkv = self.c_attn.forward(x);
+        let q = split_heads(qkv.clone().slice([0..b, 0..s, 0..d]), self.n_head);
+        let k = split_heads(qkv.clone().slice([0..b, 0..s, d..2 * d]), self.n_head);
+        let v = split_heads(qkv.slice([0..b, 0..s, 2 * d..3 * d]), self.n_head);
+        let (k, v) = match cache {
+            Some((c, layer)) => c.extend(layer, k, v),
+            None => (k, v),
+        };
+        let out = attend(q, k, v, Some(self.scale), Some(mask));
+        self.c_proj.forward(merge_heads(out))
+    }
+}
+
+impl<B: Backend> Block<B> {
+    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), mask, cache);
+        let h = self.mlp.act.forward(self.mlp.c_fc.forward(self.ln_2.forward(x.clone())));
+        x + self.mlp.c_proj.forward(h)
+    }
+}
+
+impl<B: Backend> Gpt2LmHead<B> {
+    pub fn n_layer(&self) -> usize {
+        self.transformer.h.len()
+    }
+
+    /// Final hidden states `[b, s, d]` for `ids` at `positions`, attending to the cache (if any) and the
+    /// new tokens under `key_mask` (`[b, past + s]`, 1 = real token).
+    pub fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        key_mask: &[Vec<u8>],
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let device = ids.device();
+        let s = ids.dims()[1];
+        let t = &self.transformer;
+        let mut x = t.wte.forward(ids) + t.wpe.forward(positions);
+        let mask = additive_mask::<B>(key_mask, s, true, &device);
+        for (i, block) in t.h.iter().enumerate() {
+            x = block.forward(x, mask.clone(), cache.as_deref_mut().map(|c| (c, i)));
+        }
+        t.ln_f.forward(x)
+    }
+
+    /// Logits `[b, s, vocab]` from hidden states, through the tied embedding.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let w = self.transformer.wte.weight.val(); // [vocab, d]
+        hidden.matmul(w.transpose().unsqueeze::<3>())
+    }
+
+    /// Full forward without cache, as `GPT2LMHeadModel.forward`: logits `[b, s, vocab]`, positions
+    /// `0..s` (transformers does not shift them for padding here; `generate` does, see
+    /// [`crate::generation`]); `attention_mask` is `[b, s]`, 1 = real token.
+    pub fn forward(&self, ids: Tensor<B, 2, Int>, attention_mask: Option<&[Vec<u8>]>) -> Tensor<B, 3> {
+        let [b, s] = ids.dims();
+        let ones = vec![vec![1u8; s]; b];
+        let mask = attention_mask.unwrap_or(&ones);
+        let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &ids.device()).unsqueeze::<2>().repeat_dim(0, b);
+        let h = self.hidden(ids, positions, mask, None);
+        self.logits(h)
+    }
+}
+
+/// Incremental decoding state for [`crate::generation::generate`].
+pub struct Gpt2Session<'a, B: Backend> {
+    model: &'a Gpt2LmHead<B>,
+    cache: KvCache<B>,
+    mask: Vec<Vec<u8>>,
+    next_pos: Vec<i64>,
+}
+
+impl<'a, B: Backend> Gpt2Session<'a, B> {
+    pub fn new(model: &'a Gpt2LmHead<B>) -> Self {
+        Self { model, cache: KvCache::new(model.n_layer()), mask: vec![], next_pos: vec![] }
+    }
+
+    fn last_logits(&self, h: Tensor<B, 3>) -> Vec<Vec<f32>> {
+        let [b, s, d] = h.dims();
+        let last = h.slice([0..b, s - 1..s, 0..d]);
+        let logits = self.model.logits(last);
+        let v = logits.dims()[2];
+        crate::attention::rows_f32(logits.reshape([b, v]))
+    }
+}
+
+impl<B: Backend> crate::generation::DecodeSession for Gpt2Session<'_, B> {
+    fn prefill(&mut self, rows: &[Vec<u32>], mask: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
+        let device = self.model.transformer.wte.weight.device();
+        let max_pos = self.model.transformer.wpe.weight.dims()[0];
+        let total: usize = mask.first().map_or(0, |r| r.iter().map(|&m| m as usize).sum());
+        if total > max_pos || rows.iter().any(|r| r.len() > max_pos) {
+            return Err(crate::Error::Input(format!("prompt of {} tokens exceeds n_positions = {max_pos}", rows[0].len())));
+        }
+        self.cache = KvCache::new(self.model.n_layer());
+        self.mask = mask.to_vec();
+        let positions = crate::attention::positions_from_mask::<B>(mask, 0, 0, &device);
+        self.next_pos = mask.iter().map(|r| r.iter().map(|&m| m as i64).sum::<i64>()).collect();
+        let ids = crate::attention::ids_tensor::<B>(rows, &device);
+        let h = self.model.hidden(ids, positions, &self.mask, Some(&mut self.cache));
+        Ok(self.last_logits(h))
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let device = self.model.transformer.wte.weight.device();
+        let max_pos = self.model.transformer.wpe.weight.dims()[0] as i64;
+        if self.next_pos.iter().any(|&p| p >= max_pos) {
+            return Err(crate::Error::Input(format!("generation reached n_positions = {max_pos}")));
+        }
+        for m in self.mask.iter_mut() {
+            m.push(1);
+        }
+        let n = tokens.len();
+        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(self.next_pos.clone(), [n, 1]), &device);
+        for p in self.next_pos.iter_mut() {
+            *p += 1;
+        }
+        let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
+        let ids = crate::attention::ids_tensor::<B>(&rows, &device);
+        let h = self.model.hidden(ids, pos, &self.mask, Some(&mut self.cache));
+        Ok(self.last_logits(h))
+    }
+
+    fn select(&mut self, idx: &[usize]) -> Result<()> {
+        self.cache.select(idx);
+        self.mask = idx.iter().map(|&i| self.mask[i].clone()).collect();
+        self.next_pos = idx.iter().map(|&i| self.next_pos[i]).collect();
+        Ok(())
+    }
+}
+
+/// Load a GPT-2 checkpoint directory (`config.json` + safetensors weights).
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Gpt2Config, Gpt2LmHead<B>, crate::weights::LoadReport)> {
+    let raw = RawConfig::load(&dir.join("config.json"))?;
+    let mt = raw.model_type()?;
+    if mt != "gpt2" {
+        return Err(crate::Error::UnsupportedArchitecture {
+            path: raw.path.clone(),
+            model_type: mt,
+            supported: "gpt2 here".into(),
+        });
+    }
+    let cfg = Gpt2Config::from_raw(&raw)?;
+    let mut model = cfg.init::<B>(device);
+    let files = crate::weights::weight_files(dir)?;
+    let report = crate::weights::load_into(&mut model, &files, &Gpt2Config::load_spec())?;
+    Ok((cfg, model, report))
+}

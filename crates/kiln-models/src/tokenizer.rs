@@ -1,0 +1,159 @@
+//! Tokenization through the `tokenizers` crate: `tokenizer.json`, or GPT-2's `vocab.json` + `merges.txt`,
+//! or BERT's `vocab.txt` (the uncased BERT pipeline is built from it).
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{Tokenizer as HfTokenizer, TruncationParams, TruncationStrategy};
+
+use crate::error::{Error, Result};
+
+/// One encoded text (or pair).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoding {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// True when the input was longer than `max_len` and was cut.
+    pub truncated: bool,
+}
+
+/// A tokenizer plus the file it came from (for error messages).
+#[derive(Clone)]
+pub struct Tokenizer {
+    pub inner: HfTokenizer,
+    pub path: PathBuf,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokenizer({})", self.path.display())
+    }
+}
+
+impl Tokenizer {
+    /// Load from a checkpoint directory: `tokenizer.json`, else `vocab.json` + `merges.txt`, else `vocab.txt`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        if json.is_file() {
+            return Self::from_file(&json);
+        }
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        if vocab.is_file() && merges.is_file() {
+            return Self::from_bpe_files(&vocab, &merges);
+        }
+        let wp = dir.join("vocab.txt");
+        if wp.is_file() {
+            return Self::from_wordpiece_vocab(&wp, true);
+        }
+        Err(Error::MissingFile { path: json, hint: " (nor vocab.json + merges.txt, nor vocab.txt)".into() })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let inner = HfTokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), msg: e.to_string() })?;
+        Ok(Self { inner, path: path.to_path_buf() })
+    }
+
+    /// GPT-2's byte-level BPE from `vocab.json` and `merges.txt` (no special-token post-processing, as GPT-2).
+    pub fn from_bpe_files(vocab: &Path, merges: &Path) -> Result<Self> {
+        let err = |msg: String| Error::Tokenizer { path: vocab.to_path_buf(), msg };
+        let v = vocab.to_str().ok_or_else(|| err("non-UTF-8 path".into()))?;
+        let m = merges.to_str().ok_or_else(|| err("non-UTF-8 path".into()))?;
+        for p in [vocab, merges] {
+            if !p.is_file() {
+                return Err(Error::MissingFile { path: p.to_path_buf(), hint: String::new() });
+            }
+        }
+        let bpe = BPE::from_file(v, m).build().map_err(|e| err(format!("with {}: {e}", merges.display())))?;
+        let mut inner = HfTokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(ByteLevel::default()));
+        let mut t = Self { inner, path: vocab.to_path_buf() };
+        if let Some(id) = t.inner.token_to_id("<|endoftext|>") {
+            let _ = id;
+            t.inner.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
+        }
+        Ok(t)
+    }
+
+    /// BERT's WordPiece pipeline from `vocab.txt` alone (as `BertTokenizerFast` builds it).
+    pub fn from_wordpiece_vocab(vocab: &Path, lowercase: bool) -> Result<Self> {
+        let err = |msg: String| Error::Tokenizer { path: vocab.to_path_buf(), msg };
+        let v = vocab.to_str().ok_or_else(|| err("non-UTF-8 path".into()))?;
+        if !vocab.is_file() {
+            return Err(Error::MissingFile { path: vocab.to_path_buf(), hint: String::new() });
+        }
+        let wp = WordPiece::from_file(v).unk_token("[UNK]".into()).build().map_err(|e| err(e.to_string()))?;
+        let mut inner = HfTokenizer::new(wp);
+        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| err(format!("vocabulary has no `{t}`")));
+        let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+        inner.with_normalizer(Some(BertNormalizer::new(true, true, Some(lowercase), lowercase)));
+        inner.with_pre_tokenizer(Some(BertPreTokenizer));
+        inner.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+        inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+        let specials: Vec<_> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .iter()
+            .filter(|t| inner.token_to_id(t).is_some())
+            .map(|t| tokenizers::AddedToken::from(*t, true))
+            .collect();
+        inner.add_special_tokens(&specials);
+        Ok(Self { inner, path: vocab.to_path_buf() })
+    }
+
+    fn err(&self, msg: impl std::fmt::Display) -> Error {
+        Error::Tokenizer { path: self.path.clone(), msg: msg.to_string() }
+    }
+
+    /// Encode one text with the tokenizer's special tokens; cut to `max_len` tokens when given.
+    pub fn encode(&self, text: &str, max_len: Option<usize>) -> Result<Encoding> {
+        self.encode_inner(tokenizers::EncodeInput::Single(text.into()), max_len)
+    }
+
+    /// Encode a pair (`[CLS] a [SEP] b [SEP]` for BERT), truncating the longest first.
+    pub fn encode_pair(&self, a: &str, b: &str, max_len: Option<usize>) -> Result<Encoding> {
+        self.encode_inner(tokenizers::EncodeInput::Dual(a.into(), b.into()), max_len)
+    }
+
+    fn encode_inner(&self, input: tokenizers::EncodeInput, max_len: Option<usize>) -> Result<Encoding> {
+        let mut tok = self.inner.clone();
+        if let Some(m) = max_len {
+            tok.with_truncation(Some(TruncationParams {
+                max_length: m,
+                strategy: TruncationStrategy::LongestFirst,
+                ..Default::default()
+            }))
+            .map_err(|e| self.err(e))?;
+        } else {
+            tok.with_truncation(None).map_err(|e| self.err(e))?;
+        }
+        let enc = tok.encode(input, true).map_err(|e| self.err(e))?;
+        Ok(Encoding {
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+            truncated: !enc.get_overflowing().is_empty(),
+        })
+    }
+
+    /// Encode without special tokens (for continuation text and prompt pieces).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode(text, false).map_err(|e| self.err(e))?.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| self.err(e))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

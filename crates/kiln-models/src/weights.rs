@@ -1,0 +1,306 @@
+//! Loading Hugging Face safetensors checkpoints into kiln's burn modules (through burn-store).
+//!
+//! kiln's modules mirror the checkpoint's names (`h.0.attn.c_attn.weight`, …), so loading needs only
+//! per-architecture prefix remaps. Three adaptations happen on the fly, lazily, tensor by tensor (the file is
+//! memory-mapped by burn-store, so a checkpoint is never held twice in memory):
+//! - `nn.Linear` weights (`[out, in]`) are transposed into [`kiln_peft::PeftLinear`]'s `[in, out]`;
+//! - LayerNorm `weight`/`bias` become burn's `gamma`/`beta`;
+//! - fp16 / bf16 tensors are cast to f32.
+//!
+//! Before burn-store sees a file, its header is validated here so that a truncated or lying file gives an
+//! [`Error::Safetensors`] naming the file rather than a panic deep inside a loader.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use burn::prelude::*;
+use burn::store::{
+    ApplyError, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot,
+};
+use burn::tensor::{DType, TensorData};
+
+use crate::error::{Error, Result};
+
+/// What a load did besides filling the module.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Tensors written into the module.
+    pub applied: usize,
+    /// Tensors in the files that the model has no place for (reported, not fatal).
+    pub unused: Vec<String>,
+    /// Module parameters the files did not provide but that the architecture allows to be absent
+    /// (e.g. a fresh classification head); they keep their initial values.
+    pub initialised: Vec<String>,
+}
+
+/// How to map one architecture's checkpoint onto its kiln module.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// `(regex, replacement)` applied to checkpoint keys, in order.
+    pub remaps: Vec<(String, String)>,
+    /// Module parameter paths (regexes) that may be missing from the checkpoint.
+    pub optional: Vec<String>,
+    /// Transpose `nn.Linear` weights (`[out, in]` → `[in, out]`). False for GPT-2, whose `Conv1D`
+    /// weights are already `[in, out]`.
+    pub transpose_linear: bool,
+}
+
+/// The weight files of a checkpoint directory: `model.safetensors`, or the shards named by
+/// `model.safetensors.index.json`. Pickle files are refused unless `allow_pickle`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        return shards_from_index(&index);
+    }
+    for pickle in ["pytorch_model.bin", "pytorch_model.bin.index.json"] {
+        if dir.join(pickle).is_file() {
+            return Err(Error::Pickle { path: dir.join(pickle) });
+        }
+    }
+    Err(Error::MissingFile {
+        path: single,
+        hint: " (nor model.safetensors.index.json)".into(),
+    })
+}
+
+/// The shard files named in a `model.safetensors.index.json`, each checked to exist.
+pub fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| Error::Json { path: index.to_path_buf(), source })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::field(index, "weight_map", "missing or not an object"))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files = BTreeSet::new();
+    for (key, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| Error::field(index, &format!("weight_map.{key}"), "expected a file name"))?;
+        if file.contains("..") || file.starts_with('/') {
+            return Err(Error::field(index, &format!("weight_map.{key}"), format!("unsafe shard path `{file}`")));
+        }
+        files.insert(file.to_string());
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let p = dir.join(&f);
+        if !p.is_file() {
+            return Err(Error::MissingFile { path: p, hint: format!(" (shard named by {})", index.display()) });
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// A tensor's name, dtype and shape, from a validated header.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+/// Validate a safetensors file's header against its size; return the tensors it declares.
+pub fn inspect_safetensors(path: &Path) -> Result<Vec<TensorInfo>> {
+    use std::io::Read;
+    let bad = |msg: String| Error::Safetensors { path: path.to_path_buf(), msg };
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut len8 = [0u8; 8];
+    f.read_exact(&mut len8).map_err(|_| bad(format!("file is {file_len} bytes, too short for a header")))?;
+    let header_len = u64::from_le_bytes(len8);
+    if header_len > file_len.saturating_sub(8) || header_len > 100_000_000 {
+        return Err(bad(format!("header claims {header_len} bytes but the file has {file_len}")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(|e| bad(format!("reading header: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let data_len = file_len - 8 - header_len;
+    let mut out = Vec::new();
+    let mut spans = Vec::new();
+    for (name, t) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = t.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad(format!("tensor `{name}`: no dtype")))?;
+        let shape: Vec<usize> = t
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| bad(format!("tensor `{name}`: bad shape")))?;
+        let offs = t
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|x| x.as_u64()).collect::<Option<Vec<_>>>())
+            .filter(|a| a.len() == 2)
+            .ok_or_else(|| bad(format!("tensor `{name}`: bad data_offsets")))?;
+        let elem = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            other => return Err(bad(format!("tensor `{name}`: unknown dtype {other}"))),
+        };
+        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        let expected = numel.and_then(|n| n.checked_mul(elem));
+        if offs[1] < offs[0] || Some(offs[1] - offs[0]) != expected {
+            return Err(bad(format!(
+                "tensor `{name}`: data_offsets {offs:?} do not match shape {shape:?} of {dtype}"
+            )));
+        }
+        if offs[1] > data_len {
+            return Err(bad(format!(
+                "tensor `{name}`: data ends at byte {} but the file holds only {data_len} bytes of data",
+                offs[1]
+            )));
+        }
+        spans.push((offs[0], offs[1]));
+        out.push(TensorInfo { name: name.clone(), dtype: dtype.to_string(), shape });
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(bad("tensors overlap in the data section".into()));
+        }
+    }
+    Ok(out)
+}
+
+/// Casts fp16/bf16 to f32 and transposes `nn.Linear` weights for [`kiln_peft::PeftLinear`].
+#[derive(Clone, Default)]
+struct HfAdapter {
+    transpose_linear: bool,
+}
+
+impl ModuleAdapter for HfAdapter {
+    fn adapt(&self, s: &TensorSnapshot) -> TensorSnapshot {
+        let is_half = matches!(s.dtype, DType::F16 | DType::BF16);
+        let is_linear_weight = self.transpose_linear
+            && s.module_type().as_deref() == Some("Struct:PeftLinear")
+            && s.path_stack.as_ref().and_then(|p| p.last()).map(String::as_str) == Some("weight")
+            && s.shape.num_dims() == 2;
+        if !is_half && !is_linear_weight {
+            return s.clone();
+        }
+        let data = s.clone_data_fn();
+        let dims = s.shape.dims::<2>();
+        let shape = if is_linear_weight { [dims[1], dims[0]].to_vec() } else { s.shape.to_vec() };
+        let dtype = if is_half { DType::F32 } else { s.dtype };
+        let f = Rc::new(move || {
+            let mut d: TensorData = data()?;
+            if is_half {
+                d = d.convert_dtype(DType::F32);
+            }
+            if is_linear_weight {
+                let (rows, cols) = (d.shape[0], d.shape[1]);
+                let v: Vec<f32> = d.convert::<f32>().to_vec().expect("f32 data");
+                let mut t = vec![0f32; v.len()];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        t[c * rows + r] = v[r * cols + c];
+                    }
+                }
+                d = TensorData::new(t, [cols, rows]);
+            }
+            Ok(d)
+        });
+        TensorSnapshot::from_closure(
+            f,
+            dtype,
+            shape.into(),
+            s.path_stack.clone().unwrap_or_default(),
+            s.container_stack.clone().unwrap_or_default(),
+            s.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn get_alternative_param_name(&self, param_name: &str, container_type: &str) -> Option<String> {
+        PyTorchToBurnAdapter.get_alternative_param_name(param_name, container_type)
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
+/// Load every weight file into `model`, following `spec`. Missing parameters that `spec` does not allow
+/// are an error naming them; unused checkpoint tensors are reported in the [`LoadReport`].
+pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
+    model: &mut M,
+    files: &[PathBuf],
+    spec: &LoadSpec,
+) -> Result<LoadReport> {
+    let optional: Vec<regex::Regex> = spec
+        .optional
+        .iter()
+        .map(|r| regex::Regex::new(r).expect("valid optional regex"))
+        .collect();
+    let mut applied = BTreeSet::new();
+    let mut unused = BTreeSet::new();
+    let mut missing_all: Option<BTreeSet<String>> = None;
+    let first = files.first().cloned().unwrap_or_default();
+    for file in files {
+        let infos = inspect_safetensors(file)?;
+        let mut store = SafetensorsStore::from_file(file).allow_partial(true).validate(false);
+        for (from, to) in &spec.remaps {
+            store = store.with_key_remapping(from, to);
+        }
+        store = store.with_from_adapter(HfAdapter { transpose_linear: spec.transpose_linear });
+        let res = model
+            .load_from(&mut store)
+            .map_err(|e| Error::Safetensors { path: file.clone(), msg: e.to_string() })?;
+        for e in &res.errors {
+            return Err(match e {
+                ApplyError::ShapeMismatch { path, expected, found } => Error::ShapeMismatch {
+                    path: file.clone(),
+                    key: path.clone(),
+                    expected: expected.to_vec(),
+                    found: found.to_vec(),
+                },
+                ApplyError::DTypeMismatch { path, found, .. } => {
+                    Error::Dtype { path: file.clone(), key: path.clone(), dtype: format!("{found:?}") }
+                }
+                ApplyError::AdapterError { path, message } | ApplyError::LoadError { path, message } => {
+                    Error::Tensor { path: file.clone(), key: path.clone(), msg: message.clone() }
+                }
+            });
+        }
+        // Integer tensors that landed on float parameters are caught above; a float file tensor of the
+        // wrong kind is caught by shape. Keep the bookkeeping for reporting.
+        let _ = infos;
+        applied.extend(res.applied.iter().cloned());
+        unused.extend(res.unused.iter().cloned());
+        let missing: BTreeSet<String> = res.missing.iter().map(|(p, _)| p.clone()).collect();
+        missing_all = Some(match missing_all {
+            None => missing,
+            Some(prev) => prev.intersection(&missing).cloned().collect(),
+        });
+    }
+    // Norm parameters show up in `unused` under their PyTorch names even when applied (burn 0.21 quirk).
+    let unused: Vec<String> = unused
+        .into_iter()
+        .filter(|k| {
+            let alt = k.strip_suffix(".weight").map(|p| format!("{p}.gamma"));
+            let alt2 = k.strip_suffix(".bias").map(|p| format!("{p}.beta"));
+            !applied.contains(k)
+                && !alt.is_some_and(|a| applied.contains(&a))
+                && !alt2.is_some_and(|a| applied.contains(&a))
+        })
+        .collect();
+    let missing = missing_all.unwrap_or_default();
+    let (initialised, missing): (Vec<String>, Vec<String>) =
+        missing.into_iter().partition(|p| optional.iter().any(|r| r.is_match(p)));
+    if !missing.is_empty() {
+        return Err(Error::MissingKeys { path: first, keys: missing });
+    }
+    Ok(LoadReport { applied: applied.len(), unused, initialised })
+}

@@ -1,0 +1,5 @@
+//! kiln-models integration tests (one binary: the generic model code is compiled once).
+
+mod common;
+mod fixtures;
+mod gpt2;
