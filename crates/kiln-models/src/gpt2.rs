@@ -223,70 +223,27 @@ impl<B: Backend> Gpt2LmHead<B> {
     }
 }
 
-/// Incremental decoding state for [`crate::generation::generate`].
-pub struct Gpt2Session<'a, B: Backend> {
-    model: &'a Gpt2LmHead<B>,
-    cache: KvCache<B>,
-    mask: Vec<Vec<u8>>,
-    next_pos: Vec<i64>,
-}
-
-impl<'a, B: Backend> Gpt2Session<'a, B> {
-    pub fn new(model: &'a Gpt2LmHead<B>) -> Self {
-        Self { model, cache: KvCache::new(model.n_layer()), mask: vec![], next_pos: vec![] }
+impl<B: Backend> crate::causal::CausalLm<B> for Gpt2LmHead<B> {
+    fn n_layer(&self) -> usize {
+        Gpt2LmHead::n_layer(self)
     }
-
-    fn last_logits(&self, h: Tensor<B, 3>) -> Vec<Vec<f32>> {
-        let [b, s, d] = h.dims();
-        let last = h.slice([0..b, s - 1..s, 0..d]);
-        let logits = self.model.logits(last);
-        let v = logits.dims()[2];
-        crate::attention::rows_f32(logits.reshape([b, v]))
+    fn max_positions(&self) -> usize {
+        self.transformer.wpe.weight.dims()[0]
     }
-}
-
-impl<B: Backend> crate::generation::DecodeSession for Gpt2Session<'_, B> {
-    fn prefill(&mut self, rows: &[Vec<u32>], mask: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
-        let device = self.model.transformer.wte.weight.device();
-        let max_pos = self.model.transformer.wpe.weight.dims()[0];
-        let total: usize = mask.first().map_or(0, |r| r.iter().map(|&m| m as usize).sum());
-        if total > max_pos || rows.iter().any(|r| r.len() > max_pos) {
-            return Err(crate::Error::Input(format!("prompt of {} tokens exceeds n_positions = {max_pos}", rows[0].len())));
-        }
-        self.cache = KvCache::new(self.model.n_layer());
-        self.mask = mask.to_vec();
-        let positions = crate::attention::positions_from_mask::<B>(mask, 0, 0, &device);
-        self.next_pos = mask.iter().map(|r| r.iter().map(|&m| m as i64).sum::<i64>()).collect();
-        let ids = crate::attention::ids_tensor::<B>(rows, &device);
-        let h = self.model.hidden(ids, positions, &self.mask, Some(&mut self.cache));
-        Ok(self.last_logits(h))
+    fn device(&self) -> B::Device {
+        self.transformer.wte.weight.device()
     }
-
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        let device = self.model.transformer.wte.weight.device();
-        let max_pos = self.model.transformer.wpe.weight.dims()[0] as i64;
-        if self.next_pos.iter().any(|&p| p >= max_pos) {
-            return Err(crate::Error::Input(format!("generation reached n_positions = {max_pos}")));
-        }
-        for m in self.mask.iter_mut() {
-            m.push(1);
-        }
-        let n = tokens.len();
-        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(self.next_pos.clone(), [n, 1]), &device);
-        for p in self.next_pos.iter_mut() {
-            *p += 1;
-        }
-        let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
-        let ids = crate::attention::ids_tensor::<B>(&rows, &device);
-        let h = self.model.hidden(ids, pos, &self.mask, Some(&mut self.cache));
-        Ok(self.last_logits(h))
+    fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        key_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        Gpt2LmHead::hidden(self, ids, positions, key_mask, cache)
     }
-
-    fn select(&mut self, idx: &[usize]) -> Result<()> {
-        self.cache.select(idx);
-        self.mask = idx.iter().map(|&i| self.mask[i].clone()).collect();
-        self.next_pos = idx.iter().map(|&i| self.next_pos[i]).collect();
-        Ok(())
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        Gpt2LmHead::logits(self, hidden)
     }
 }
 

@@ -3,11 +3,13 @@
 //! A model file reads top to bottom like its paper: config → modules → forward → decoding session.
 
 pub mod attention;
+pub mod causal;
 pub mod config;
 pub mod error;
 pub mod generation;
 pub mod gpt2;
 pub mod hub;
+pub mod opt;
 pub mod tokenizer;
 pub mod weights;
 

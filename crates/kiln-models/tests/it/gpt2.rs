@@ -1,6 +1,6 @@
-use burn::prelude::*;
 use kiln_models::generation::{generate, EarlyStopping, GenerationConfig};
-use kiln_models::gpt2::{self, Gpt2Session};
+use kiln_models::causal::CausalSession;
+use kiln_models::gpt2;
 use kiln_models::tokenizer::Tokenizer;
 
 use crate::common::*;
@@ -76,11 +76,11 @@ fn generate_matches_transformers_in_every_mode() {
         for e in g["single"].as_array().unwrap() {
             let p = u32s(&e["prompt_ids"]);
             let mask = vec![vec![1u8; p.len()]];
-            let out = generate(&mut Gpt2Session::new(&m), &[p], &mask, &cfg, None).unwrap();
+            let out = generate(&mut CausalSession::new(&m), &[p], &mask, &cfg, None).unwrap();
             assert_eq!(out.sequences, rows_u32(&e["sequences"]), "mode {mode}");
         }
         let b = &g["batched"];
-        let out = generate(&mut Gpt2Session::new(&m), &rows_u32(&b["input_ids"]), &rows_u8(&b["attention_mask"]), &cfg, None).unwrap();
+        let out = generate(&mut CausalSession::new(&m), &rows_u32(&b["input_ids"]), &rows_u8(&b["attention_mask"]), &cfg, None).unwrap();
         assert_eq!(out.sequences, rows_u32(&b["sequences"]), "mode {mode} batched");
     }
 }
@@ -91,15 +91,15 @@ fn seeded_sampling_is_reproducible_and_top_k_1_is_greedy() {
     let p = vec![vec![5u32, 9, 30]];
     let mask = vec![vec![1u8; 3]];
     let mut cfg = GenerationConfig { do_sample: true, max_new_tokens: Some(10), seed: 7, top_k: 0, ..Default::default() };
-    let a = generate(&mut Gpt2Session::new(&m), &p, &mask, &cfg, None).unwrap();
-    let b = generate(&mut Gpt2Session::new(&m), &p, &mask, &cfg, None).unwrap();
+    let a = generate(&mut CausalSession::new(&m), &p, &mask, &cfg, None).unwrap();
+    let b = generate(&mut CausalSession::new(&m), &p, &mask, &cfg, None).unwrap();
     assert_eq!(a, b);
     cfg.seed = 8;
-    let samples: Vec<_> = (0..5).map(|s| { cfg.seed = s; generate(&mut Gpt2Session::new(&m), &p, &mask, &cfg, None).unwrap().sequences }).collect();
+    let samples: Vec<_> = (0..5).map(|s| { cfg.seed = s; generate(&mut CausalSession::new(&m), &p, &mask, &cfg, None).unwrap().sequences }).collect();
     assert!(samples.iter().any(|s| *s != samples[0]), "different seeds should differ");
     cfg.top_k = 1;
-    let s = generate(&mut Gpt2Session::new(&m), &p, &mask, &cfg, None).unwrap();
+    let s = generate(&mut CausalSession::new(&m), &p, &mask, &cfg, None).unwrap();
     let greedy = GenerationConfig { max_new_tokens: Some(10), ..Default::default() };
-    let g = generate(&mut Gpt2Session::new(&m), &p, &mask, &greedy, None).unwrap();
+    let g = generate(&mut CausalSession::new(&m), &p, &mask, &greedy, None).unwrap();
     assert_eq!(s.sequences, g.sequences);
 }

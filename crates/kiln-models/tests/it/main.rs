@@ -3,3 +3,4 @@
 mod common;
 mod fixtures;
 mod gpt2;
+mod opt;

@@ -1,0 +1,94 @@
+//! The causal (decoder-only) face of the generation engine: any model that can run new tokens against a
+//! KV cache gets a [`CausalSession`] implementing [`DecodeSession`].
+
+use burn::prelude::*;
+
+use crate::attention::{ids_tensor, positions_from_mask, rows_f32, KvCache};
+use crate::error::{Error, Result};
+use crate::generation::DecodeSession;
+
+/// A decoder-only language model, as the generation engine and scorers see it.
+pub trait CausalLm<B: Backend> {
+    fn n_layer(&self) -> usize;
+    /// The largest position id the model has an embedding for, plus one.
+    fn max_positions(&self) -> usize;
+    fn device(&self) -> B::Device;
+    /// Final hidden states for `ids` at raw `positions`, attending to the cache and the new tokens under
+    /// `key_mask` (`[b, past + s]`, 1 = real token).
+    fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        key_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3>;
+    /// LM-head logits from hidden states.
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3>;
+}
+
+/// Incremental decoding state: the KV cache, each row's padding mask and next position id.
+pub struct CausalSession<'a, B: Backend, M: CausalLm<B>> {
+    model: &'a M,
+    cache: KvCache<B>,
+    mask: Vec<Vec<u8>>,
+    next_pos: Vec<i64>,
+}
+
+impl<'a, B: Backend, M: CausalLm<B>> CausalSession<'a, B, M> {
+    pub fn new(model: &'a M) -> Self {
+        Self { model, cache: KvCache::new(model.n_layer()), mask: vec![], next_pos: vec![] }
+    }
+
+    fn last_logits(&self, h: Tensor<B, 3>) -> Vec<Vec<f32>> {
+        let [b, s, d] = h.dims();
+        let logits = self.model.logits(h.slice([0..b, s - 1..s, 0..d]));
+        let v = logits.dims()[2];
+        rows_f32(logits.reshape([b, v]))
+    }
+}
+
+impl<B: Backend, M: CausalLm<B>> DecodeSession for CausalSession<'_, B, M> {
+    fn prefill(&mut self, rows: &[Vec<u32>], mask: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
+        let max = self.model.max_positions();
+        if rows[0].len() > max {
+            return Err(Error::Input(format!("prompt of {} tokens exceeds the model's {max} positions", rows[0].len())));
+        }
+        let device = self.model.device();
+        self.cache = KvCache::new(self.model.n_layer());
+        self.mask = mask.to_vec();
+        // As `generate`: position ids are cumsum(mask) - 1, padding at 0.
+        let positions = positions_from_mask::<B>(mask, 0, 0, &device);
+        self.next_pos = mask.iter().map(|r| r.iter().map(|&m| m as i64).sum::<i64>()).collect();
+        let h = self.model.hidden(ids_tensor::<B>(rows, &device), positions, &self.mask, Some(&mut self.cache));
+        Ok(self.last_logits(h))
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let max = self.model.max_positions() as i64;
+        if self.next_pos.iter().any(|&p| p >= max) || self.mask.first().is_some_and(|m| m.len() as i64 >= max) {
+            return Err(Error::Input(format!("generation reached the model's {max} positions")));
+        }
+        let device = self.model.device();
+        for m in self.mask.iter_mut() {
+            m.push(1);
+        }
+        let n = tokens.len();
+        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(self.next_pos.clone(), [n, 1]), &device);
+        for p in self.next_pos.iter_mut() {
+            *p += 1;
+        }
+        let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
+        let h = self.model.hidden(ids_tensor::<B>(&rows, &device), pos, &self.mask, Some(&mut self.cache));
+        Ok(self.last_logits(h))
+    }
+
+    fn select(&mut self, idx: &[usize]) -> Result<()> {
+        if idx.iter().any(|&i| i >= self.mask.len()) {
+            return Err(Error::Input("beam index out of range".into()));
+        }
+        self.cache.select(idx);
+        self.mask = idx.iter().map(|&i| self.mask[i].clone()).collect();
+        self.next_pos = idx.iter().map(|&i| self.next_pos[i]).collect();
+        Ok(())
+    }
+}

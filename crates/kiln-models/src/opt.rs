@@ -1,0 +1,279 @@
+//! OPT (`OPTForCausalLM`, Zhang et al. 2022): learned positions offset by 2 and derived from the attention
+//! mask, pre-LN decoder layers (post-LN for opt-350m via `do_layer_norm_before = false`), ReLU, optional
+//! `project_in`/`project_out` when `word_embed_proj_dim` differs from the hidden size, LM head tied to the
+//! token embedding.
+
+use std::path::Path;
+
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::prelude::*;
+use kiln_peft::PeftLinear;
+
+use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
+use crate::config::{Activation, RawConfig};
+use crate::error::Result;
+use crate::weights::LoadSpec;
+
+/// OPT's learned positions start at index 2 of `embed_positions`.
+pub const POSITION_OFFSET: i64 = 2;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub ffn_dim: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub word_embed_proj_dim: usize,
+    pub do_layer_norm_before: bool,
+    pub remove_final_layer_norm: bool,
+    pub enable_bias: bool,
+    pub activation: Activation,
+    pub init_std: f64,
+    pub pad_token_id: Option<u32>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+impl OptConfig {
+    pub fn from_raw(c: &RawConfig) -> Result<Self> {
+        let hidden_size = c.req_usize("hidden_size")?;
+        let cfg = Self {
+            vocab_size: c.req_usize("vocab_size")?,
+            hidden_size,
+            num_hidden_layers: c.req_usize("num_hidden_layers")?,
+            ffn_dim: c.req_usize("ffn_dim")?,
+            num_attention_heads: c.req_usize("num_attention_heads")?,
+            max_position_embeddings: c.usize_or("max_position_embeddings", 2048)?,
+            word_embed_proj_dim: c.opt_usize("word_embed_proj_dim")?.unwrap_or(hidden_size),
+            do_layer_norm_before: c.bool_or("do_layer_norm_before", true)?,
+            remove_final_layer_norm: c.bool_or("_remove_final_layer_norm", false)?,
+            enable_bias: c.bool_or("enable_bias", true)?,
+            activation: c.activation("activation_function", "relu")?,
+            init_std: c.f64_or("init_std", 0.02)?,
+            pad_token_id: c.opt_token_id("pad_token_id")?,
+            bos_token_id: c.opt_token_id("bos_token_id")?,
+            eos_token_id: c.opt_token_id("eos_token_id")?,
+        };
+        c.check_range("vocab_size", cfg.vocab_size, 1, 10_000_000)?;
+        c.check_range("hidden_size", cfg.hidden_size, 1, 1 << 16)?;
+        c.check_range("num_hidden_layers", cfg.num_hidden_layers, 1, 1024)?;
+        c.check_range("num_attention_heads", cfg.num_attention_heads, 1, 1024)?;
+        c.check_range("ffn_dim", cfg.ffn_dim, 1, 1 << 20)?;
+        c.check_range("word_embed_proj_dim", cfg.word_embed_proj_dim, 1, 1 << 16)?;
+        c.check_divides("hidden_size", cfg.hidden_size, "num_attention_heads", cfg.num_attention_heads)?;
+        Ok(cfg)
+    }
+
+    /// Hub checkpoints such as facebook/opt-125m store `decoder.…` without the `model.` prefix.
+    pub fn load_spec() -> LoadSpec {
+        LoadSpec {
+            remaps: vec![(r"^decoder\.".into(), "model.decoder.".into())],
+            optional: vec![],
+            transpose_linear: true,
+        }
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> OptForCausalLm<B> {
+        let (d, std) = (self.hidden_size, self.init_std);
+        let ln = || LayerNormConfig::new(d).init(device);
+        let lin = |i, o| PeftLinear::new_normal(i, o, self.enable_bias, std, device);
+        let emb = |n, dim| {
+            EmbeddingConfig::new(n, dim).with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std }).init(device)
+        };
+        let proj = self.word_embed_proj_dim != d;
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| Layer {
+                self_attn: Attention {
+                    q_proj: lin(d, d),
+                    k_proj: lin(d, d),
+                    v_proj: lin(d, d),
+                    out_proj: lin(d, d),
+                    n_head: self.num_attention_heads,
+                },
+                self_attn_layer_norm: ln(),
+                fc1: lin(d, self.ffn_dim),
+                fc2: lin(self.ffn_dim, d),
+                final_layer_norm: ln(),
+                pre_ln: self.do_layer_norm_before,
+                act: self.activation,
+            })
+            .collect();
+        OptForCausalLm {
+            model: OptModel {
+                decoder: Decoder {
+                    embed_tokens: emb(self.vocab_size, self.word_embed_proj_dim),
+                    embed_positions: emb(self.max_position_embeddings + 2, d),
+                    project_in: proj.then(|| PeftLinear::new_normal(self.word_embed_proj_dim, d, false, std, device)),
+                    project_out: proj.then(|| PeftLinear::new_normal(d, self.word_embed_proj_dim, false, std, device)),
+                    final_layer_norm: (self.do_layer_norm_before && !self.remove_final_layer_norm).then(ln),
+                    layers,
+                },
+            },
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct OptForCausalLm<B: Backend> {
+    pub model: OptModel<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct OptModel<B: Backend> {
+    pub decoder: Decoder<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    /// `[max_position_embeddings + 2, d]`.
+    pub embed_positions: Embedding<B>,
+    pub project_in: Option<PeftLinear<B>>,
+    pub project_out: Option<PeftLinear<B>>,
+    pub final_layer_norm: Option<LayerNorm<B>>,
+    pub layers: Vec<Layer<B>>,
+}
+
+#[derive(Module, Debug)]
+pub struct Layer<B: Backend> {
+    pub self_attn: Attention<B>,
+    pub self_attn_layer_norm: LayerNorm<B>,
+    pub fc1: PeftLinear<B>,
+    pub fc2: PeftLinear<B>,
+    pub final_layer_norm: LayerNorm<B>,
+    pub pre_ln: bool,
+    #[module(skip)]
+    pub act: Activation,
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: PeftLinear<B>,
+    pub k_proj: PeftLinear<B>,
+    pub v_proj: PeftLinear<B>,
+    pub out_proj: PeftLinear<B>,
+    pub n_head: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+        let d = x.dims()[2];
+        let scale = ((d / self.n_head) as f64).powf(-0.5);
+        let q = split_heads(self.q_proj.forward(x.clone()).mul_scalar(scale), self.n_head);
+        let k = split_heads(self.k_proj.forward(x.clone()), self.n_head);
+        let v = split_heads(self.v_proj.forward(x), self.n_head);
+        let (k, v) = match cache {
+            Some((c, i)) => c.extend(i, k, v),
+            None => (k, v),
+        };
+        self.out_proj.forward(merge_heads(attend(q, k, v, None, Some(mask))))
+    }
+}
+
+impl<B: Backend> Layer<B> {
+    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+        let h = if self.pre_ln { self.self_attn_layer_norm.forward(x.clone()) } else { x.clone() };
+        let mut x = x + self.self_attn.forward(h, mask, cache);
+        if !self.pre_ln {
+            x = self.self_attn_layer_norm.forward(x);
+        }
+        let h = if self.pre_ln { self.final_layer_norm.forward(x.clone()) } else { x.clone() };
+        let h = self.fc2.forward(self.act.forward(self.fc1.forward(h)));
+        let mut x = x + h;
+        if !self.pre_ln {
+            x = self.final_layer_norm.forward(x);
+        }
+        x
+    }
+}
+
+impl<B: Backend> OptForCausalLm<B> {
+    pub fn n_layer(&self) -> usize {
+        self.model.decoder.layers.len()
+    }
+
+    /// Final hidden states (after `project_out`), `[b, s, word_embed_proj_dim]`. `positions` are the raw
+    /// position ids (the offset of 2 is added here).
+    pub fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        key_mask: &[Vec<u8>],
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let dec = &self.model.decoder;
+        let device = ids.device();
+        let s = ids.dims()[1];
+        let mut x = dec.embed_tokens.forward(ids);
+        if let Some(p) = &dec.project_in {
+            x = p.forward(x);
+        }
+        x = x + dec.embed_positions.forward(positions.add_scalar(POSITION_OFFSET));
+        let mask = additive_mask::<B>(key_mask, s, true, &device);
+        for (i, layer) in dec.layers.iter().enumerate() {
+            x = layer.forward(x, mask.clone(), cache.as_deref_mut().map(|c| (c, i)));
+        }
+        if let Some(ln) = &dec.final_layer_norm {
+            x = ln.forward(x);
+        }
+        if let Some(p) = &dec.project_out {
+            x = p.forward(x);
+        }
+        x
+    }
+
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let w = self.model.decoder.embed_tokens.weight.val();
+        hidden.matmul(w.transpose().unsqueeze::<3>())
+    }
+
+    /// Full forward as `OPTForCausalLM.forward`: positions from the mask's cumsum (padding at -1).
+    pub fn forward(&self, ids: Tensor<B, 2, Int>, attention_mask: Option<&[Vec<u8>]>) -> Tensor<B, 3> {
+        let [b, s] = ids.dims();
+        let ones = vec![vec![1u8; s]; b];
+        let mask = attention_mask.unwrap_or(&ones);
+        let positions = crate::attention::positions_from_mask::<B>(mask, -1, 0, &ids.device());
+        let h = self.hidden(ids, positions, mask, None);
+        self.logits(h)
+    }
+}
+
+impl<B: Backend> crate::causal::CausalLm<B> for OptForCausalLm<B> {
+    fn n_layer(&self) -> usize {
+        OptForCausalLm::n_layer(self)
+    }
+    fn max_positions(&self) -> usize {
+        self.model.decoder.embed_positions.weight.dims()[0] - POSITION_OFFSET as usize
+    }
+    fn device(&self) -> B::Device {
+        self.model.decoder.embed_tokens.weight.device()
+    }
+    fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        key_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        OptForCausalLm::hidden(self, ids, positions, key_mask, cache)
+    }
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        OptForCausalLm::logits(self, hidden)
+    }
+}
+
+/// Load an OPT checkpoint directory.
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(OptConfig, OptForCausalLm<B>, crate::weights::LoadReport)> {
+    let raw = RawConfig::load(&dir.join("config.json"))?;
+    let mt = raw.model_type()?;
+    if mt != "opt" {
+        return Err(crate::Error::UnsupportedArchitecture { path: raw.path.clone(), model_type: mt, supported: "opt here".into() });
+    }
+    let cfg = OptConfig::from_raw(&raw)?;
+    let mut model = cfg.init::<B>(device);
+    let files = crate::weights::weight_files(dir)?;
+    let report = crate::weights::load_into(&mut model, &files, &OptConfig::load_spec())?;
+    Ok((cfg, model, report))
+}
