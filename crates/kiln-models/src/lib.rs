@@ -3,6 +3,7 @@
 //! A model file reads top to bottom like its paper: config → modules → forward → decoding session.
 
 pub mod attention;
+pub mod auto;
 pub mod causal;
 pub mod config;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod generation;
 pub mod gpt2;
 pub mod hub;
 pub mod opt;
+pub mod scoring;
 pub mod tokenizer;
 pub mod weights;
 

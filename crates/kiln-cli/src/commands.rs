@@ -1,0 +1,332 @@
+//! The subcommands. Each validates its arguments before loading anything.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use kiln_metrics::aggregate::mean_by_type;
+use kiln_metrics::{BootstrapAggregator, RougeScorer};
+use kiln_models::auto::{resolve_model, CausalPipeline};
+use kiln_models::causal::CausalSession;
+use kiln_models::generation::{generate as run_generate, EarlyStopping, GenerationConfig};
+use serde_json::json;
+
+use crate::backend::{self, Inference};
+
+type Res = Result<(), String>;
+
+fn s<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+/// Where the model comes from.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArg {
+    /// A hub id (e.g. `gpt2`, `facebook/opt-125m`) or a local checkpoint directory.
+    #[arg(long, short = 'm', conflicts_with = "model_dir", required_unless_present = "model_dir")]
+    pub model: Option<String>,
+    /// A local checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+}
+
+impl ModelArg {
+    fn spec(&self) -> String {
+        match (&self.model, &self.model_dir) {
+            (_, Some(d)) => d.display().to_string(),
+            (Some(m), None) => m.clone(),
+            (None, None) => unreachable!("clap requires one"),
+        }
+    }
+}
+
+/// Generation settings, named as in transformers' GenerationConfig; unset ones come from the
+/// checkpoint's generation_config.json.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GenArgs {
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    #[arg(long)]
+    pub min_new_tokens: Option<usize>,
+    #[arg(long)]
+    pub do_sample: bool,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    #[arg(long)]
+    pub no_repeat_ngram_size: Option<usize>,
+    #[arg(long)]
+    pub num_beams: Option<usize>,
+    /// true, false or never.
+    #[arg(long)]
+    pub early_stopping: Option<String>,
+    #[arg(long)]
+    pub length_penalty: Option<f32>,
+    #[arg(long)]
+    pub num_return_sequences: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl GenArgs {
+    /// Overlay the flags on the checkpoint defaults and validate the result.
+    pub fn apply(&self, mut g: GenerationConfig) -> Result<(GenerationConfig, Vec<String>), String> {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { g.$f = v; } )* };
+        }
+        set!(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty,
+             num_return_sequences, seed, min_new_tokens);
+        if let Some(n) = self.max_new_tokens {
+            g.max_new_tokens = Some(n);
+        }
+        if g.max_new_tokens.is_none() {
+            g.max_new_tokens = Some(50);
+        }
+        if self.do_sample {
+            g.do_sample = true;
+        }
+        if let Some(e) = &self.early_stopping {
+            g.early_stopping = match e.as_str() {
+                "true" => EarlyStopping::True,
+                "false" => EarlyStopping::False,
+                "never" => EarlyStopping::Never,
+                other => return Err(format!("--early-stopping must be true, false or never, not `{other}`")),
+            };
+        }
+        let warnings = g.validate().map_err(s)?;
+        Ok((g, warnings))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// The prompt; repeat for a batch (left-padded, as transformers does).
+    #[arg(long, short = 'p', required = true)]
+    pub prompt: Vec<String>,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    /// Print tokens as they are decoded (greedy and sampling).
+    #[arg(long)]
+    pub stream: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn generate(a: GenerateArgs) -> Res {
+    let device = backend::device()?;
+    let pipe = CausalPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
+    let (cfg, warnings) = a.gen.apply(pipe.generation.clone())?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    let prompts: Vec<&str> = a.prompt.iter().map(String::as_str).collect();
+    let (ids, mask) = pipe.encode_left_padded(&prompts).map_err(s)?;
+    let mut session = CausalSession::new(&pipe.model);
+    let stream = a.stream && !a.json && cfg.num_beams == 1 && prompts.len() == 1 && cfg.num_return_sequences == 1;
+    let tok = &pipe.tokenizer;
+    let mut printed = String::new();
+    let mut generated: Vec<u32> = Vec::new();
+    let mut cb = |t: &[u32]| {
+        generated.push(t[0]);
+        if let Ok(text) = tok.decode(&generated, true) {
+            if text.len() > printed.len() && text.starts_with(&printed) {
+                print!("{}", &text[printed.len()..]);
+                let _ = std::io::stdout().flush();
+                printed = text;
+            }
+        }
+    };
+    if stream {
+        print!("{}", prompts[0]);
+    }
+    let out = run_generate(&mut session, &ids, &mask, &cfg, if stream { Some(&mut cb) } else { None }).map_err(s)?;
+    if stream {
+        println!();
+        return Ok(());
+    }
+    let per = cfg.num_return_sequences;
+    let mut results = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let mut seqs = Vec::new();
+        for j in 0..per {
+            let row = i * per + j;
+            let new: Vec<u32> = out.sequences[row][out.prompt_len..].to_vec();
+            let text = pipe.tokenizer.decode(&new, true).map_err(s)?;
+            let score = out.sequences_scores.as_ref().map(|v| v[row]);
+            seqs.push(json!({"ids": new, "text": text, "score": score}));
+        }
+        results.push(json!({"prompt": p, "prompt_ids": ids[i], "sequences": seqs}));
+    }
+    if a.json {
+        println!("{}", json!({"model": a.model.spec(), "backend": backend::name(), "results": results}));
+    } else {
+        for r in &results {
+            for sq in r["sequences"].as_array().unwrap() {
+                println!("{}{}", r["prompt"].as_str().unwrap(), sq["text"].as_str().unwrap());
+                if results.len() > 1 || per > 1 {
+                    println!("---");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[arg(long, short = 't')]
+    pub text: String,
+    /// Include the full next-token logits of every position in the JSON.
+    #[arg(long)]
+    pub logits: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn score(a: ScoreArgs) -> Res {
+    let device = backend::device()?;
+    let pipe = CausalPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
+    let enc = pipe.tokenizer.encode(&a.text, None).map_err(s)?;
+    let sc = kiln_models::scoring::score_tokens(&pipe.model, &enc.ids, a.logits).map_err(s)?;
+    if a.json {
+        let tokens: Vec<String> = sc.ids.iter().map(|&i| pipe.tokenizer.decode(&[i], false).unwrap_or_default()).collect();
+        let mut v = serde_json::to_value(&sc).map_err(s)?;
+        v["tokens"] = json!(tokens);
+        println!("{v}");
+    } else {
+        for (i, lp) in sc.logprobs.iter().enumerate() {
+            let t = pipe.tokenizer.decode(&[sc.ids[i + 1]], false).unwrap_or_default();
+            println!("{:>6} {:>12.5}  {:?}", sc.ids[i + 1], lp, t);
+        }
+        println!("perplexity: {:.4}", sc.perplexity);
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct RougeArgs {
+    /// Predictions: one per line, or JSONL with `prediction` (and `reference`) fields.
+    #[arg(long)]
+    pub predictions: PathBuf,
+    /// References, one per line (not needed when --predictions is JSONL with `reference`).
+    #[arg(long)]
+    pub references: Option<PathBuf>,
+    #[arg(long)]
+    pub stemmer: bool,
+    #[arg(long, value_delimiter = ',', default_value = "rouge1,rouge2,rougeL,rougeLsum")]
+    pub types: Vec<String>,
+    /// Bootstrap seed for the confidence intervals.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+    /// Write a bar chart of the F-measures (PNG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+fn read_lines(p: &PathBuf) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(text.lines().map(|l| l.replace("\\n", "\n")).collect())
+}
+
+pub fn rouge(a: RougeArgs) -> Res {
+    let scorer = RougeScorer::new(a.types.iter(), a.stemmer).map_err(s)?;
+    let is_jsonl = a.predictions.extension().is_some_and(|e| e == "jsonl");
+    let (preds, refs): (Vec<String>, Vec<String>) = if is_jsonl {
+        let text = std::fs::read_to_string(&a.predictions).map_err(|e| format!("{}: {e}", a.predictions.display()))?;
+        let mut p = Vec::new();
+        let mut r = Vec::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| format!("{} line {}: {e}", a.predictions.display(), i + 1))?;
+            let get = |k: &str| {
+                v.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| {
+                    format!("{} line {}: missing string field `{k}`", a.predictions.display(), i + 1)
+                })
+            };
+            p.push(get("prediction")?);
+            r.push(get("reference")?);
+        }
+        (p, r)
+    } else {
+        let refs = a.references.as_ref().ok_or("--references is required unless --predictions is JSONL")?;
+        (read_lines(&a.predictions)?, read_lines(refs)?)
+    };
+    if preds.len() != refs.len() {
+        return Err(format!("{} predictions but {} references", preds.len(), refs.len()));
+    }
+    if preds.is_empty() {
+        return Err("no examples".into());
+    }
+    let pairs: Vec<(String, String)> = refs.into_iter().zip(preds).collect();
+    let rows = scorer.score_batch(&pairs);
+    let mut agg = BootstrapAggregator::new().with_seed(a.seed);
+    for r in &rows {
+        agg.add_scores(r);
+    }
+    let ci = agg.aggregate();
+    let mean = mean_by_type(&rows);
+    if let Some(path) = &a.plot {
+        let bars: Vec<(String, f64)> = mean.iter().map(|(t, sc)| (t.name().to_string(), sc.fmeasure)).collect();
+        kiln_train::chart::bar_chart(path, "ROUGE F-measure", &bars).map_err(s)?;
+    }
+    if a.json {
+        println!("{}", json!({"n": pairs.len(), "use_stemmer": a.stemmer, "mean": mean, "bootstrap": ci}));
+    } else {
+        println!("{:<10} {:>9} {:>9} {:>9}   F 95% CI", "type", "precision", "recall", "F");
+        for (t, m) in mean.iter() {
+            let c = &ci[t];
+            println!(
+                "{:<10} {:>9.4} {:>9.4} {:>9.4}   [{:.4}, {:.4}]",
+                t.name(),
+                m.precision,
+                m.recall,
+                m.fmeasure,
+                c.low.fmeasure,
+                c.high.fmeasure
+            );
+        }
+        println!("{} pairs", pairs.len());
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn inspect(a: InspectArgs) -> Res {
+    let dir = resolve_model(&a.model.spec()).map_err(s)?;
+    let device = backend::device()?;
+    let pipe = CausalPipeline::<Inference>::load(&dir.display().to_string(), &device).map_err(s)?;
+    let v = json!({
+        "dir": dir,
+        "model_type": kiln_models::auto::model_type(&dir).map_err(s)?,
+        "tensors_loaded": pipe.report.applied,
+        "unused_tensors": pipe.report.unused,
+        "initialised": pipe.report.initialised,
+        "vocab_size": pipe.tokenizer.vocab_size(),
+        "backend": backend::name(),
+    });
+    if a.json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v).map_err(s)?);
+    }
+    Ok(())
+}
