@@ -183,7 +183,7 @@ struct HfAdapter {
 
 impl ModuleAdapter for HfAdapter {
     fn adapt(&self, s: &TensorSnapshot) -> TensorSnapshot {
-        let is_half = matches!(s.dtype, DType::F16 | DType::BF16);
+        let is_half = matches!(s.dtype, DType::F16 | DType::BF16 | DType::F64);
         let is_linear_weight = self.transpose_linear
             && s.module_type().as_deref() == Some("Struct:PeftLinear")
             && s.path_stack.as_ref().and_then(|p| p.last()).map(String::as_str) == Some("weight")
@@ -192,8 +192,9 @@ impl ModuleAdapter for HfAdapter {
             return s.clone();
         }
         let data = s.clone_data_fn();
-        let dims = s.shape.dims::<2>();
-        let shape = if is_linear_weight { [dims[1], dims[0]].to_vec() } else { s.shape.to_vec() };
+        let dims = s.shape.to_vec();
+        // Never panic in here: burn-store applies adapters inside an unsafe in-place module map.
+        let shape = if is_linear_weight { vec![dims[1], dims[0]] } else { dims };
         let dtype = if is_half { DType::F32 } else { s.dtype };
         let f = Rc::new(move || {
             let mut d: TensorData = data()?;
@@ -248,8 +249,38 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
     let mut unused = BTreeSet::new();
     let mut missing_all: Option<BTreeSet<String>> = None;
     let first = files.first().cloned().unwrap_or_default();
+    // Parameter paths of the module (with the checkpoint's names for norm parameters), to reject integer
+    // tensors that would land on float parameters before burn-store sees them.
+    let mut params = std::collections::HashSet::new();
+    for snap in model.collect(None, None, false) {
+        let p = snap.full_path();
+        if let Some(base) = p.strip_suffix(".gamma") {
+            params.insert(format!("{base}.weight"));
+        }
+        if let Some(base) = p.strip_suffix(".beta") {
+            params.insert(format!("{base}.bias"));
+        }
+        params.insert(p);
+    }
+    let remaps: Vec<(regex::Regex, String)> = spec
+        .remaps
+        .iter()
+        .map(|(f, t)| (regex::Regex::new(f).expect("valid remap regex"), t.clone()))
+        .collect();
     for file in files {
         let infos = inspect_safetensors(file)?;
+        for info in &infos {
+            if matches!(info.dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
+                continue;
+            }
+            let mut key = info.name.clone();
+            for (re, to) in &remaps {
+                key = re.replace_all(&key, to.as_str()).into_owned();
+            }
+            if params.contains(&key) {
+                return Err(Error::Dtype { path: file.clone(), key: info.name.clone(), dtype: info.dtype.clone() });
+            }
+        }
         let mut store = SafetensorsStore::from_file(file).allow_partial(true).validate(false);
         for (from, to) in &spec.remaps {
             store = store.with_key_remapping(from, to);
@@ -274,9 +305,6 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
                 }
             });
         }
-        // Integer tensors that landed on float parameters are caught above; a float file tensor of the
-        // wrong kind is caught by shape. Keep the bookkeeping for reporting.
-        let _ = infos;
         applied.extend(res.applied.iter().cloned());
         unused.extend(res.unused.iter().cloned());
         let missing: BTreeSet<String> = res.missing.iter().map(|(p, _)| p.clone()).collect();

@@ -2,5 +2,7 @@
 
 mod common;
 mod fixtures;
+mod errors;
 mod gpt2;
+mod hub;
 mod opt;
