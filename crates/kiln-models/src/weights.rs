@@ -192,8 +192,13 @@ impl ModuleAdapter for HfAdapter {
             return s.clone();
         }
         let data = s.clone_data_fn();
-        let dims = s.shape.dims::<2>();
-        let shape = if is_linear_weight { [dims[1], dims[0]].to_vec() } else { s.shape.to_vec() };
+        // (`dims::<2>()` panics on a 1-D shape, so only ask a linear weight for it: fp16 biases come here too.)
+        let shape = if is_linear_weight {
+            let dims = s.shape.dims::<2>();
+            [dims[1], dims[0]].to_vec()
+        } else {
+            s.shape.to_vec()
+        };
         let dtype = if is_half { DType::F32 } else { s.dtype };
         let f = Rc::new(move || {
             let mut d: TensorData = data()?;
