@@ -3,6 +3,7 @@
 //! A model file reads top to bottom like its paper: config → modules → forward → decoding session.
 
 pub mod attention;
+pub mod bert;
 pub mod config;
 pub mod error;
 pub mod generation;
