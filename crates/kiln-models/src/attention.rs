@@ -151,3 +151,23 @@ pub fn positions_from_mask<B: Backend>(mask: &[Vec<u8>], pad: i64, offset: i64, 
     let s = rows.first().map_or(0, |r| r.len());
     Tensor::from_data(TensorData::new(rows.concat(), [b, s]), device)
 }
+
+/// [`attend`] with dropout on the attention probabilities (BERT's `attention_probs_dropout_prob`). burn's
+/// `Dropout` is the identity outside autodiff, so at inference this equals [`attend`].
+pub fn attend_with_dropout<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: Option<f64>,
+    bias: Option<Tensor<B, 4>>,
+    dropout: &burn::nn::Dropout,
+) -> Tensor<B, 4> {
+    let mut scores = q.matmul(k.swap_dims(2, 3));
+    if let Some(s) = scale {
+        scores = scores.mul_scalar(s);
+    }
+    if let Some(b) = bias {
+        scores = scores + b;
+    }
+    dropout.forward(softmax(scores, 3)).matmul(v)
+}

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod auto;
 pub mod causal;
+pub mod bert;
 pub mod config;
 pub mod error;
 pub mod generation;

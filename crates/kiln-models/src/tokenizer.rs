@@ -36,7 +36,8 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Load from a checkpoint directory: `tokenizer.json`, else `vocab.json` + `merges.txt`, else `vocab.txt`.
+    /// Load from a checkpoint directory: `tokenizer.json`, else `vocab.json` + `merges.txt`, else `vocab.txt`
+    /// (lower-casing unless `tokenizer_config.json` says `"do_lower_case": false`).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let json = dir.join("tokenizer.json");
         if json.is_file() {
@@ -48,15 +49,39 @@ impl Tokenizer {
         }
         let wp = dir.join("vocab.txt");
         if wp.is_file() {
-            return Self::from_wordpiece_vocab(&wp, true);
+            return Self::from_wordpiece_vocab(&wp, Self::do_lower_case(dir)?);
         }
         Err(Error::MissingFile { path: json, hint: " (nor vocab.json + merges.txt, nor vocab.txt)".into() })
     }
 
+    /// `do_lower_case` from `tokenizer_config.json` when there is one, else true (uncased BERT's default).
+    fn do_lower_case(dir: &Path) -> Result<bool> {
+        let p = dir.join("tokenizer_config.json");
+        if !p.is_file() {
+            return Ok(true);
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| Error::Json { path: p.clone(), source })?;
+        match v.get("do_lower_case") {
+            None | Some(serde_json::Value::Null) => Ok(true),
+            Some(serde_json::Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(Error::ConfigField {
+                path: p.clone(),
+                field: "do_lower_case".into(),
+                msg: format!("expected true or false, found {other}"),
+            }),
+        }
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let inner = HfTokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), msg: e.to_string() })?;
+        let err = |e: tokenizers::Error| Error::Tokenizer { path: path.to_path_buf(), msg: e.to_string() };
+        let mut inner = HfTokenizer::from_bytes(&bytes).map_err(err)?;
+        // Drop the file's own padding/truncation (all-MiniLM-L6-v2's pads and cuts to 128): kiln pads batches
+        // itself and truncates only when asked (`max_len`).
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(err)?;
         Ok(Self { inner, path: path.to_path_buf() })
     }
 
@@ -132,6 +157,9 @@ impl Tokenizer {
         } else {
             tok.with_truncation(None).map_err(|e| self.err(e))?;
         }
+        // A tokenizer.json may carry padding settings (all-MiniLM-L6-v2's pads to 128): callers pad batches
+        // themselves, and `Encoding` has no mask, so never pad here.
+        tok.with_padding(None);
         let enc = tok.encode(input, true).map_err(|e| self.err(e))?;
         Ok(Encoding {
             ids: enc.get_ids().to_vec(),

@@ -1,5 +1,6 @@
 //! kiln-models integration tests (one binary: the generic model code is compiled once).
 
+mod bert;
 mod common;
 mod fixtures;
 mod errors;
