@@ -11,6 +11,7 @@ pub mod error;
 pub mod generation;
 pub mod gpt2;
 pub mod hub;
+pub mod icl;
 pub mod opt;
 pub mod scoring;
 pub mod tokenizer;
