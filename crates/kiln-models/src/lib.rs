@@ -3,11 +3,14 @@
 //! A model file reads top to bottom like its paper: config → modules → forward → decoding session.
 
 pub mod attention;
+pub mod bart;
 pub mod config;
 pub mod error;
 pub mod generation;
 pub mod gpt2;
 pub mod hub;
+pub mod seq2seq;
+pub mod t5;
 pub mod tokenizer;
 pub mod weights;
 
