@@ -285,7 +285,9 @@ impl Processors<'_> {
             }
         }
         let n = cfg.no_repeat_ngram_size;
-        if n > 0 && seq.len() + 1 >= n {
+        // As transformers: nothing to ban before the sequence holds a complete n-gram (a seq2seq decoder
+        // starts from one token).
+        if n > 0 && seq.len() >= n {
             let cur = seq.len();
             let prefix = &seq[cur + 1 - n..cur];
             for start in 0..=(cur - n) {

@@ -4,8 +4,9 @@
 
 pub mod attention;
 pub mod auto;
-pub mod causal;
+pub mod bart;
 pub mod bert;
+pub mod causal;
 pub mod config;
 pub mod error;
 pub mod generation;
@@ -14,6 +15,8 @@ pub mod hub;
 pub mod icl;
 pub mod opt;
 pub mod scoring;
+pub mod seq2seq;
+pub mod t5;
 pub mod tokenizer;
 pub mod weights;
 

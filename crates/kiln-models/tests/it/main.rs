@@ -1,9 +1,12 @@
 //! kiln-models integration tests (one binary: the generic model code is compiled once).
 
+mod bart;
 mod bert;
 mod common;
-mod fixtures;
 mod errors;
+mod fixtures;
 mod gpt2;
 mod hub;
 mod opt;
+mod s2s;
+mod t5;

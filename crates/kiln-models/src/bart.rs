@@ -1,0 +1,392 @@
+//! BART (`BartForConditionalGeneration`), as in Lewis et al. 2020: a post-LN encoder-decoder with learned
+//! positions.
+//!
+//! - `model.shared` is the token embedding of both stacks and the LM head (only it is saved); tokens are
+//!   scaled by `sqrt(d_model)` when `scale_embedding`.
+//! - Learned positions `embed_positions [max_position_embeddings + 2, d]`, looked up at `arange + 2` (the
+//!   offset), then `layernorm_embedding`.
+//! - Post-LN layers (`x = LN(x + sublayer(x))`), gelu feed-forward, projections with bias; attention scores
+//!   scaled by `head_dim^-0.5`.
+//! - Logits are `h · sharedᵀ + final_logits_bias` (a saved `[1, vocab]` buffer, kept here as a parameter so
+//!   that it loads).
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
+use burn::prelude::*;
+use kiln_peft::PeftLinear;
+
+use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache, LayerCache};
+use crate::config::{Activation, RawConfig};
+use crate::error::{Error, Result};
+use crate::seq2seq::{encoder_inputs, grouped_attend, EncoderDecoder};
+use crate::weights::{LoadReport, LoadSpec};
+
+/// BART's learned-position offset.
+pub const POSITION_OFFSET: usize = 2;
+
+/// The fields of BART's `config.json` that the forward pass uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BartConfig {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub encoder_layers: usize,
+    pub decoder_layers: usize,
+    pub encoder_attention_heads: usize,
+    pub decoder_attention_heads: usize,
+    pub encoder_ffn_dim: usize,
+    pub decoder_ffn_dim: usize,
+    pub max_position_embeddings: usize,
+    pub activation_function: Activation,
+    pub scale_embedding: bool,
+    pub init_std: f64,
+    pub pad_token_id: Option<u32>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub decoder_start_token_id: Option<u32>,
+}
+
+impl BartConfig {
+    pub fn from_raw(c: &RawConfig) -> Result<Self> {
+        let cfg = Self {
+            vocab_size: c.req_usize("vocab_size")?,
+            d_model: c.req_usize_any(&["d_model", "hidden_size"])?,
+            encoder_layers: c.usize_or("encoder_layers", 12)?,
+            decoder_layers: c.usize_or("decoder_layers", 12)?,
+            encoder_attention_heads: c.usize_or("encoder_attention_heads", 16)?,
+            decoder_attention_heads: c.usize_or("decoder_attention_heads", 16)?,
+            encoder_ffn_dim: c.usize_or("encoder_ffn_dim", 4096)?,
+            decoder_ffn_dim: c.usize_or("decoder_ffn_dim", 4096)?,
+            max_position_embeddings: c.usize_or("max_position_embeddings", 1024)?,
+            activation_function: c.activation("activation_function", "gelu")?,
+            scale_embedding: c.bool_or("scale_embedding", false)?,
+            init_std: c.f64_or("init_std", 0.02)?,
+            pad_token_id: c.opt_token_id("pad_token_id")?,
+            bos_token_id: c.opt_token_id("bos_token_id")?,
+            eos_token_id: c.opt_token_id("eos_token_id")?,
+            decoder_start_token_id: c.opt_token_id("decoder_start_token_id")?,
+        };
+        c.check_range("vocab_size", cfg.vocab_size, 1, 10_000_000)?;
+        c.check_range("d_model", cfg.d_model, 1, 1 << 16)?;
+        c.check_range("encoder_layers", cfg.encoder_layers, 1, 1024)?;
+        c.check_range("decoder_layers", cfg.decoder_layers, 1, 1024)?;
+        c.check_range("encoder_attention_heads", cfg.encoder_attention_heads, 1, 1024)?;
+        c.check_range("decoder_attention_heads", cfg.decoder_attention_heads, 1, 1024)?;
+        c.check_range("encoder_ffn_dim", cfg.encoder_ffn_dim, 1, 1 << 18)?;
+        c.check_range("decoder_ffn_dim", cfg.decoder_ffn_dim, 1, 1 << 18)?;
+        c.check_range("max_position_embeddings", cfg.max_position_embeddings, 1, 1 << 20)?;
+        c.check_divides("d_model", cfg.d_model, "encoder_attention_heads", cfg.encoder_attention_heads)?;
+        c.check_divides("d_model", cfg.d_model, "decoder_attention_heads", cfg.decoder_attention_heads)?;
+        for (field, on) in [("normalize_before", false), ("add_final_layer_norm", false)] {
+            if c.bool_or(field, on)? != on {
+                return Err(Error::field(&c.path, field, "pre-LN (mBART-style) layers are not supported by kiln's BART"));
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::from_raw(&RawConfig::load(path)?)
+    }
+
+    /// Checkpoint keys are the module's paths; `final_logits_bias` may be absent (transformers then uses
+    /// zeros). Tied copies (`model.{encoder,decoder}.embed_tokens.weight`, `lm_head.weight`) that some
+    /// files carry are reported unused.
+    pub fn load_spec() -> LoadSpec {
+        LoadSpec { remaps: vec![], optional: vec![r"^final_logits_bias$".into()], transpose_linear: true }
+    }
+
+    /// A randomly initialised model (normal(0, init_std) weights, zero biases). Parameters are lazy, so
+    /// loading a checkpoint over it never holds two copies.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> BartForConditionalGeneration<B> {
+        let std = self.init_std;
+        let d = self.d_model;
+        let lin = |i: usize, o: usize| PeftLinear::new_normal(i, o, true, std, device);
+        let ln = || LayerNormConfig::new(d).init(device);
+        let emb = |n: usize| {
+            EmbeddingConfig::new(n, d).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device)
+        };
+        let attn = |heads: usize| BartAttention {
+            q_proj: lin(d, d),
+            k_proj: lin(d, d),
+            v_proj: lin(d, d),
+            out_proj: lin(d, d),
+            n_heads: heads,
+            scale: ((d / heads) as f64).powf(-0.5),
+        };
+        let embed_scale = if self.scale_embedding { (d as f64).sqrt() } else { 1.0 };
+        let n_pos = self.max_position_embeddings + POSITION_OFFSET;
+        let encoder = BartEncoder {
+            embed_positions: emb(n_pos),
+            layernorm_embedding: ln(),
+            layers: (0..self.encoder_layers)
+                .map(|_| BartEncoderLayer {
+                    self_attn: attn(self.encoder_attention_heads),
+                    self_attn_layer_norm: ln(),
+                    fc1: lin(d, self.encoder_ffn_dim),
+                    fc2: lin(self.encoder_ffn_dim, d),
+                    final_layer_norm: ln(),
+                    act: self.activation_function,
+                })
+                .collect(),
+            embed_scale,
+        };
+        let decoder = BartDecoder {
+            embed_positions: emb(n_pos),
+            layernorm_embedding: ln(),
+            layers: (0..self.decoder_layers)
+                .map(|_| BartDecoderLayer {
+                    self_attn: attn(self.decoder_attention_heads),
+                    self_attn_layer_norm: ln(),
+                    encoder_attn: attn(self.decoder_attention_heads),
+                    encoder_attn_layer_norm: ln(),
+                    fc1: lin(d, self.decoder_ffn_dim),
+                    fc2: lin(self.decoder_ffn_dim, d),
+                    final_layer_norm: ln(),
+                    act: self.activation_function,
+                })
+                .collect(),
+            embed_scale,
+        };
+        BartForConditionalGeneration {
+            model: BartModel { shared: emb(self.vocab_size), encoder, decoder },
+            final_logits_bias: Initializer::Zeros.init([1, self.vocab_size], device),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BartForConditionalGeneration<B: Backend> {
+    pub model: BartModel<B>,
+    /// `[1, vocab]`, added to the logits.
+    pub final_logits_bias: Param<Tensor<B, 2>>,
+}
+
+#[derive(Module, Debug)]
+pub struct BartModel<B: Backend> {
+    /// `[vocab, d]`: both stacks' token embedding and the LM head.
+    pub shared: Embedding<B>,
+    pub encoder: BartEncoder<B>,
+    pub decoder: BartDecoder<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct BartEncoder<B: Backend> {
+    /// `[max_position_embeddings + 2, d]`.
+    pub embed_positions: Embedding<B>,
+    pub layernorm_embedding: LayerNorm<B>,
+    pub layers: Vec<BartEncoderLayer<B>>,
+    pub embed_scale: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct BartDecoder<B: Backend> {
+    pub embed_positions: Embedding<B>,
+    pub layernorm_embedding: LayerNorm<B>,
+    pub layers: Vec<BartDecoderLayer<B>>,
+    pub embed_scale: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct BartAttention<B: Backend> {
+    pub q_proj: PeftLinear<B>,
+    pub k_proj: PeftLinear<B>,
+    pub v_proj: PeftLinear<B>,
+    pub out_proj: PeftLinear<B>,
+    pub n_heads: usize,
+    /// `head_dim^-0.5`.
+    pub scale: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct BartEncoderLayer<B: Backend> {
+    pub self_attn: BartAttention<B>,
+    pub self_attn_layer_norm: LayerNorm<B>,
+    pub fc1: PeftLinear<B>,
+    pub fc2: PeftLinear<B>,
+    pub final_layer_norm: LayerNorm<B>,
+    #[module(skip)]
+    pub act: Activation,
+}
+
+#[derive(Module, Debug)]
+pub struct BartDecoderLayer<B: Backend> {
+    pub self_attn: BartAttention<B>,
+    pub self_attn_layer_norm: LayerNorm<B>,
+    pub encoder_attn: BartAttention<B>,
+    pub encoder_attn_layer_norm: LayerNorm<B>,
+    pub fc1: PeftLinear<B>,
+    pub fc2: PeftLinear<B>,
+    pub final_layer_norm: LayerNorm<B>,
+    #[module(skip)]
+    pub act: Activation,
+}
+
+impl<B: Backend> BartAttention<B> {
+    fn project(&self, lin: &PeftLinear<B>, x: Tensor<B, 3>) -> Tensor<B, 4> {
+        split_heads(lin.forward(x), self.n_heads)
+    }
+
+    fn self_attend(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+        let q = self.project(&self.q_proj, x.clone());
+        let k = self.project(&self.k_proj, x.clone());
+        let v = self.project(&self.v_proj, x);
+        let (k, v) = match cache {
+            Some((c, layer)) => c.extend(layer, k, v),
+            None => (k, v),
+        };
+        self.out_proj.forward(merge_heads(attend(q, k, v, Some(self.scale), Some(mask))))
+    }
+
+    fn cross_attend(&self, x: Tensor<B, 3>, kv: &LayerCache<B>, mask: Tensor<B, 4>) -> Tensor<B, 3> {
+        let q = self.project(&self.q_proj, x);
+        self.out_proj.forward(merge_heads(grouped_attend(q, kv.k.clone(), kv.v.clone(), Some(self.scale), mask)))
+    }
+
+    fn kv(&self, enc: Tensor<B, 3>) -> LayerCache<B> {
+        LayerCache { k: self.project(&self.k_proj, enc.clone()), v: self.project(&self.v_proj, enc) }
+    }
+}
+
+impl<B: Backend> BartEncoderLayer<B> {
+    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>) -> Tensor<B, 3> {
+        let x = self.self_attn_layer_norm.forward(x.clone() + self.self_attn.self_attend(x, mask, None));
+        let h = self.fc2.forward(self.act.forward(self.fc1.forward(x.clone())));
+        self.final_layer_norm.forward(x + h)
+    }
+}
+
+impl<B: Backend> BartDecoderLayer<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Tensor<B, 4>,
+        kv: &LayerCache<B>,
+        cross_mask: Tensor<B, 4>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let x = self.self_attn_layer_norm.forward(x.clone() + self.self_attn.self_attend(x, mask, cache));
+        let x = self.encoder_attn_layer_norm.forward(x.clone() + self.encoder_attn.cross_attend(x, kv, cross_mask));
+        let h = self.fc2.forward(self.act.forward(self.fc1.forward(x.clone())));
+        self.final_layer_norm.forward(x + h)
+    }
+}
+
+/// `scale · tokens + positions[past..past + t] (+ offset)`, then `layernorm_embedding`.
+fn embed<B: Backend>(
+    shared: &Embedding<B>,
+    positions: &Embedding<B>,
+    norm: &LayerNorm<B>,
+    scale: f64,
+    ids: Tensor<B, 2, Int>,
+    past: usize,
+) -> Result<Tensor<B, 3>> {
+    let [b, t] = ids.dims();
+    let max = positions.weight.dims()[0];
+    if past + t + POSITION_OFFSET > max {
+        return Err(Error::Input(format!(
+            "{} positions exceed BART's max_position_embeddings = {}",
+            past + t,
+            max - POSITION_OFFSET
+        )));
+    }
+    let device = ids.device();
+    let mut x = shared.forward(ids);
+    if scale != 1.0 {
+        x = x.mul_scalar(scale);
+    }
+    let start = (past + POSITION_OFFSET) as i64;
+    let pos = Tensor::<B, 1, Int>::arange(start..start + t as i64, &device).unsqueeze::<2>().repeat_dim(0, b);
+    Ok(norm.forward(x + positions.forward(pos)))
+}
+
+impl<B: Backend> BartForConditionalGeneration<B> {
+    /// `model.encoder(input_ids, attention_mask).last_hidden_state`: `[b, s, d]`.
+    pub fn encoder_forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: &[Vec<u8>]) -> Result<Tensor<B, 3>> {
+        let device = input_ids.device();
+        let s = input_ids.dims()[1];
+        let m = &self.model;
+        let mut x = embed(&m.shared, &m.encoder.embed_positions, &m.encoder.layernorm_embedding, m.encoder.embed_scale, input_ids, 0)?;
+        let mask = additive_mask::<B>(attention_mask, s, false, &device);
+        for layer in &m.encoder.layers {
+            x = layer.forward(x, mask.clone());
+        }
+        Ok(x)
+    }
+
+    /// Logits `[b, t, vocab]` as `model(input_ids, attention_mask, decoder_input_ids).logits`.
+    pub fn forward(
+        &self,
+        input_ids: &[Vec<u32>],
+        attention_mask: &[Vec<u8>],
+        decoder_input_ids: &[Vec<u32>],
+    ) -> Result<Tensor<B, 3>> {
+        let device = self.device();
+        let ids = encoder_inputs::<B>(input_ids, attention_mask, &device)?;
+        let enc = self.encoder_forward(ids, attention_mask)?;
+        let dec = crate::attention::ids_tensor::<B>(decoder_input_ids, &device);
+        self.decoder_logits(dec, enc, attention_mask)
+    }
+}
+
+impl<B: Backend> EncoderDecoder<B> for BartForConditionalGeneration<B> {
+    fn encode(&self, input_ids: Tensor<B, 2, Int>, attention_mask: &[Vec<u8>]) -> Result<Tensor<B, 3>> {
+        self.encoder_forward(input_ids, attention_mask)
+    }
+
+    fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<LayerCache<B>> {
+        self.model.decoder.layers.iter().map(|l| l.encoder_attn.kv(encoder_hidden.clone())).collect()
+    }
+
+    fn n_decoder_layers(&self) -> usize {
+        self.model.decoder.layers.len()
+    }
+
+    fn decode(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        self_mask: &[Vec<u8>],
+        mut cache: Option<&mut KvCache<B>>,
+        cross: &[LayerCache<B>],
+        cross_mask: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 3>> {
+        let device = ids.device();
+        let [r, t] = ids.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if self_mask.len() != r || self_mask.iter().any(|m| m.len() != past + t) {
+            return Err(Error::Input(format!("decoder mask must be {r} rows of {} (cached + new tokens)", past + t)));
+        }
+        let m = &self.model;
+        let d = &m.decoder;
+        let mut x = embed(&m.shared, &d.embed_positions, &d.layernorm_embedding, d.embed_scale, ids, past)?;
+        let mask = additive_mask::<B>(self_mask, t, true, &device);
+        for (i, layer) in d.layers.iter().enumerate() {
+            x = layer.forward(x, mask.clone(), &cross[i], cross_mask.clone(), cache.as_deref_mut().map(|c| (c, i)));
+        }
+        Ok(x)
+    }
+
+    fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let w = self.model.shared.weight.val();
+        hidden.matmul(w.transpose().unsqueeze::<3>()) + self.final_logits_bias.val().unsqueeze::<3>()
+    }
+
+    fn device(&self) -> B::Device {
+        self.model.shared.weight.device()
+    }
+}
+
+/// Load a BART checkpoint directory (`config.json` + safetensors weights).
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(BartConfig, BartForConditionalGeneration<B>, LoadReport)> {
+    let raw = RawConfig::load(&dir.join("config.json"))?;
+    let mt = raw.model_type()?;
+    if mt != "bart" {
+        return Err(Error::UnsupportedArchitecture { path: raw.path.clone(), model_type: mt, supported: "bart here".into() });
+    }
+    let cfg = BartConfig::from_raw(&raw)?;
+    let mut model = cfg.init::<B>(device);
+    let files = crate::weights::weight_files(dir)?;
+    let report = crate::weights::load_into(&mut model, &files, &BartConfig::load_spec())?;
+    Ok((cfg, model, report))
+}

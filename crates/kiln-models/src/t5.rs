@@ -1,0 +1,487 @@
+//! T5 (`T5ForConditionalGeneration`), as in Raffel et al. 2020, and its v1.1 / T0 / flan-t5 variants.
+//!
+//! - One token embedding `shared` for encoder and decoder; no position embeddings. Instead, block 0 of each
+//!   stack holds `relative_attention_bias [num_buckets, heads]`, turned into a per-head bias on the
+//!   attention scores from the bucketed key − query distance (bidirectional buckets in the encoder, causal
+//!   in the decoder); the bias is computed once per forward and shared by every block of the stack.
+//! - Attention scores are `q·kᵀ + bias` with no `1/sqrt(d)` scaling; `d_kv` (per-head size) need not be
+//!   `d_model / num_heads`. Projections have no bias.
+//! - Pre-norm blocks with T5's RMS norm (no mean subtraction, no bias, variance in f32), a final norm per stack.
+//! - Feed-forward: `relu` (v1.0: `wi`, `wo`) or gated (`gated-gelu`, v1.1: `gelu_new(wi_0 x) * wi_1 x`).
+//! - LM head: tied to `shared` unless the checkpoint has its own `lm_head.weight` (T0, flan-t5);
+//!   decoder outputs are scaled by `d_model^-0.5` first when `scale_decoder_outputs` (v1.0).
+//!
+//! transformers 5.24 always writes `tie_word_embeddings: true` and records the v1.0 scaling as
+//! `scale_decoder_outputs`; older configs carry only `tie_word_embeddings` (false for v1.1 / flan), which
+//! then decides the scaling. Whether the head is untied is decided by the weight file, as transformers does.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+use burn::prelude::*;
+use kiln_peft::PeftLinear;
+
+use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache, LayerCache};
+use crate::config::{Activation, RawConfig};
+use crate::error::{Error, Result};
+use crate::seq2seq::{encoder_inputs, grouped_attend, EncoderDecoder};
+use crate::weights::{LoadReport, LoadSpec};
+
+/// The fields of T5's `config.json` that the forward pass uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    pub num_decoder_layers: usize,
+    pub num_heads: usize,
+    pub relative_attention_num_buckets: usize,
+    pub relative_attention_max_distance: usize,
+    pub layer_norm_epsilon: f64,
+    /// `relu`, `gelu`, `gated-gelu`, `gated-silu`, …
+    pub feed_forward_proj: String,
+    /// `gated-*`: `act(wi_0 x) * wi_1 x`.
+    pub is_gated_act: bool,
+    pub dense_act_fn: Activation,
+    /// Multiply decoder outputs by `d_model^-0.5` before the LM head (T5 v1.0).
+    pub scale_decoder_outputs: bool,
+    /// A separate `lm_head.weight` (T0, flan-t5). [`load`] sets it from the weight file.
+    pub untied_lm_head: bool,
+    pub initializer_factor: f64,
+    pub pad_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub decoder_start_token_id: Option<u32>,
+}
+
+impl T5Config {
+    pub fn from_raw(c: &RawConfig) -> Result<Self> {
+        let num_layers = c.req_usize_any(&["num_layers", "num_hidden_layers"])?;
+        let feed_forward_proj = c.str_or("feed_forward_proj", "relu")?;
+        let parts: Vec<&str> = feed_forward_proj.split('-').collect();
+        let (is_gated_act, act_name) = match parts.as_slice() {
+            [act] => (false, *act),
+            ["gated", act] => (true, *act),
+            _ => {
+                return Err(Error::field(
+                    &c.path,
+                    "feed_forward_proj",
+                    format!("`{feed_forward_proj}` is not of the form `gated-{{ACT}}` or `{{ACT}}`"),
+                ))
+            }
+        };
+        // transformers: `gated-gelu` means the tanh approximation (as the original v1.1 checkpoints).
+        let act_name = if feed_forward_proj == "gated-gelu" { "gelu_new" } else { act_name };
+        let dense_act_fn = Activation::parse(act_name).ok_or_else(|| {
+            Error::field(&c.path, "feed_forward_proj", format!("unsupported activation `{act_name}`"))
+        })?;
+        let tie = c.bool_or("tie_word_embeddings", true)?;
+        let cfg = Self {
+            vocab_size: c.req_usize("vocab_size")?,
+            d_model: c.req_usize_any(&["d_model", "hidden_size"])?,
+            d_kv: c.req_usize_any(&["d_kv", "head_dim"])?,
+            d_ff: c.req_usize("d_ff")?,
+            num_layers,
+            num_decoder_layers: c.opt_usize("num_decoder_layers")?.unwrap_or(num_layers),
+            num_heads: c.req_usize_any(&["num_heads", "num_attention_heads"])?,
+            relative_attention_num_buckets: c.usize_or("relative_attention_num_buckets", 32)?,
+            relative_attention_max_distance: c.usize_or("relative_attention_max_distance", 128)?,
+            layer_norm_epsilon: c.f64_or("layer_norm_epsilon", 1e-6)?,
+            feed_forward_proj: feed_forward_proj.clone(),
+            is_gated_act,
+            dense_act_fn,
+            scale_decoder_outputs: c.bool_or("scale_decoder_outputs", tie)?,
+            untied_lm_head: !tie,
+            initializer_factor: c.f64_or("initializer_factor", 1.0)?,
+            pad_token_id: c.opt_token_id("pad_token_id")?,
+            eos_token_id: c.opt_token_id("eos_token_id")?,
+            decoder_start_token_id: c.opt_token_id("decoder_start_token_id")?,
+        };
+        c.check_range("vocab_size", cfg.vocab_size, 1, 10_000_000)?;
+        c.check_range("d_model", cfg.d_model, 1, 1 << 16)?;
+        c.check_range("d_kv", cfg.d_kv, 1, 1 << 14)?;
+        c.check_range("d_ff", cfg.d_ff, 1, 1 << 18)?;
+        c.check_range("num_layers", cfg.num_layers, 1, 1024)?;
+        c.check_range("num_decoder_layers", cfg.num_decoder_layers, 1, 1024)?;
+        c.check_range("num_heads", cfg.num_heads, 1, 1024)?;
+        // The encoder halves the buckets and then keeps half of those exact: at least 4 for a log range.
+        c.check_range("relative_attention_num_buckets", cfg.relative_attention_num_buckets, 4, 1 << 16)?;
+        c.check_range("relative_attention_max_distance", cfg.relative_attention_max_distance, 1, 1 << 24)?;
+        if !(cfg.layer_norm_epsilon > 0.0 && cfg.layer_norm_epsilon < 1.0) {
+            return Err(Error::field(&c.path, "layer_norm_epsilon", format!("{} is not in (0, 1)", cfg.layer_norm_epsilon)));
+        }
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::from_raw(&RawConfig::load(path)?)
+    }
+
+    /// Checkpoint keys are the module's paths. Older files also carry the tied copies
+    /// `{encoder,decoder}.embed_tokens.weight` (reported unused).
+    pub fn load_spec() -> LoadSpec {
+        LoadSpec { remaps: vec![], optional: vec![], transpose_linear: true }
+    }
+
+    /// A randomly initialised model (HF's `_init_weights` distributions). Parameters are lazy: nothing is
+    /// allocated until first use, so loading a checkpoint over it never holds two copies.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> T5ForConditionalGeneration<B> {
+        let f = self.initializer_factor;
+        let d = self.d_model;
+        let inner = self.num_heads * self.d_kv;
+        let lin = |i: usize, o: usize, std: f64| PeftLinear::new_normal(i, o, false, std, device);
+        let norm = || T5LayerNorm {
+            weight: Initializer::Constant { value: f }.init([d], device),
+            eps: self.layer_norm_epsilon,
+        };
+        let attention = |relative: bool| T5Attention {
+            q: lin(d, inner, f * ((d * self.d_kv) as f64).powf(-0.5)),
+            k: lin(d, inner, f * (d as f64).powf(-0.5)),
+            v: lin(d, inner, f * (d as f64).powf(-0.5)),
+            o: lin(inner, d, f * (inner as f64).powf(-0.5)),
+            relative_attention_bias: relative.then(|| {
+                EmbeddingConfig::new(self.relative_attention_num_buckets, self.num_heads)
+                    .with_initializer(Initializer::Normal { mean: 0.0, std: f * (d as f64).powf(-0.5) })
+                    .init(device)
+            }),
+            n_heads: self.num_heads,
+            d_kv: self.d_kv,
+        };
+        let ff = || {
+            let wi_std = f * (d as f64).powf(-0.5);
+            let (wi, wi_0, wi_1) = if self.is_gated_act {
+                (None, Some(lin(d, self.d_ff, wi_std)), Some(lin(d, self.d_ff, wi_std)))
+            } else {
+                (Some(lin(d, self.d_ff, wi_std)), None, None)
+            };
+            T5DenseReluDense { wi, wi_0, wi_1, wo: lin(self.d_ff, d, f * (self.d_ff as f64).powf(-0.5)), act: self.dense_act_fn }
+        };
+        let layer = |self_attn: Option<T5Attention<B>>, cross: Option<T5Attention<B>>, dense: Option<T5DenseReluDense<B>>| T5Layer {
+            SelfAttention: self_attn,
+            EncDecAttention: cross,
+            DenseReluDense: dense,
+            layer_norm: norm(),
+        };
+        let stack = |n: usize, is_decoder: bool| T5Stack {
+            block: (0..n)
+                .map(|i| {
+                    let mut layers = vec![layer(Some(attention(i == 0)), None, None)];
+                    if is_decoder {
+                        layers.push(layer(None, Some(attention(false)), None));
+                    }
+                    layers.push(layer(None, None, Some(ff())));
+                    T5Block { layer: layers }
+                })
+                .collect(),
+            final_layer_norm: norm(),
+            is_decoder,
+            num_buckets: self.relative_attention_num_buckets,
+            max_distance: self.relative_attention_max_distance,
+        };
+        let emb = |std: f64| {
+            EmbeddingConfig::new(self.vocab_size, d).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device)
+        };
+        T5ForConditionalGeneration {
+            shared: emb(f),
+            encoder: stack(self.num_layers, false),
+            decoder: stack(self.num_decoder_layers, true),
+            lm_head: self.untied_lm_head.then(|| lin(d, self.vocab_size, f)),
+            scale_decoder_outputs: self.scale_decoder_outputs,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct T5ForConditionalGeneration<B: Backend> {
+    /// `[vocab, d_model]`, shared by both stacks (and the LM head when tied).
+    pub shared: Embedding<B>,
+    pub encoder: T5Stack<B>,
+    pub decoder: T5Stack<B>,
+    /// `Some` when the checkpoint has its own `lm_head.weight`.
+    pub lm_head: Option<PeftLinear<B>>,
+    pub scale_decoder_outputs: bool,
+}
+
+#[derive(Module, Debug)]
+pub struct T5Stack<B: Backend> {
+    pub block: Vec<T5Block<B>>,
+    pub final_layer_norm: T5LayerNorm<B>,
+    pub is_decoder: bool,
+    pub num_buckets: usize,
+    pub max_distance: usize,
+}
+
+/// `layer.0`: self-attention; decoder `layer.1`: cross-attention; last: feed-forward.
+#[derive(Module, Debug)]
+pub struct T5Block<B: Backend> {
+    pub layer: Vec<T5Layer<B>>,
+}
+
+pub use layer::T5Layer;
+
+// The sub-layer's field names are the checkpoint's (`SelfAttention`, …); the lint also fires inside the
+// derive's generated code, hence a module-wide allow.
+#[allow(non_snake_case)]
+mod layer {
+    use super::*;
+
+    /// One sub-layer of a block, named as in the checkpoint (exactly one of the three parts is present).
+    #[derive(Module, Debug)]
+    pub struct T5Layer<B: Backend> {
+        pub SelfAttention: Option<T5Attention<B>>,
+        pub EncDecAttention: Option<T5Attention<B>>,
+        pub DenseReluDense: Option<T5DenseReluDense<B>>,
+        pub layer_norm: T5LayerNorm<B>,
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct T5Attention<B: Backend> {
+    pub q: PeftLinear<B>,
+    pub k: PeftLinear<B>,
+    pub v: PeftLinear<B>,
+    pub o: PeftLinear<B>,
+    /// `[num_buckets, heads]`, block 0 of each stack only.
+    pub relative_attention_bias: Option<Embedding<B>>,
+    pub n_heads: usize,
+    pub d_kv: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct T5DenseReluDense<B: Backend> {
+    pub wi: Option<PeftLinear<B>>,
+    pub wi_0: Option<PeftLinear<B>>,
+    pub wi_1: Option<PeftLinear<B>>,
+    pub wo: PeftLinear<B>,
+    #[module(skip)]
+    pub act: Activation,
+}
+
+/// T5's RMS norm: `weight · x / sqrt(mean(x²) + eps)`; no mean subtraction, no bias.
+#[derive(Module, Debug)]
+pub struct T5LayerNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> T5LayerNorm<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        // Activations are f32 here, so the variance is computed in f32 as transformers does.
+        let var = x.clone().powi_scalar(2).mean_dim(2);
+        let x = x * var.add_scalar(self.eps).sqrt().recip();
+        x * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+impl<B: Backend> T5DenseReluDense<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = match (&self.wi, &self.wi_0, &self.wi_1) {
+            (Some(wi), _, _) => self.act.forward(wi.forward(x)),
+            (None, Some(w0), Some(w1)) => self.act.forward(w0.forward(x.clone())) * w1.forward(x),
+            _ => panic!("T5DenseReluDense needs `wi` or both `wi_0` and `wi_1`"),
+        };
+        self.wo.forward(h)
+    }
+}
+
+/// transformers' `_relative_position_bucket` for one `memory − query` distance (f32 arithmetic, as torch).
+pub fn relative_position_bucket(relative_position: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> usize {
+    let mut nb = num_buckets as i64;
+    let mut ret = 0i64;
+    let mut rp = relative_position;
+    if bidirectional {
+        nb /= 2;
+        if rp > 0 {
+            ret += nb;
+        }
+        rp = rp.abs();
+    } else {
+        rp = -rp.min(0);
+    }
+    let max_exact = nb / 2;
+    if rp < max_exact {
+        return (ret + rp) as usize;
+    }
+    let ratio = (rp as f32 / max_exact as f32).ln();
+    let span = ((max_distance as f64) / (max_exact as f64)).ln() as f32;
+    let large = max_exact + (ratio / span * (nb - max_exact) as f32) as i64;
+    (ret + large.min(nb - 1)) as usize
+}
+
+impl<B: Backend> T5Attention<B> {
+    fn project(&self, lin: &PeftLinear<B>, x: Tensor<B, 3>) -> Tensor<B, 4> {
+        split_heads(lin.forward(x), self.n_heads)
+    }
+
+    /// Self-attention with additive `bias` (relative positions + mask), appending to `cache` if given.
+    fn self_attend(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+        let q = self.project(&self.q, x.clone());
+        let k = self.project(&self.k, x.clone());
+        let v = self.project(&self.v, x);
+        let (k, v) = match cache {
+            Some((c, layer)) => c.extend(layer, k, v),
+            None => (k, v),
+        };
+        self.o.forward(merge_heads(attend(q, k, v, None, Some(bias))))
+    }
+
+    /// Cross-attention over precomputed encoder keys/values (T5 adds no position bias here).
+    fn cross_attend(&self, x: Tensor<B, 3>, kv: &LayerCache<B>, mask: Tensor<B, 4>) -> Tensor<B, 3> {
+        let q = self.project(&self.q, x);
+        self.o.forward(merge_heads(grouped_attend(q, kv.k.clone(), kv.v.clone(), None, mask)))
+    }
+
+    fn kv(&self, enc: Tensor<B, 3>) -> LayerCache<B> {
+        LayerCache { k: self.project(&self.k, enc.clone()), v: self.project(&self.v, enc) }
+    }
+}
+
+impl<B: Backend> T5Layer<B> {
+    fn self_attention(&self) -> &T5Attention<B> {
+        self.SelfAttention.as_ref().expect("T5 block layer 0 is self-attention")
+    }
+}
+
+impl<B: Backend> T5Stack<B> {
+    /// The relative position bias `[1, heads, t, past + t]` for queries at `past..past + t`.
+    pub fn position_bias(&self, t: usize, past: usize, device: &B::Device) -> Tensor<B, 4> {
+        let emb = self.block[0]
+            .layer[0]
+            .self_attention()
+            .relative_attention_bias
+            .as_ref()
+            .expect("block 0 of a T5 stack holds relative_attention_bias");
+        let sk = past + t;
+        let buckets: Vec<i64> = (0..t)
+            .flat_map(|i| {
+                (0..sk).map(move |j| {
+                    relative_position_bucket(j as i64 - (past + i) as i64, !self.is_decoder, self.num_buckets, self.max_distance)
+                        as i64
+                })
+            })
+            .collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(buckets, [t, sk]), device);
+        emb.forward(ids).permute([2, 0, 1]).unsqueeze::<4>()
+    }
+
+    /// Run the blocks on embeddings `x` with self-attention `bias` (position bias + mask), and, in the
+    /// decoder, cross-attention to `cross` under `cross_mask`.
+    fn forward(
+        &self,
+        mut x: Tensor<B, 3>,
+        bias: Tensor<B, 4>,
+        cross: Option<(&[LayerCache<B>], Tensor<B, 4>)>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        for (i, block) in self.block.iter().enumerate() {
+            let l0 = &block.layer[0];
+            x = x.clone() + l0.self_attention().self_attend(l0.layer_norm.forward(x), bias.clone(), cache.as_deref_mut().map(|c| (c, i)));
+            if let Some((kv, mask)) = &cross {
+                let l1 = &block.layer[1];
+                let attn = l1.EncDecAttention.as_ref().expect("T5 decoder block layer 1 is cross-attention");
+                x = x.clone() + attn.cross_attend(l1.layer_norm.forward(x), &kv[i], mask.clone());
+            }
+            let lf = block.layer.last().expect("T5 block has layers");
+            let ff = lf.DenseReluDense.as_ref().expect("T5 block's last layer is the feed-forward");
+            x = x.clone() + ff.forward(lf.layer_norm.forward(x));
+        }
+        self.final_layer_norm.forward(x)
+    }
+}
+
+impl<B: Backend> T5ForConditionalGeneration<B> {
+    /// `encoder(input_ids, attention_mask).last_hidden_state`: `[b, s, d_model]`.
+    pub fn encoder_forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: &[Vec<u8>]) -> Tensor<B, 3> {
+        let device = input_ids.device();
+        let s = input_ids.dims()[1];
+        let x = self.shared.forward(input_ids);
+        let bias = self.encoder.position_bias(s, 0, &device) + additive_mask::<B>(attention_mask, s, false, &device);
+        self.encoder.forward(x, bias, None, None)
+    }
+
+    /// Logits `[b, t, vocab]` as `model(input_ids, attention_mask, decoder_input_ids).logits`.
+    pub fn forward(
+        &self,
+        input_ids: &[Vec<u32>],
+        attention_mask: &[Vec<u8>],
+        decoder_input_ids: &[Vec<u32>],
+    ) -> Result<Tensor<B, 3>> {
+        let device = self.shared.weight.device();
+        let ids = encoder_inputs::<B>(input_ids, attention_mask, &device)?;
+        let enc = self.encoder_forward(ids, attention_mask);
+        let dec = crate::attention::ids_tensor::<B>(decoder_input_ids, &device);
+        self.decoder_logits(dec, enc, attention_mask)
+    }
+}
+
+impl<B: Backend> EncoderDecoder<B> for T5ForConditionalGeneration<B> {
+    fn encode(&self, input_ids: Tensor<B, 2, Int>, attention_mask: &[Vec<u8>]) -> Result<Tensor<B, 3>> {
+        Ok(self.encoder_forward(input_ids, attention_mask))
+    }
+
+    fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<LayerCache<B>> {
+        self.decoder
+            .block
+            .iter()
+            .map(|b| b.layer[1].EncDecAttention.as_ref().expect("T5 decoder cross-attention").kv(encoder_hidden.clone()))
+            .collect()
+    }
+
+    fn n_decoder_layers(&self) -> usize {
+        self.decoder.block.len()
+    }
+
+    fn decode(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        self_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache<B>>,
+        cross: &[LayerCache<B>],
+        cross_mask: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 3>> {
+        let device = ids.device();
+        let [r, t] = ids.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if self_mask.len() != r || self_mask.iter().any(|m| m.len() != past + t) {
+            return Err(Error::Input(format!("decoder mask must be {r} rows of {} (cached + new tokens)", past + t)));
+        }
+        let x = self.shared.forward(ids);
+        let bias = self.decoder.position_bias(t, past, &device) + additive_mask::<B>(self_mask, t, true, &device);
+        Ok(self.decoder.forward(x, bias, Some((cross, cross_mask)), cache))
+    }
+
+    fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let d = hidden.dims()[2];
+        let h = if self.scale_decoder_outputs { hidden.mul_scalar((d as f64).powf(-0.5)) } else { hidden };
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => h.matmul(self.shared.weight.val().transpose().unsqueeze::<3>()),
+        }
+    }
+
+    fn device(&self) -> B::Device {
+        self.shared.weight.device()
+    }
+}
+
+/// Load a T5 checkpoint directory (`config.json` + safetensors weights). The LM head is untied exactly when
+/// the weight files contain `lm_head.weight`.
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(T5Config, T5ForConditionalGeneration<B>, LoadReport)> {
+    let raw = RawConfig::load(&dir.join("config.json"))?;
+    let mt = raw.model_type()?;
+    if mt != "t5" {
+        return Err(Error::UnsupportedArchitecture { path: raw.path.clone(), model_type: mt, supported: "t5 here".into() });
+    }
+    let mut cfg = T5Config::from_raw(&raw)?;
+    let files = crate::weights::weight_files(dir)?;
+    let mut has_lm_head = false;
+    for f in &files {
+        has_lm_head |= crate::weights::inspect_safetensors(f)?.iter().any(|t| t.name == "lm_head.weight");
+    }
+    cfg.untied_lm_head = has_lm_head;
+    let mut model = cfg.init::<B>(device);
+    let report = crate::weights::load_into(&mut model, &files, &T5Config::load_spec())?;
+    Ok((cfg, model, report))
+}
