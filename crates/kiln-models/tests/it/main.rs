@@ -7,6 +7,7 @@ mod errors;
 mod fixtures;
 mod gpt2;
 mod hub;
+mod icl;
 mod opt;
 mod s2s;
 mod t5;
