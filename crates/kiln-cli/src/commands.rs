@@ -330,3 +330,249 @@ pub fn inspect(a: InspectArgs) -> Res {
     }
     Ok(())
 }
+
+fn apply_gen_flags(gen: &GenArgs, base: GenerationConfig) -> Result<GenerationConfig, String> {
+    let (cfg, warnings) = gen.apply(base)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(cfg)
+}
+
+fn read_jsonl(path: &PathBuf) -> Result<Vec<serde_json::Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1)))
+        .collect()
+}
+
+fn field(v: &serde_json::Value, k: &str, path: &PathBuf, line: usize) -> Result<String, String> {
+    v.get(k)
+        .and_then(|x| x.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| format!("{} line {line}: missing string field `{k}`", path.display()))
+}
+
+#[derive(Args, Debug)]
+pub struct ZeroShotArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[arg(long, required_unless_present = "input")]
+    pub context: Option<String>,
+    #[arg(long, required_unless_present = "input")]
+    pub question: Option<String>,
+    /// JSONL with `context` and `question` fields; prints one JSON answer per line.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// The prompt; `{context}` and `{question}` are replaced.
+    #[arg(long, default_value = "context: {context} question: {question}")]
+    pub template: String,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn zero_shot(a: ZeroShotArgs) -> Res {
+    let device = backend::device()?;
+    let pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
+    // The seed's T0 settings: beam 5, max length 50.
+    let mut base = pipe.generation.clone();
+    base.num_beams = 5;
+    let mut gen = a.gen.clone();
+    if gen.max_new_tokens.is_none() {
+        gen.max_new_tokens = Some(49);
+    }
+    let cfg = apply_gen_flags(&gen, base)?;
+    let pairs: Vec<(String, String)> = match &a.input {
+        Some(p) => read_jsonl(p)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Ok((field(v, "context", p, i + 1)?, field(v, "question", p, i + 1)?)))
+            .collect::<Result<_, String>>()?,
+        None => vec![(a.context.clone().unwrap_or_default(), a.question.clone().unwrap_or_default())],
+    };
+    for (c, q) in &pairs {
+        let prompt = a.template.replace("{context}", c).replace("{question}", q);
+        let ans = pipe.generate_text(&[&prompt], Some(1024), &cfg).map_err(s)?;
+        if a.json || a.input.is_some() {
+            println!("{}", json!({"context": c, "question": q, "answer": ans[0]}));
+        } else {
+            println!("{}", ans[0]);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct SummarizeArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// A text file with one article, or a JSONL file with an `article` field per line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// A LoRA adapter directory in the PEFT format.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Source tokens kept (longer articles are truncated, with a warning).
+    #[arg(long, default_value_t = 1024)]
+    pub max_source_length: usize,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn summarize(a: SummarizeArgs) -> Res {
+    if a.adapter.is_some() {
+        return Err("--adapter: LoRA adapters are not wired into summarize yet (see issue 5)".into());
+    }
+    let device = backend::device()?;
+    let pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
+    let cfg = apply_gen_flags(&a.gen, pipe.generation.clone())?;
+    let articles: Vec<String> = if a.input.extension().is_some_and(|e| e == "jsonl") {
+        read_jsonl(&a.input)?.iter().enumerate().map(|(i, v)| field(v, "article", &a.input, i + 1)).collect::<Result<_, _>>()?
+    } else {
+        vec![std::fs::read_to_string(&a.input).map_err(|e| format!("{}: {e}", a.input.display()))?]
+    };
+    for art in &articles {
+        let (ids, mask, truncated) = pipe.encode_right_padded(&[art], Some(a.max_source_length)).map_err(s)?;
+        if truncated > 0 {
+            eprintln!("warning: article truncated to the model's maximum source length");
+        }
+        let out = kiln_models::seq2seq::generate(&pipe.model, &ids, &mask, &cfg, None).map_err(s)?;
+        let text = pipe.tokenizer.decode(&out.sequences[0], true).map_err(s)?;
+        if a.json {
+            println!("{}", json!({"summary": text.trim(), "ids": out.sequences[0]}));
+        } else {
+            println!("{}", text.trim());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Text to embed; repeat for several.
+    #[arg(long, short = 't', required = true)]
+    pub text: Vec<String>,
+    #[arg(long, default_value_t = 256)]
+    pub max_len: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn embed(a: EmbedArgs) -> Res {
+    let device = backend::device()?;
+    let dir = resolve_model(&a.model.spec()).map_err(s)?;
+    let (_, model, _) = kiln_models::bert::load::<Inference>(&dir, &device).map_err(s)?;
+    let tok = kiln_models::tokenizer::Tokenizer::from_dir(&dir).map_err(s)?;
+    let texts: Vec<&str> = a.text.iter().map(String::as_str).collect();
+    let e = model.sentence_embeddings(&tok, &texts, Some(a.max_len)).map_err(s)?;
+    let [n, d] = e.dims();
+    let v: Vec<f32> = e.into_data().convert::<f32>().to_vec().map_err(|e| format!("{e:?}"))?;
+    let rows: Vec<&[f32]> = (0..n).map(|i| &v[i * d..(i + 1) * d]).collect();
+    if a.json {
+        println!("{}", json!({"model": a.model.spec(), "dim": d, "embeddings": rows}));
+    } else {
+        for (t, r) in texts.iter().zip(&rows) {
+            let head: Vec<String> = r.iter().take(6).map(|x| format!("{x:.4}")).collect();
+            println!("{t:?}: [{} …] (dim {d})", head.join(", "));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[arg(long, short = 't', required = true)]
+    pub text: Vec<String>,
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn classify(a: ClassifyArgs) -> Res {
+    let device = backend::device()?;
+    let dir = resolve_model(&a.model.spec()).map_err(s)?;
+    let (_, model, report) = kiln_models::bert::load_for_classification::<Inference>(&dir, &device).map_err(s)?;
+    if report.initialised.iter().any(|p| p.starts_with("classifier")) {
+        eprintln!("warning: {} has no classification head; it was initialised randomly", dir.display());
+    }
+    let raw = kiln_models::config::RawConfig::load(&dir.join("config.json")).map_err(s)?;
+    let tok = kiln_models::tokenizer::Tokenizer::from_dir(&dir).map_err(s)?;
+    let encs = a.text.iter().map(|t| tok.encode(t, Some(a.max_len))).collect::<Result<Vec<_>, _>>().map_err(s)?;
+    let pad = tok.token_to_id("[PAD]").unwrap_or(0);
+    let batch = kiln_models::bert::BertBatch::from_encodings(&encs, pad).map_err(s)?;
+    let logits = model.forward_batch(&batch).map_err(s)?;
+    let probs = kiln_models::attention::rows_f32(burn::tensor::activation::softmax(logits, 1));
+    let label = |i: usize| {
+        raw.map.get("id2label").and_then(|m| m.get(i.to_string())).and_then(|v| v.as_str()).map(str::to_string).unwrap_or(format!("LABEL_{i}"))
+    };
+    for (t, p) in a.text.iter().zip(&probs) {
+        let best = p.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map(|(i, _)| i).unwrap_or(0);
+        if a.json {
+            println!("{}", json!({"text": t, "label": label(best), "probs": p}));
+        } else {
+            println!("{}\t{:.4}\t{t}", label(best), p[best]);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct IclArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// JSONL demonstrations with `input` and `output` fields.
+    #[arg(long)]
+    pub examples: PathBuf,
+    #[arg(long, required = true)]
+    pub input: Vec<String>,
+    /// Classify by label likelihood among these (comma-separated) instead of free generation.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    #[arg(long, default_value_t = 5)]
+    pub max_new_tokens: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn icl(a: IclArgs) -> Res {
+    use kiln_models::icl::{classify as icl_classify, Example, IclTemplate};
+    let examples: Vec<Example> = read_jsonl(&a.examples)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| serde_json::from_value(v).map_err(|e| format!("{} line {}: {e}", a.examples.display(), i + 1)))
+        .collect::<Result<_, _>>()?;
+    let device = backend::device()?;
+    let pipe = CausalPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
+    let t = IclTemplate::default();
+    for input in &a.input {
+        let answer = if a.labels.is_empty() {
+            let prompt = t.prompt(&examples, input);
+            let (ids, mask) = pipe.encode_left_padded(&[&prompt]).map_err(s)?;
+            let cfg = GenerationConfig { max_new_tokens: Some(a.max_new_tokens), ..pipe.generation.clone() };
+            let out = run_generate(&mut CausalSession::new(&pipe.model), &ids, &mask, &cfg, None).map_err(s)?;
+            let text = pipe.tokenizer.decode(&out.sequences[0][out.prompt_len..], true).map_err(s)?;
+            t.extract_answer(&text).to_string()
+        } else {
+            let labels: Vec<&str> = a.labels.iter().map(String::as_str).collect();
+            let i = icl_classify(&pipe.model, &pipe.tokenizer, &t, &examples, input, &labels).map_err(s)?;
+            labels[i].to_string()
+        };
+        if a.json {
+            println!("{}", json!({"input": input, "answer": answer}));
+        } else {
+            println!("{answer}\t{input}");
+        }
+    }
+    Ok(())
+}

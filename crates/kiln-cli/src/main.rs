@@ -24,15 +24,35 @@ enum Command {
     Rouge(commands::RougeArgs),
     /// Load a checkpoint and report what was loaded.
     Inspect(commands::InspectArgs),
+    /// Zero-shot question answering with an encoder-decoder model (T0/T5), beam search.
+    ZeroShot(commands::ZeroShotArgs),
+    /// Summarize articles with an encoder-decoder model (BART, T5).
+    Summarize(commands::SummarizeArgs),
+    /// Sentence embeddings (mean pooling, L2-normalised) from a BERT checkpoint.
+    Embed(commands::EmbedArgs),
+    /// Classify texts with a BERT sequence-classification checkpoint.
+    Classify(commands::ClassifyArgs),
+    /// In-context learning: k-shot prompts, answers by generation or by label likelihood.
+    Icl(commands::IclArgs),
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`kiln … | head`) instead of panicking in println!.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => commands::generate(a),
         Command::Score(a) => commands::score(a),
         Command::Rouge(a) => commands::rouge(a),
         Command::Inspect(a) => commands::inspect(a),
+        Command::ZeroShot(a) => commands::zero_shot(a),
+        Command::Summarize(a) => commands::summarize(a),
+        Command::Embed(a) => commands::embed(a),
+        Command::Classify(a) => commands::classify(a),
+        Command::Icl(a) => commands::icl(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

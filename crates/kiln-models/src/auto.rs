@@ -128,3 +128,122 @@ pub fn left_pad(rows: &[Vec<u32>], pad: u32) -> (Vec<Vec<u32>>, Vec<Vec<u8>>) {
     let mask = rows.iter().map(|r| std::iter::repeat_n(0u8, n - r.len()).chain(std::iter::repeat_n(1u8, r.len())).collect()).collect();
     (ids, mask)
 }
+
+/// The encoder-decoder architectures kiln implements.
+pub const SEQ2SEQ_TYPES: &str = "t5, bart";
+
+/// Any encoder-decoder model.
+#[derive(Module, Debug)]
+pub enum Seq2SeqModel<B: Backend> {
+    T5(crate::t5::T5ForConditionalGeneration<B>),
+    Bart(crate::bart::BartForConditionalGeneration<B>),
+}
+
+impl<B: Backend> Seq2SeqModel<B> {
+    pub fn load(dir: &Path, device: &B::Device) -> Result<(Self, LoadReport)> {
+        let mt = model_type(dir)?;
+        match mt.as_str() {
+            "t5" | "mt5" => crate::t5::load(dir, device).map(|(_, m, r)| (Self::T5(m), r)),
+            "bart" => crate::bart::load(dir, device).map(|(_, m, r)| (Self::Bart(m), r)),
+            _ => Err(Error::UnsupportedArchitecture {
+                path: dir.join("config.json"),
+                model_type: mt,
+                supported: SEQ2SEQ_TYPES.into(),
+            }),
+        }
+    }
+}
+
+macro_rules! delegate_s2s {
+    ($self:ident, $m:ident => $e:expr) => {
+        match $self {
+            Seq2SeqModel::T5($m) => $e,
+            Seq2SeqModel::Bart($m) => $e,
+        }
+    };
+}
+
+impl<B: Backend> crate::seq2seq::EncoderDecoder<B> for Seq2SeqModel<B> {
+    fn encode(&self, input_ids: Tensor<B, 2, Int>, attention_mask: &[Vec<u8>]) -> Result<Tensor<B, 3>> {
+        delegate_s2s!(self, m => m.encode(input_ids, attention_mask))
+    }
+    fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<crate::attention::LayerCache<B>> {
+        delegate_s2s!(self, m => m.cross_kv(encoder_hidden))
+    }
+    fn n_decoder_layers(&self) -> usize {
+        delegate_s2s!(self, m => m.n_decoder_layers())
+    }
+    fn decode(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        self_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache<B>>,
+        cross: &[crate::attention::LayerCache<B>],
+        cross_mask: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 3>> {
+        delegate_s2s!(self, m => m.decode(ids, self_mask, cache, cross, cross_mask))
+    }
+    fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        delegate_s2s!(self, m => m.lm_logits(hidden))
+    }
+    fn device(&self) -> B::Device {
+        delegate_s2s!(self, m => crate::seq2seq::EncoderDecoder::<B>::device(m))
+    }
+}
+
+/// An encoder-decoder model with its tokenizer and generation defaults.
+pub struct Seq2SeqPipeline<B: Backend> {
+    pub dir: PathBuf,
+    /// The longest encoder input the model accepts (BART's learned positions); `None` for T5.
+    pub max_source_positions: Option<usize>,
+    pub model: Seq2SeqModel<B>,
+    pub tokenizer: Tokenizer,
+    pub generation: GenerationConfig,
+    pub report: LoadReport,
+}
+
+impl<B: Backend> Seq2SeqPipeline<B> {
+    pub fn load(spec: &str, device: &B::Device) -> Result<Self> {
+        let dir = resolve_model(spec)?;
+        let (model, report) = Seq2SeqModel::load(&dir, device)?;
+        let tokenizer = Tokenizer::from_dir(&dir)?;
+        let generation = GenerationConfig::from_dir(&dir)?;
+        let max_source_positions = match &model {
+            Seq2SeqModel::Bart(_) => RawConfig::load(&dir.join("config.json"))?.opt_usize("max_position_embeddings")?,
+            Seq2SeqModel::T5(_) => None,
+        };
+        Ok(Self { dir, max_source_positions, model, tokenizer, generation, report })
+    }
+
+    /// Tokenize sources (cut to `max_len` tokens) and right-pad them, as HF tokenizers pad encoder inputs.
+    /// Returns ids, masks, and how many inputs were truncated.
+    pub fn encode_right_padded(&self, texts: &[&str], max_len: Option<usize>) -> Result<(Vec<Vec<u32>>, Vec<Vec<u8>>, usize)> {
+        let pad = self.generation.pad_token_id.unwrap_or(0);
+        // Never more than the model has positions for (as the tokenizer's model_max_length would).
+        let max_len = match (max_len, self.max_source_positions) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut rows = Vec::new();
+        let mut truncated = 0;
+        for t in texts {
+            if t.trim().is_empty() {
+                return Err(Error::Input("empty input text".into()));
+            }
+            let e = self.tokenizer.encode(t, max_len)?;
+            truncated += e.truncated as usize;
+            rows.push(e.ids);
+        }
+        let n = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mask = rows.iter().map(|r| (0..n).map(|i| (i < r.len()) as u8).collect()).collect();
+        let ids = rows.into_iter().map(|mut r| { r.resize(n, pad); r }).collect();
+        Ok((ids, mask, truncated))
+    }
+
+    /// Generate for each text; returns the decoded outputs (special tokens skipped).
+    pub fn generate_text(&self, texts: &[&str], max_len: Option<usize>, cfg: &GenerationConfig) -> Result<Vec<String>> {
+        let (ids, mask, _) = self.encode_right_padded(texts, max_len)?;
+        let out = crate::seq2seq::generate(&self.model, &ids, &mask, cfg, None)?;
+        out.sequences.iter().map(|s| self.tokenizer.decode(s, true).map(|t| t.trim().to_string())).collect()
+    }
+}
