@@ -163,10 +163,10 @@ impl BertConfig {
                         num_attention_heads: self.num_attention_heads,
                         scale: 1.0 / ((d / self.num_attention_heads) as f64).sqrt(),
                     },
-                    output: BertSelfOutput { dense: linear(d, d), LayerNorm: ln(), dropout: hidden_dropout() },
+                    output: BertSelfOutput { dense: linear(d, d), LayerNorm: ln(), dropout: hidden_dropout(), adapter: None },
                 },
                 intermediate: BertIntermediate { dense: linear(d, self.intermediate_size), act: self.hidden_act },
-                output: BertOutput { dense: linear(self.intermediate_size, d), LayerNorm: ln(), dropout: hidden_dropout() },
+                output: BertOutput { dense: linear(self.intermediate_size, d), LayerNorm: ln(), dropout: hidden_dropout(), adapter: None },
             })
             .collect();
         BertModel {
@@ -291,6 +291,8 @@ pub struct BertSelfOutput<B: Backend> {
     pub dense: PeftLinear<B>,
     pub LayerNorm: LayerNorm<B>,
     pub dropout: Dropout,
+    /// A bottleneck adapter (Houlsby placement), applied before the residual and LayerNorm.
+    pub adapter: Option<kiln_peft::Adapter<B>>,
 }
 
 /// `act(dense(x))`, the widening half of the feed-forward block.
@@ -307,6 +309,8 @@ pub struct BertOutput<B: Backend> {
     pub dense: PeftLinear<B>,
     pub LayerNorm: LayerNorm<B>,
     pub dropout: Dropout,
+    /// A bottleneck adapter (Houlsby and Pfeiffer placements), applied before the residual and LayerNorm.
+    pub adapter: Option<kiln_peft::Adapter<B>>,
 }
 
 /// `tanh(dense(h[:, 0]))`.
@@ -346,14 +350,29 @@ impl<B: Backend> BertLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>) -> Tensor<B, 3> {
         let a = self.attention.self_attn.forward(x.clone(), mask);
         let o = &self.attention.output;
-        let x = o.LayerNorm.forward(o.dropout.forward(o.dense.forward(a)) + x);
+        let a = kiln_peft::adapter::maybe_adapt(&o.adapter, o.dropout.forward(o.dense.forward(a)));
+        let x = o.LayerNorm.forward(a + x);
         let h = self.intermediate.act.forward(self.intermediate.dense.forward(x.clone()));
         let o = &self.output;
-        o.LayerNorm.forward(o.dropout.forward(o.dense.forward(h)) + x)
+        let h = kiln_peft::adapter::maybe_adapt(&o.adapter, o.dropout.forward(o.dense.forward(h)));
+        o.LayerNorm.forward(h + x)
     }
 }
 
 impl<B: Backend> BertModel<B> {
+    /// Insert bottleneck adapters into every layer (Houlsby: after attention and FFN; Pfeiffer: FFN only).
+    pub fn add_adapters(mut self, cfg: &kiln_peft::AdapterConfig) -> Self {
+        let d = self.hidden_size();
+        let device = self.embeddings.word_embeddings.weight.device();
+        for layer in self.encoder.layer.iter_mut() {
+            if cfg.placement == kiln_peft::AdapterPlacement::Houlsby {
+                layer.attention.output.adapter = Some(cfg.init(d, &device));
+            }
+            layer.output.adapter = Some(cfg.init(d, &device));
+        }
+        self
+    }
+
     /// Hidden size `d`.
     pub fn hidden_size(&self) -> usize {
         self.embeddings.word_embeddings.weight.dims()[1]
@@ -558,4 +577,16 @@ pub fn load_for_classification<B: Backend>(
     let files = crate::weights::weight_files(dir)?;
     let report = crate::weights::load_into(&mut model, &files, &BertConfig::classifier_load_spec())?;
     Ok((cfg, model, report))
+}
+
+impl<B: Backend> BertForSequenceClassification<B> {
+    /// The seed's setup: bottleneck adapters in every layer, the backbone frozen; only the adapters, the
+    /// classifier (and, with `train_layer_norms`, the LayerNorms, as Houlsby et al. do) are trained.
+    /// Returns the model and its (trainable, total) parameter counts.
+    pub fn with_frozen_adapters(self, cfg: &kiln_peft::AdapterConfig, train_layer_norms: bool) -> (Self, usize, usize) {
+        let model = Self { bert: self.bert.add_adapters(cfg), ..self };
+        kiln_peft::freeze_except(model, |path| {
+            path.contains(".adapter.") || path.starts_with("classifier") || (train_layer_norms && path.contains("LayerNorm"))
+        })
+    }
 }

@@ -9,6 +9,10 @@
 //!
 //! Dependencies point one way: kiln-peft depends on burn only; kiln-models depends on kiln-peft.
 
+pub mod adapter;
+pub mod freeze;
 pub mod linear;
 
+pub use adapter::{Adapter, AdapterActivation, AdapterConfig, AdapterPlacement};
+pub use freeze::{freeze_except, trainable_summary};
 pub use linear::{LoraConfig, LoraLayer, PeftLinear};

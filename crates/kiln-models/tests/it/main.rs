@@ -1,5 +1,6 @@
 //! kiln-models integration tests (one binary: the generic model code is compiled once).
 
+mod adapters;
 mod bart;
 mod bert;
 mod common;

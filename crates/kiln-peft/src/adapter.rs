@@ -1,0 +1,118 @@
+//! Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2020): a small down-projection,
+//! non-linearity and up-projection with a residual connection, inserted inside every transformer layer
+//! of a frozen model.
+//!
+//! - Houlsby: after the attention output projection and after the feed-forward output.
+//! - Pfeiffer: after the feed-forward output only.
+//!
+//! As in the `adapters` library, the adapter acts on a sub-layer's output before that sub-layer's own
+//! residual connection and layer norm. The up-projection starts at zero, so a freshly attached adapter is
+//! the identity and the model's outputs are unchanged until training moves it.
+
+use burn::module::Module;
+use burn::nn::Initializer;
+use burn::prelude::*;
+
+use crate::linear::PeftLinear;
+
+/// Where adapters go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AdapterPlacement {
+    /// After attention and after the feed-forward block.
+    Houlsby,
+    /// After the feed-forward block only.
+    Pfeiffer,
+}
+
+/// Non-linearity of the bottleneck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AdapterActivation {
+    Relu,
+    Gelu,
+    Swish,
+    Tanh,
+}
+
+/// Adapter hyper-parameters: the bottleneck size is `size`, or `hidden / reduction_factor`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdapterConfig {
+    pub placement: AdapterPlacement,
+    pub reduction_factor: Option<usize>,
+    pub size: Option<usize>,
+    pub activation: AdapterActivation,
+    /// Add the adapter's input back to its output (the standard design).
+    pub residual: bool,
+    /// Standard deviation of the down-projection's initial weights.
+    pub init_std: f64,
+}
+
+impl Default for AdapterConfig {
+    fn default() -> Self {
+        Self {
+            placement: AdapterPlacement::Pfeiffer,
+            reduction_factor: Some(16),
+            size: None,
+            activation: AdapterActivation::Relu,
+            residual: true,
+            init_std: 0.02,
+        }
+    }
+}
+
+impl AdapterConfig {
+    /// The bottleneck width for a layer of width `hidden`.
+    pub fn bottleneck(&self, hidden: usize) -> usize {
+        self.size.unwrap_or_else(|| (hidden / self.reduction_factor.unwrap_or(16).max(1)).max(1))
+    }
+
+    pub fn init<B: Backend>(&self, hidden: usize, device: &B::Device) -> Adapter<B> {
+        let m = self.bottleneck(hidden);
+        let mut down = PeftLinear::new_normal(hidden, m, true, self.init_std, device);
+        down.bias = Some(Initializer::Zeros.init([m], device));
+        let up = PeftLinear {
+            weight: Initializer::Zeros.init([m, hidden], device),
+            bias: Some(Initializer::Zeros.init([hidden], device)),
+            lora: None,
+        };
+        Adapter { adapter_down: down, adapter_up: up, activation: self.activation, residual: self.residual }
+    }
+}
+
+/// One bottleneck adapter: `x + up(act(down(x)))`.
+#[derive(Module, Debug)]
+pub struct Adapter<B: Backend> {
+    pub adapter_down: PeftLinear<B>,
+    pub adapter_up: PeftLinear<B>,
+    #[module(skip)]
+    pub activation: AdapterActivation,
+    pub residual: bool,
+}
+
+impl<B: Backend> Adapter<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        use burn::tensor::activation as act;
+        let h = self.adapter_down.forward(x.clone());
+        let h = match self.activation {
+            AdapterActivation::Relu => act::relu(h),
+            AdapterActivation::Gelu => act::gelu(h),
+            AdapterActivation::Swish => act::silu(h),
+            AdapterActivation::Tanh => h.tanh(),
+        };
+        let h = self.adapter_up.forward(h);
+        if self.residual { x + h } else { h }
+    }
+
+    /// Parameters of this adapter.
+    pub fn num_params(&self) -> usize {
+        Module::<B>::num_params(self)
+    }
+}
+
+/// Apply an optional adapter.
+pub fn maybe_adapt<B: Backend, const D: usize>(adapter: &Option<Adapter<B>>, x: Tensor<B, D>) -> Tensor<B, D> {
+    match adapter {
+        Some(a) => a.forward(x),
+        None => x,
+    }
+}
+
