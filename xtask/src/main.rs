@@ -25,7 +25,7 @@ enum Task {
     },
     /// Benchmarks, side by side with the Python reference when --python has it installed.
     Bench {
-        /// rouge | all
+        /// rouge | generate | bert | all
         #[arg(default_value = "all")]
         what: String,
         /// A Python with rouge-score / torch / transformers installed.
@@ -41,6 +41,12 @@ enum Task {
         /// Destination directory [default: target/kiln-cache/all-MiniLM-L6-v2].
         #[arg(long)]
         dest: Option<PathBuf>,
+    },
+    /// Run a recipe: `cargo xtask train t5-prompt-sst2 [kiln train flags…]`.
+    Train {
+        recipe: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Regenerate fixtures/ with Python (needs fixtures/requirements.txt installed).
     Fixtures {
@@ -94,40 +100,48 @@ fn demo(out: &Path) -> Result<(), String> {
     let out = if out.is_absolute() { out.to_path_buf() } else { root().join(out) };
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let bin = kiln_bin()?;
-    let mut summary = serde_json::Map::new();
-    let step = |name: &str| println!("== {name}");
-
-    step("gpt2-generate (bundled tiny GPT-2: greedy, beam 5 + no_repeat_ngram_size 2, sampling)");
     let fx = root().join("fixtures");
-    let gpt2 = fx.join("gpt2").display().to_string();
-    let mut gens = Vec::new();
-    for args in [
-        vec!["--max-new-tokens", "20"],
-        vec!["--max-new-tokens", "20", "--num-beams", "5", "--no-repeat-ngram-size", "2", "--early-stopping", "true"],
-        vec!["--max-new-tokens", "20", "--do-sample", "--top-k", "50", "--top-p", "0.9", "--temperature", "0.8", "--seed", "0"],
-    ] {
-        let mut a = vec!["generate", "--model-dir", &gpt2, "--prompt", "The film was", "--json"];
-        a.extend(args.iter().copied());
-        let v: Value = serde_json::from_str(&kiln(&bin, &a)?).map_err(|e| e.to_string())?;
-        gens.push(json!({"args": args, "result": v["results"][0]}));
+    let p = |s: &str| fx.join(s).display().to_string();
+    let mut summary = serde_json::Map::new();
+    // Every recipe on the bundled tiny checkpoints and samples (original text, not SST-2 / CNN/DailyMail).
+    let recipes: Vec<(&str, Vec<String>)> = vec![
+        ("gpt2-generate", vec!["--model".into(), p("gpt2")]),
+        ("t0-zero-shot", vec!["--model".into(), p("t5-v1_1")]),
+        ("opt-icl-sst2", vec!["--model".into(), p("opt"), "--dataset".into(), p("samples/sentiment"), "--max-eval-samples".into(), "20".into()]),
+        ("t5-prompt-sst2", vec!["--model".into(), p("t5"), "--dataset".into(), p("samples/sentiment"), "--epochs".into(), "2".into()]),
+        ("bert-adapters-sst2", vec!["--model".into(), p("bert"), "--dataset".into(), p("samples/sentiment"), "--epochs".into(), "2".into(), "--learning-rate".into(), "1e-3".into()]),
+        ("bart-cnndm", vec!["--model".into(), p("bart"), "--dataset".into(), p("samples/cnndm"), "--epochs".into(), "1".into()]),
+    ];
+    for (name, extra) in recipes {
+        println!("== {name}");
+        let dir = out.join(name);
+        let mut args: Vec<String> = vec!["train".into(), "--recipe".into(), name.into(), "--out".into(), dir.display().to_string(), "--json".into()];
+        args.extend(extra);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let v: Value = serde_json::from_str(kiln(&bin, &a)?.trim()).map_err(|e| format!("{name}: {e}"))?;
+        let mut short = v.clone();
+        if let Some(o) = short.as_object_mut() {
+            o.remove("train");
+        }
+        summary.insert(name.into(), short);
     }
-    write(&out.join("gpt2-generate.json"), &serde_json::to_string_pretty(&gens).unwrap())?;
-    summary.insert("gpt2-generate".into(), json!({"runs": gens.len()}));
 
-    step("opt score (per-token log-probs and perplexity)");
-    let opt = fx.join("opt").display().to_string();
-    let sc = kiln(&bin, &["score", "--model-dir", &opt, "--text", "The film was a delight.", "--json"])?;
-    write(&out.join("opt-score.json"), &sc)?;
-    let v: Value = serde_json::from_str(&sc).map_err(|e| e.to_string())?;
-    summary.insert("opt-score".into(), json!({"perplexity": v["perplexity"]}));
-
-    step("rouge (bundled prediction/reference pairs, stemmer, bar chart)");
-    let pairs = fx.join("samples").join("summaries.jsonl");
-    let png = out.join("rouge.png");
+    println!("== rouge (lead-3 baseline on the bundled article/summary samples, stemmer, bar chart)");
+    let text = std::fs::read_to_string(fx.join("samples/cnndm/validation.jsonl")).map_err(|e| e.to_string())?;
+    let mut lines = Vec::new();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(l).map_err(|e| e.to_string())?;
+        let article = v["article"].as_str().unwrap_or_default();
+        let lead3: Vec<&str> = article.split_inclusive(". ").take(3).map(str::trim).collect();
+        lines.push(json!({"prediction": lead3.join("\n"), "reference": v["highlights"]}).to_string());
+    }
+    let pairs = out.join("lead3.jsonl");
+    write(&pairs, &(lines.join("\n") + "\n"))?;
+    let png = out.join("rouge-lead3.png");
     let r = kiln(&bin, &["rouge", "--predictions", &pairs.display().to_string(), "--stemmer", "--json", "--plot", &png.display().to_string()])?;
-    write(&out.join("rouge.json"), &r)?;
-    let v: Value = serde_json::from_str(&r).map_err(|e| e.to_string())?;
-    summary.insert("rouge".into(), v["mean"].clone());
+    write(&out.join("rouge-lead3.json"), &r)?;
+    let v: Value = serde_json::from_str(r.trim()).map_err(|e| e.to_string())?;
+    summary.insert("rouge-lead3".into(), v["mean"].clone());
 
     write(&out.join("summary.json"), &serde_json::to_string_pretty(&Value::Object(summary)).unwrap())?;
     println!("reports written to {}", out.display());
@@ -155,18 +169,51 @@ fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(
         }
         rows.push(row);
     }
+    for w in ["generate", "bert"] {
+        if what != w && what != "all" {
+            continue;
+        }
+        let bin = kiln_bin()?;
+        let mut args = vec!["bench", w];
+        if quick {
+            args.push("--quick");
+        }
+        let k: Value = serde_json::from_str(kiln(&bin, &args)?.trim()).map_err(|e| e.to_string())?;
+        let py: Option<Value> = match python {
+            Some(py) => {
+                let mut c = Command::new(py);
+                c.arg(root().join("bench/reference/bench.py")).arg(w).args(["--threads", "2"]);
+                if quick {
+                    c.arg("--quick");
+                }
+                Some(serde_json::from_str(run(&mut c)?.trim()).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        for (name, r) in k["results"].as_object().cloned().unwrap_or_default() {
+            let mut row = json!({"workload": name, "kiln_s": r["median_s"], "kiln": r});
+            if let Some(p) = py.as_ref().and_then(|p| p["results"].get(&name)) {
+                row["torch_s"] = p["median_s"].clone();
+                row["torch"] = p.clone();
+                // > 1 means kiln is faster.
+                row["speedup"] = json!(p["median_s"].as_f64().unwrap_or(f64::NAN) / r["median_s"].as_f64().unwrap_or(f64::NAN));
+            }
+            rows.push(row);
+        }
+    }
     let date = run(Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%MZ")).unwrap_or_default();
     let report = json!({"date": date.trim(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "rows": rows});
     write(&out.join("bench.json"), &serde_json::to_string_pretty(&report).unwrap())?;
-    let mut md = String::from("| workload | kiln (1 thread) | kiln (all threads) | reference | kiln speed-up |\n|---|---|---|---|---|\n");
+    let mut md = String::from("| workload | kiln | reference (PyTorch / rouge-score) | kiln speed-up |\n|---|---|---|---|\n");
     for r in &rows {
+        let kiln_s = r["kiln_s"].as_f64().or(r["kiln_s_all_threads"].as_f64()).unwrap_or(f64::NAN);
+        let ref_s = r["torch_s"].as_f64().or(r["rouge_score_s"].as_f64());
         md += &format!(
-            "| {} | {:.4} s | {:.4} s | {} | {} |\n",
+            "| {} | {:.4} s | {} | {} |\n",
             r["workload"].as_str().unwrap_or(""),
-            r["kiln_s_1thread"].as_f64().unwrap_or(f64::NAN),
-            r["kiln_s_all_threads"].as_f64().unwrap_or(f64::NAN),
-            r["rouge_score_s"].as_f64().map_or("—".into(), |s| format!("{s:.3} s")),
-            r["speedup"].as_f64().map_or("—".into(), |s| format!("{s:.0}×")),
+            kiln_s,
+            ref_s.map_or("—".into(), |s| format!("{s:.4} s")),
+            r["speedup"].as_f64().map_or("—".into(), |s| format!("{s:.2}×")),
         );
     }
     write(&out.join("bench.md"), &md)?;
@@ -182,6 +229,15 @@ fn main() {
         Task::FetchMinilm { dest } => {
             minilm::fetch_minilm(&dest.unwrap_or_else(minilm::default_dest)).map(|p| println!("{}", p.display()))
         }
+        Task::Train { recipe, args } => kiln_bin().and_then(|bin| {
+            let st = Command::new(bin)
+                .current_dir(root())
+                .args(["train", "--recipe", &recipe])
+                .args(&args)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if st.success() { Ok(()) } else { Err(format!("kiln train exited with {st}")) }
+        }),
         Task::Fixtures { python } => run(Command::new(python).arg(root().join("fixtures/generate.py"))).map(|o| print!("{o}")),
     };
     if let Err(e) = res {

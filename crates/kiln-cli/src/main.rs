@@ -1,6 +1,7 @@
 //! `kiln`: the command line. Thin: parse, call the library, print (text for people, `--json` for scripts).
 
 mod backend;
+mod bench;
 mod commands;
 
 use std::process::ExitCode;
@@ -34,6 +35,10 @@ enum Command {
     Classify(commands::ClassifyArgs),
     /// In-context learning: k-shot prompts, answers by generation or by label likelihood.
     Icl(commands::IclArgs),
+    /// Run one of the seed notebook's experiments (a recipe): training, evaluation, reports.
+    Train(commands::TrainArgs),
+    /// Benchmarks on real-size models with random init (used by `cargo xtask bench`).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,8 @@ fn main() -> ExitCode {
         Command::Embed(a) => commands::embed(a),
         Command::Classify(a) => commands::classify(a),
         Command::Icl(a) => commands::icl(a),
+        Command::Train(a) => commands::train(a),
+        Command::Bench(a) => bench::bench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

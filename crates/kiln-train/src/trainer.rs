@@ -1,0 +1,401 @@
+//! One training loop for every task and every PEFT method: AdamW or Adam, linear schedule with warmup,
+//! gradient accumulation and clipping, evaluation each epoch, best-checkpoint keeping, exact
+//! checkpoint/resume, progress bars, metrics as JSON lines and a loss chart.
+//!
+//! Only parameters that require gradients get gradients and hence optimizer state: freezing a base model
+//! (`Module::no_grad`) is how PEFT methods train only their own parameters.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use kiln_data::{Batch, Batcher, Position};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::error::{Error, Result};
+
+/// Which optimizer (AdamW as transformers' Trainer; Adam as the seed's BERT run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OptimizerKind {
+    AdamW,
+    Adam,
+}
+
+/// Loop settings. Defaults follow transformers' `TrainingArguments`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// Warmup as a fraction of all optimizer steps (ignored when `warmup_steps` is set).
+    pub warmup_ratio: f64,
+    pub warmup_steps: Option<usize>,
+    pub grad_accum: usize,
+    pub max_grad_norm: Option<f32>,
+    pub optimizer: OptimizerKind,
+    pub adam_epsilon: f64,
+    pub seed: u64,
+    /// Stop after this many optimizer steps (the schedule still spans all epochs).
+    pub max_steps: Option<usize>,
+    /// Where checkpoints, metrics.jsonl and loss.png go.
+    pub out_dir: PathBuf,
+    /// Resume from `out_dir/checkpoint` when it exists.
+    pub resume: bool,
+    /// Evaluate (and keep the best checkpoint) at the end of each epoch.
+    pub eval_each_epoch: bool,
+    /// Also checkpoint every this many optimizer steps.
+    pub save_every_steps: Option<usize>,
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            learning_rate: 5e-5,
+            weight_decay: 0.0,
+            warmup_ratio: 0.0,
+            warmup_steps: None,
+            grad_accum: 1,
+            max_grad_norm: Some(1.0),
+            optimizer: OptimizerKind::AdamW,
+            adam_epsilon: 1e-8,
+            seed: 42,
+            max_steps: None,
+            out_dir: PathBuf::from("kiln-out/train"),
+            resume: false,
+            eval_each_epoch: true,
+            save_every_steps: None,
+            progress: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad(format!("learning rate must be positive, got {}", self.learning_rate));
+        }
+        if self.grad_accum == 0 {
+            return bad("gradient accumulation steps must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad(format!("warmup_ratio must be in [0, 1), got {}", self.warmup_ratio));
+        }
+        if self.max_grad_norm.is_some_and(|n| !(n > 0.0)) {
+            return bad("max_grad_norm must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// What an evaluation reports: named values, one of which is the task's primary metric.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+impl EvalResult {
+    pub fn get(&self, k: &str) -> Option<f64> {
+        self.metrics.get(k).and_then(|v| v.as_f64())
+    }
+}
+
+/// A task: how to compute the loss of a batch, and how to evaluate a model.
+pub trait Task<B: AutodiffBackend> {
+    type Model: AutodiffModule<B> + Clone;
+    /// Mean loss of the batch (a scalar).
+    fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>>;
+    /// Evaluate the inference copy of the model (no autodiff).
+    fn evaluate(&self, model: &<Self::Model as AutodiffModule<B>>::InnerModule) -> Result<EvalResult>;
+    /// The metric that decides the best checkpoint, and whether higher is better.
+    fn primary_metric(&self) -> (&str, bool);
+}
+
+/// HF's `get_linear_schedule_with_warmup`: linear warmup to the base rate, then linear decay to 0.
+pub fn linear_schedule(base: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        base * step as f64 / warmup.max(1) as f64
+    } else {
+        base * ((total.saturating_sub(step)) as f64 / total.saturating_sub(warmup).max(1) as f64).max(0.0)
+    }
+}
+
+/// Saved with every checkpoint, to resume exactly.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Where the next batch comes from.
+    pub position: Position,
+    /// Optimizer steps taken.
+    pub step: usize,
+    pub best_metric: Option<f64>,
+    pub best_epoch: Option<u64>,
+    /// (step, loss) of every optimizer step so far.
+    pub losses: Vec<(usize, f64)>,
+    /// (epoch, evaluation) so far.
+    pub evals: Vec<(u64, EvalResult)>,
+}
+
+/// What [`train`] returns besides the model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub state: TrainState,
+    pub wall_seconds: f64,
+    pub examples_per_second: f64,
+    pub trainable_params: usize,
+    pub total_params: usize,
+    pub resumed_from: Option<Position>,
+    pub out_dir: PathBuf,
+}
+
+type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
+
+fn io(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Io(format!("{}: {e}", path.display()))
+}
+
+/// Write a checkpoint atomically: into `checkpoint.tmp`, then renamed over `checkpoint` (the previous one
+/// is kept as `checkpoint.old` until the new one is in place), so a run killed mid-write resumes from
+/// the last complete checkpoint.
+fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B> + Clone, O: Optimizer<M, B>>(
+    dir: &Path,
+    name: &str,
+    model: &M,
+    optim: &O,
+    state: &TrainState,
+) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let fin = dir.join(name);
+    let old = dir.join(format!("{name}.old"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    let rec = Rec::new();
+    model.clone().save_file(tmp.join("model"), &rec).map_err(|e| io(&tmp, e))?;
+    rec.record(optim.to_record(), tmp.join("optimizer")).map_err(|e| io(&tmp, e))?;
+    let st = serde_json::to_string(state).map_err(|e| io(&tmp, e))?;
+    std::fs::write(tmp.join("state.json"), st).map_err(|e| io(&tmp, e))?;
+    if fin.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+        }
+        std::fs::rename(&fin, &old).map_err(|e| io(&fin, e))?;
+    }
+    std::fs::rename(&tmp, &fin).map_err(|e| io(&tmp, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The newest complete checkpoint directory: `checkpoint`, or `checkpoint.old` if a run died between
+/// the two renames of [`save_checkpoint`].
+pub fn latest_checkpoint(out_dir: &Path) -> Option<PathBuf> {
+    ["checkpoint", "checkpoint.old"]
+        .iter()
+        .map(|n| out_dir.join(n))
+        .find(|d| d.join("state.json").is_file())
+}
+
+fn count_params<B: Backend, M: Module<B>>(m: &M) -> usize {
+    m.num_params()
+}
+
+/// Check the output directory is writable before any work.
+pub fn check_out_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, format!("cannot create output directory: {e}")))?;
+    let probe = dir.join(".kiln-write-test");
+    std::fs::write(&probe, b"ok").map_err(|e| io(dir, format!("output directory is not writable: {e}")))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Train `model` on `task` with batches from `batcher`.
+pub fn train<B: AutodiffBackend, T: Task<B>>(
+    task: &T,
+    model: T::Model,
+    batcher: &Batcher,
+    cfg: &TrainConfig,
+    trainable_params: usize,
+) -> Result<(T::Model, TrainReport)> {
+    cfg.validate()?;
+    match cfg.optimizer {
+        OptimizerKind::AdamW => {
+            let mut c = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).with_epsilon(cfg.adam_epsilon as f32);
+            if let Some(n) = cfg.max_grad_norm {
+                c = c.with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(n)));
+            }
+            run(task, model, batcher, cfg, c.init::<B, T::Model>(), trainable_params)
+        }
+        OptimizerKind::Adam => {
+            let mut c = AdamConfig::new().with_epsilon(cfg.adam_epsilon as f32);
+            if cfg.weight_decay > 0.0 {
+                c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(cfg.weight_decay as f32)));
+            }
+            if let Some(n) = cfg.max_grad_norm {
+                c = c.with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(n)));
+            }
+            run(task, model, batcher, cfg, c.init::<B, T::Model>(), trainable_params)
+        }
+    }
+}
+
+fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
+    task: &T,
+    mut model: T::Model,
+    batcher: &Batcher,
+    cfg: &TrainConfig,
+    mut optim: O,
+    trainable_params: usize,
+) -> Result<(T::Model, TrainReport)> {
+    check_out_dir(&cfg.out_dir)?;
+    let device = model.devices().into_iter().next().ok_or_else(|| Error::Config("model has no device".into()))?;
+    let per_epoch = batcher.num_batches();
+    if per_epoch == 0 {
+        return Err(Error::Config("no training batches".into()));
+    }
+    let steps_per_epoch = per_epoch.div_ceil(cfg.grad_accum);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let warmup = cfg.warmup_steps.unwrap_or((cfg.warmup_ratio * total_steps as f64).ceil() as usize);
+    let mut state = TrainState::default();
+    let mut resumed_from = None;
+    if cfg.resume {
+        if let Some(ck) = latest_checkpoint(&cfg.out_dir) {
+            let rec = Rec::new();
+            model = model.load_file(ck.join("model"), &rec, &device).map_err(|e| io(&ck, e))?;
+            let orec = rec.load(ck.join("optimizer"), &device).map_err(|e| io(&ck, e))?;
+            optim = optim.load_record(orec);
+            let text = std::fs::read_to_string(ck.join("state.json")).map_err(|e| io(&ck, e))?;
+            state = serde_json::from_str(&text).map_err(|e| io(&ck, e))?;
+            resumed_from = Some(state.position);
+        }
+    }
+    let metrics_path = cfg.out_dir.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| io(&metrics_path, e))?;
+    let mut log = |v: serde_json::Value| -> Result<()> {
+        writeln!(metrics, "{v}").map_err(|e| io(&metrics_path, e))
+    };
+    let total_params = count_params::<B, _>(&model);
+    let (metric_name, higher_better) = task.primary_metric();
+    let t0 = Instant::now();
+    let mut examples = 0usize;
+    let bar = if cfg.progress {
+        let b = indicatif::ProgressBar::new((total_steps.min(cfg.max_steps.unwrap_or(usize::MAX))) as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("template"),
+        );
+        b.set_position(state.step as u64);
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut done = cfg.max_steps.is_some_and(|m| state.step >= m);
+    'epochs: for epoch in state.position.epoch..cfg.epochs as u64 {
+        let start = if epoch == state.position.epoch { state.position } else { Position { epoch, batch: 0 } };
+        let mut batches = batcher.iter_from(start);
+        let mut accum = GradientsAccumulator::<T::Model>::new();
+        let mut in_accum = 0usize;
+        let mut accum_loss = 0f64;
+        while !done {
+            let Some(batch) = batches.next() else { break };
+            let pos_batch = batches.position();
+            // Seed per step so dropout masks depend only on (seed, step): resume is exact.
+            B::seed(&device, cfg.seed.wrapping_add((state.step * cfg.grad_accum + in_accum) as u64));
+            let loss = task.loss(&model, &batch)?;
+            let value: f64 = loss.clone().into_scalar().elem::<f64>();
+            if !value.is_finite() {
+                bar.abandon();
+                return Err(Error::NonFinite { step: state.step, loss: value, checkpoint: latest_checkpoint(&cfg.out_dir) });
+            }
+            let loss = if cfg.grad_accum > 1 { loss.div_scalar(cfg.grad_accum as f64) } else { loss };
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            accum.accumulate(&model, grads);
+            in_accum += 1;
+            accum_loss += value;
+            examples += batch.len();
+            let end_of_epoch = pos_batch.epoch != epoch;
+            if in_accum == cfg.grad_accum || end_of_epoch {
+                let lr = linear_schedule(cfg.learning_rate, state.step, warmup, total_steps);
+                let grads = accum.grads();
+                model = optim.step(lr, model, grads);
+                let mean = accum_loss / in_accum as f64;
+                state.step += 1;
+                state.losses.push((state.step, mean));
+                state.position = pos_batch;
+                in_accum = 0;
+                accum_loss = 0.0;
+                log(json!({"step": state.step, "epoch": epoch, "loss": mean, "lr": lr}))?;
+                let rate = examples as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("epoch {} loss {mean:.4} {rate:.1} ex/s", epoch + 1));
+                bar.set_position(state.step as u64);
+                if cfg.save_every_steps.is_some_and(|n| state.step % n == 0) {
+                    save_checkpoint(&cfg.out_dir, "checkpoint", &model, &optim, &state)?;
+                }
+                if cfg.max_steps.is_some_and(|m| state.step >= m) {
+                    done = true;
+                }
+            }
+        }
+        if state.position.epoch == epoch && !done {
+            state.position = Position { epoch: epoch + 1, batch: 0 };
+        }
+        let epoch_finished = state.position.epoch > epoch;
+        if epoch_finished && cfg.eval_each_epoch {
+            let ev = task.evaluate(&model.valid())?;
+            log(json!({"epoch": epoch, "step": state.step, "eval": ev.metrics}))?;
+            if let Some(m) = ev.get(metric_name) {
+                let better = match state.best_metric {
+                    None => true,
+                    Some(b) => if higher_better { m > b } else { m < b },
+                };
+                if better {
+                    state.best_metric = Some(m);
+                    state.best_epoch = Some(epoch);
+                    save_checkpoint(&cfg.out_dir, "best", &model, &optim, &state)?;
+                }
+            }
+            state.evals.push((epoch, ev));
+        }
+        if epoch_finished || done {
+            save_checkpoint(&cfg.out_dir, "checkpoint", &model, &optim, &state)?;
+        }
+        if done {
+            break 'epochs;
+        }
+    }
+    bar.finish_and_clear();
+    let series = vec![("train loss".to_string(), state.losses.iter().map(|&(s, l)| (s as f64, l)).collect())];
+    if !state.losses.is_empty() {
+        crate::chart::line_chart(&cfg.out_dir.join("loss.png"), "training loss", &series)
+            .map_err(|e| Error::Io(e.to_string()))?;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let report = TrainReport {
+        examples_per_second: examples as f64 / wall.max(1e-9),
+        wall_seconds: wall,
+        trainable_params,
+        total_params,
+        resumed_from,
+        out_dir: cfg.out_dir.clone(),
+        state,
+    };
+    std::fs::write(cfg.out_dir.join("train_report.json"), serde_json::to_string_pretty(&report).unwrap_or_default())
+        .map_err(|e| io(&cfg.out_dir, e))?;
+    Ok((model, report))
+}
