@@ -45,10 +45,12 @@ impl HubOptions {
     }
 }
 
-/// A model source: a directory on disk, or a hub repository fetched file by file on demand.
+/// A model (or dataset) source: a directory on disk, or a hub repository fetched file by file on demand.
 pub enum Source {
     Dir(PathBuf),
-    Hub { id: String, opts: HubOptions, api: Option<ApiRepo> },
+    /// `repo_type` is [`RepoType::Model`] from [`Source::resolve`], [`RepoType::Dataset`] from
+    /// [`Source::resolve_dataset`].
+    Hub { id: String, opts: HubOptions, api: Option<ApiRepo>, repo_type: RepoType },
 }
 
 impl std::fmt::Debug for Source {
@@ -63,6 +65,16 @@ impl std::fmt::Debug for Source {
 impl Source {
     /// A local directory if `spec` names one that exists, else a hub id.
     pub fn resolve(spec: &str, opts: HubOptions) -> Result<Self> {
+        Self::resolve_typed(spec, opts, RepoType::Model)
+    }
+
+    /// Like [`Source::resolve`], for a hub *dataset* repository (`/datasets/{id}/resolve/...` on the hub,
+    /// `datasets--{owner}--{name}` in the cache).
+    pub fn resolve_dataset(spec: &str, opts: HubOptions) -> Result<Self> {
+        Self::resolve_typed(spec, opts, RepoType::Dataset)
+    }
+
+    fn resolve_typed(spec: &str, opts: HubOptions, repo_type: RepoType) -> Result<Self> {
         let p = Path::new(spec);
         if p.is_dir() {
             return Ok(Source::Dir(p.to_path_buf()));
@@ -81,9 +93,9 @@ impl Source {
                 b = b.with_token(Some(token));
             }
             let api = b.build().map_err(|e| Error::Hub { repo: spec.into(), file: String::new(), msg: e.to_string() })?;
-            Some(api.repo(Repo::with_revision(spec.to_string(), RepoType::Model, opts.revision.clone())))
+            Some(api.repo(Repo::with_revision(spec.to_string(), repo_type, opts.revision.clone())))
         };
-        Ok(Source::Hub { id: spec.to_string(), opts, api })
+        Ok(Source::Hub { id: spec.to_string(), opts, api, repo_type })
     }
 
     /// The path of `file`, downloading it into the cache when needed. `Ok(None)` when the file does not
@@ -94,9 +106,9 @@ impl Source {
                 let p = d.join(file);
                 Ok(p.is_file().then_some(p))
             }
-            Source::Hub { id, opts, api } => {
+            Source::Hub { id, opts, api, repo_type } => {
                 let cache = Cache::new(opts.cache_dir.clone());
-                let repo = Repo::with_revision(id.clone(), RepoType::Model, opts.revision.clone());
+                let repo = Repo::with_revision(id.clone(), *repo_type, opts.revision.clone());
                 if let Some(p) = cache.repo(repo).get(file) {
                     return Ok(Some(p));
                 }
@@ -112,6 +124,40 @@ impl Source {
                 }
             }
         }
+    }
+
+    /// Every file in the source, as `/`-separated paths relative to its root, sorted. A directory is walked
+    /// (hidden entries skipped); a hub repository is listed through the hub's API, or offline from the
+    /// cache snapshot of the revision (only the files downloaded before).
+    pub fn list_files(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        match self {
+            Source::Dir(d) => walk(d, "", &mut out)?,
+            Source::Hub { id, api: Some(api), .. } => {
+                let info = api.info().map_err(|e| {
+                    let msg = match &e {
+                        hf_hub::api::sync::ApiError::RequestError(r) if matches!(&**r, ureq::Error::Status(404, _)) => {
+                            "repository not found".to_string()
+                        }
+                        _ => e.to_string(),
+                    };
+                    Error::Hub { repo: id.clone(), file: String::new(), msg }
+                })?;
+                out.extend(info.siblings.into_iter().map(|s| s.rfilename));
+            }
+            Source::Hub { id, opts, api: None, repo_type } => {
+                let repo = Repo::with_revision(id.clone(), *repo_type, opts.revision.clone());
+                let root = opts.cache_dir.join(repo.folder_name());
+                let commit = std::fs::read_to_string(root.join("refs").join(&opts.revision)).map_err(|_| Error::Hub {
+                    repo: id.clone(),
+                    file: String::new(),
+                    msg: "not in the offline cache (HF_HUB_OFFLINE is set)".into(),
+                })?;
+                walk(&root.join("snapshots").join(commit.trim()), "", &mut out)?;
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Like [`Source::file`], but a missing file is an error.
@@ -159,4 +205,23 @@ impl Source {
             }
         }
     }
+}
+
+/// Collect the files under `dir` (following symlinks, as the hub cache's snapshots are links into `blobs/`).
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        if path.is_dir() {
+            walk(&path, &rel, out)?;
+        } else if path.is_file() {
+            out.push(rel);
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,76 @@
+//! Errors. Malformed input always names the file and the line (text files) or row (parquet).
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Where in a file a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Loc {
+    /// The file as a whole (empty, unreadable parquet footer, header without a required column).
+    File,
+    /// A 1-based line of a text file (for CSV: the line the record starts on).
+    Line(usize),
+    /// A 0-based row index of a parquet file.
+    Row(usize),
+}
+
+/// One malformed row (or file): what [`OnError::Skip`](crate::OnError::Skip) records and
+/// [`OnError::Fail`](crate::OnError::Fail) returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    pub file: PathBuf,
+    pub loc: Loc,
+    pub reason: String,
+}
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.loc {
+            Loc::File => write!(f, "{}: {}", self.file.display(), self.reason),
+            Loc::Line(l) => write!(f, "{}:{l}: {}", self.file.display(), self.reason),
+            Loc::Row(r) => write!(f, "{}: row {r}: {}", self.file.display(), self.reason),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A malformed row or file, with [`OnError::Fail`](crate::OnError::Fail).
+    #[error("{0}")]
+    Malformed(RowError),
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Hub access and tokenizer errors.
+    #[error(transparent)]
+    Model(#[from] kiln_models::Error),
+
+    /// No file for the split in a directory or hub repository.
+    #[error("{dataset}: no file for split `{split}`{hint}")]
+    NoSplit { dataset: String, split: String, hint: String },
+
+    /// Files for the split in several configurations (subdirectories); pick one with `LoadOptions::config`.
+    #[error("{dataset}: split `{split}` exists in several configurations ({}); set the config", configs.join(", "))]
+    AmbiguousConfig { dataset: String, split: String, configs: Vec<String> },
+
+    /// A file whose extension is none of `.parquet`, `.jsonl`, `.json`, `.tsv`, `.csv`.
+    #[error("{path}: unsupported data file (expected .parquet, .jsonl, .json, .tsv or .csv)")]
+    UnsupportedFormat { path: PathBuf },
+
+    /// Invalid options or inputs (a zero batch size, mixed target kinds, ...).
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
