@@ -40,7 +40,7 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<(),
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..top)
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..top)
         .map_err(|e| err(path, e))?;
     let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
     chart
@@ -57,7 +57,9 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<(),
     chart
         .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
             let c = colors[i % colors.len()];
-            Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), *v)], c.filled())
+            let mut r = Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), *v)], c.filled());
+            r.set_margin(0, 0, 12, 12);
+            r
         }))
         .map_err(|e| err(path, e))?;
     chart

@@ -69,7 +69,7 @@ pub fn run_recipe<B: AutodiffBackend>(name: &str, a: &RecipeArgs, device: &B::De
     Ok(summary)
 }
 
-fn device_inner<B: AutodiffBackend>(d: &B::Device) -> <B::InnerBackend as burn::prelude::Backend>::Device {
+fn device_inner<B: AutodiffBackend>(d: &B::Device) -> burn::tensor::Device<B::InnerBackend> {
     d.clone()
 }
 
@@ -178,13 +178,16 @@ fn bart_cnndm<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<
     let model_spec = a.model.clone().unwrap_or_else(|| "facebook/bart-base".into());
     let data = a.dataset.clone().unwrap_or_else(|| "abisee/cnn_dailymail".into());
     let pipe = Seq2SeqPipeline::<B>::load(&model_spec, device)?;
-    let opts = |m| LoadOptions { max_samples: m, config: Some("3.0.0".into()), ..Default::default() };
+    // The hub dataset has configs (3.0.0 is the seed's); a local directory or file is taken as it is.
+    let config = (!std::path::Path::new(&data).exists()).then(|| "3.0.0".to_string());
+    let opts = |m| LoadOptions { max_samples: m, config: config.clone(), ..Default::default() };
     let train_raw = load_cnndm(&data, Split::Train, &opts(a.max_samples.or(Some(5000))))?.examples;
     let eval_raw = load_cnndm(&data, Split::Validation, &opts(a.max_eval_samples))?.examples;
     let train_ex: Vec<_> = train_raw.iter().map(|e| e.to_seq2seq("")).collect();
     let eval_ex: Vec<_> = eval_raw.iter().map(|e| e.to_seq2seq("")).collect();
     let max_src = pipe.max_source_positions.unwrap_or(1024).min(1024);
-    let lengths = Seq2SeqLengths { max_source_len: Some(max_src), max_target_len: Some(128) };
+    let max_tgt = pipe.max_source_positions.unwrap_or(128).min(128);
+    let lengths = Seq2SeqLengths { max_source_len: Some(max_src), max_target_len: Some(max_tgt) };
     let pad = pipe.generation.pad_token_id.unwrap_or(1);
     let bs = a.batch_size.unwrap_or(4);
     let train_b = Batcher::new(
@@ -194,7 +197,7 @@ fn bart_cnndm<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<
     let eval_b = Batcher::new(tokenize_seq2seq(&pipe.tokenizer, &eval_ex, lengths)?.features, BatchOptions { batch_size: bs, pad_id: pad, ..Default::default() })?;
     let mut generation = pipe.generation.clone();
     if generation.max_new_tokens.is_none() {
-        generation.max_new_tokens = Some(128);
+        generation.max_new_tokens = Some(max_tgt - 1);
     }
     let start = generation.decoder_start_token_id.unwrap_or(2);
     let task = Seq2Seq {

@@ -56,7 +56,7 @@ impl<B: AutodiffBackend> Task<B> for Classification {
 
     fn evaluate(&self, model: &<Self::Model as AutodiffModule<B>>::InnerModule) -> Result<EvalResult> {
         let (mut correct, mut n, mut loss_sum) = (0usize, 0usize, 0f64);
-        for batch in self.eval.epoch(0) {
+        for (_, batch) in self.eval.epoch(0) {
             let labels = class_labels(&batch)?;
             let logits = model.forward_batch(&bert_batch(&batch))?;
             loss_sum += class_cross_entropy(logits.clone(), labels).into_scalar().elem::<f64>() * labels.len() as f64;
@@ -115,7 +115,7 @@ impl Seq2Seq {
     /// Generate for every evaluation example; returns (predictions, references, mean loss).
     pub fn predict<B: Backend>(&self, model: &Seq2SeqModel<B>) -> Result<(Vec<String>, Vec<String>, f64)> {
         let (mut preds, mut refs, mut loss_sum, mut n) = (Vec::new(), Vec::new(), 0f64, 0usize);
-        for batch in self.eval.epoch(0) {
+        for (_, batch) in self.eval.epoch(0) {
             let labels = token_labels(&batch)?;
             loss_sum += self.teacher_forced(model, &batch)?.into_scalar().elem::<f64>() * batch.len() as f64;
             n += batch.len();

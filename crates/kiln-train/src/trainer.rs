@@ -313,7 +313,7 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
         let mut in_accum = 0usize;
         let mut accum_loss = 0f64;
         while !done {
-            let Some(batch) = batches.next() else { break };
+            let Some((_, batch)) = batches.next() else { break };
             let pos_batch = batches.position();
             // Seed per step so dropout masks depend only on (seed, step): resume is exact.
             B::seed(&device, cfg.seed.wrapping_add((state.step * cfg.grad_accum + in_accum) as u64));

@@ -14,6 +14,14 @@ use kiln_train::{train, Error, OptimizerKind, TrainConfig};
 
 type AD = Autodiff<Flex>;
 
+/// burn's backend RNG (dropout) is process-wide: tests that train must not interleave, or their
+/// dropout masks (and losses) depend on the other tests' draws.
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
@@ -54,6 +62,7 @@ fn cfg(out: &std::path::Path) -> TrainConfig {
 
 #[test]
 fn loss_falls_and_reports_are_written() {
+    let _guard = serial();
     let t = tempfile::tempdir().unwrap();
     let (model, tb, eb) = setup();
     let task = Classification { eval: eb };
@@ -73,6 +82,7 @@ fn loss_falls_and_reports_are_written() {
 
 #[test]
 fn resume_gives_the_same_losses_as_an_uninterrupted_run() {
+    let _guard = serial();
     let full = tempfile::tempdir().unwrap();
     let (model, tb, eb) = setup();
     let task = Classification { eval: eb.clone() };
@@ -116,6 +126,7 @@ impl Task<AD> for Faulty {
 
 #[test]
 fn nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
+    let _guard = serial();
     let t = tempfile::tempdir().unwrap();
     let (model, tb, eb) = setup();
     let task = Faulty { inner: Classification { eval: eb }, at: std::cell::Cell::new(8) };
@@ -144,6 +155,7 @@ fn schedule_matches_transformers_linear_warmup() {
 
 #[test]
 fn bad_settings_are_rejected_before_work() {
+    let _guard = serial();
     let t = tempfile::tempdir().unwrap();
     let (model, tb, eb) = setup();
     let task = Classification { eval: eb };
