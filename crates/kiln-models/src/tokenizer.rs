@@ -27,6 +27,8 @@ pub struct Encoding {
 pub struct Tokenizer {
     pub inner: HfTokenizer,
     pub path: PathBuf,
+    /// Truncating copies of `inner`, one per length limit used.
+    truncating: std::sync::Arc<std::sync::Mutex<Vec<(usize, std::sync::Arc<HfTokenizer>)>>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -82,7 +84,7 @@ impl Tokenizer {
         // itself and truncates only when asked (`max_len`).
         inner.with_padding(None);
         inner.with_truncation(None).map_err(err)?;
-        Ok(Self { inner, path: path.to_path_buf() })
+        Ok(Self { inner, path: path.to_path_buf(), truncating: Default::default() })
     }
 
     /// GPT-2's byte-level BPE from `vocab.json` and `merges.txt` (no special-token post-processing, as GPT-2).
@@ -99,7 +101,7 @@ impl Tokenizer {
         let mut inner = HfTokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevel::default()));
-        let mut t = Self { inner, path: vocab.to_path_buf() };
+        let mut t = Self { inner, path: vocab.to_path_buf(), truncating: Default::default() };
         if let Some(id) = t.inner.token_to_id("<|endoftext|>") {
             let _ = id;
             t.inner.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
@@ -128,7 +130,7 @@ impl Tokenizer {
             .map(|t| tokenizers::AddedToken::from(*t, true))
             .collect();
         inner.add_special_tokens(&specials);
-        Ok(Self { inner, path: vocab.to_path_buf() })
+        Ok(Self { inner, path: vocab.to_path_buf(), truncating: Default::default() })
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {
@@ -146,26 +148,35 @@ impl Tokenizer {
     }
 
     fn encode_inner(&self, input: tokenizers::EncodeInput, max_len: Option<usize>) -> Result<Encoding> {
-        let mut tok = self.inner.clone();
-        if let Some(m) = max_len {
-            tok.with_truncation(Some(TruncationParams {
-                max_length: m,
-                strategy: TruncationStrategy::LongestFirst,
-                ..Default::default()
-            }))
-            .map_err(|e| self.err(e))?;
-        } else {
-            tok.with_truncation(None).map_err(|e| self.err(e))?;
+        // `inner` never pads or truncates (see `from_file`). Most inputs fit: encode with it directly and only
+        // use a truncating copy (built once per limit and cached) when the input is too long.
+        let enc = self.inner.encode(input.clone(), true).map_err(|e| self.err(e))?;
+        match max_len {
+            Some(m) if enc.get_ids().len() > m => {
+                let tok = self.truncating(m)?;
+                let enc = tok.encode(input, true).map_err(|e| self.err(e))?;
+                Ok(Encoding { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec(), truncated: true })
+            }
+            _ => Ok(Encoding { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec(), truncated: false }),
         }
-        // A tokenizer.json may carry padding settings (all-MiniLM-L6-v2's pads to 128): callers pad batches
-        // themselves, and `Encoding` has no mask, so never pad here.
-        tok.with_padding(None);
-        let enc = tok.encode(input, true).map_err(|e| self.err(e))?;
-        Ok(Encoding {
-            ids: enc.get_ids().to_vec(),
-            type_ids: enc.get_type_ids().to_vec(),
-            truncated: !enc.get_overflowing().is_empty(),
-        })
+    }
+
+    /// A copy of the tokenizer that truncates to `max_len` (longest first), cached per limit.
+    fn truncating(&self, max_len: usize) -> Result<std::sync::Arc<HfTokenizer>> {
+        let mut cache = self.truncating.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, t)) = cache.iter().find(|(m, _)| *m == max_len) {
+            return Ok(t.clone());
+        }
+        let mut tok = self.inner.clone();
+        tok.with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            strategy: TruncationStrategy::LongestFirst,
+            ..Default::default()
+        }))
+        .map_err(|e| self.err(e))?;
+        let t = std::sync::Arc::new(tok);
+        cache.push((max_len, t.clone()));
+        Ok(t)
     }
 
     /// Encode without special tokens (for continuation text and prompt pieces).
