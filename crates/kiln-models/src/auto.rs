@@ -82,6 +82,9 @@ impl<B: Backend> CausalLm<B> for CausalModel<B> {
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         delegate!(self, m => CausalLm::<B>::logits(m, hidden))
     }
+    fn output_embedding(&self) -> Option<Tensor<B, 2>> {
+        delegate!(self, m => CausalLm::<B>::output_embedding(m))
+    }
 }
 
 /// A decoder-only model with its tokenizer and generation defaults, ready to use.

@@ -24,11 +24,18 @@ pub trait CausalLm<B: Backend> {
     ) -> Tensor<B, 3>;
     /// LM-head logits from hidden states.
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3>;
+    /// The output embedding `[vocab, d]` when the LM head is `hidden @ Eᵀ` (tied heads), so that decoding
+    /// can keep a contiguous transposed copy instead of transposing 50k × 768 floats every step.
+    fn output_embedding(&self) -> Option<Tensor<B, 2>> {
+        None
+    }
 }
 
 /// Incremental decoding state: the KV cache, each row's padding mask and next position id.
 pub struct CausalSession<'a, B: Backend, M: CausalLm<B>> {
     model: &'a M,
+    /// `Eᵀ` `[d, vocab]`, materialised once per session.
+    head_t: Option<Tensor<B, 3>>,
     cache: KvCache<B>,
     mask: Vec<Vec<u8>>,
     next_pos: Vec<i64>,
@@ -36,12 +43,22 @@ pub struct CausalSession<'a, B: Backend, M: CausalLm<B>> {
 
 impl<'a, B: Backend, M: CausalLm<B>> CausalSession<'a, B, M> {
     pub fn new(model: &'a M) -> Self {
-        Self { model, cache: KvCache::new(model.n_layer()), mask: vec![], next_pos: vec![] }
+        let head_t = model.output_embedding().map(|e| {
+            let device = e.device();
+            let [v, d] = e.dims();
+            let t: Vec<f32> = e.transpose().into_data().convert::<f32>().to_vec().expect("f32 weights");
+            Tensor::<B, 2>::from_data(TensorData::new(t, [d, v]), &device).unsqueeze::<3>()
+        });
+        Self { model, head_t, cache: KvCache::new(model.n_layer()), mask: vec![], next_pos: vec![] }
     }
 
     fn last_logits(&self, h: Tensor<B, 3>) -> Vec<Vec<f32>> {
         let [b, s, d] = h.dims();
-        let logits = self.model.logits(h.slice([0..b, s - 1..s, 0..d]));
+        let last = h.slice([0..b, s - 1..s, 0..d]);
+        let logits = match &self.head_t {
+            Some(w) => last.matmul(w.clone()),
+            None => self.model.logits(last),
+        };
         let v = logits.dims()[2];
         rows_f32(logits.reshape([b, v]))
     }

@@ -242,6 +242,9 @@ impl<B: Backend> crate::causal::CausalLm<B> for Gpt2LmHead<B> {
     ) -> Tensor<B, 3> {
         Gpt2LmHead::hidden(self, ids, positions, key_mask, cache)
     }
+    fn output_embedding(&self) -> Option<Tensor<B, 2>> {
+        Some(self.transformer.wte.weight.val())
+    }
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         Gpt2LmHead::logits(self, hidden)
     }

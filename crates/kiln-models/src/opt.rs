@@ -259,6 +259,9 @@ impl<B: Backend> crate::causal::CausalLm<B> for OptForCausalLm<B> {
     ) -> Tensor<B, 3> {
         OptForCausalLm::hidden(self, ids, positions, key_mask, cache)
     }
+    fn output_embedding(&self) -> Option<Tensor<B, 2>> {
+        Some(self.model.decoder.embed_tokens.weight.val())
+    }
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         OptForCausalLm::logits(self, hidden)
     }
