@@ -51,6 +51,17 @@ impl<B: Backend> CausalModel<B> {
     }
 }
 
+impl<B: Backend> CausalModel<B> {
+    /// The full forward of the architecture (`GPT2LMHeadModel.forward` / `OPTForCausalLM.forward`):
+    /// logits `[b, s, vocab]`.
+    pub fn forward(&self, ids: Tensor<B, 2, Int>, attention_mask: Option<&[Vec<u8>]>) -> Tensor<B, 3> {
+        match self {
+            CausalModel::Gpt2(m) => m.forward(ids, attention_mask),
+            CausalModel::Opt(m) => m.forward(ids, attention_mask),
+        }
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $m:ident => $e:expr) => {
         match $self {

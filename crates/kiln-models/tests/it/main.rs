@@ -3,6 +3,7 @@
 mod adapters;
 mod bart;
 mod bert;
+mod causal;
 mod common;
 mod errors;
 mod fixtures;
