@@ -12,6 +12,7 @@ pub mod generation;
 pub mod gpt2;
 pub mod hub;
 pub mod opt;
+pub mod peft;
 pub mod scoring;
 pub mod tokenizer;
 pub mod weights;

@@ -7,3 +7,4 @@ mod errors;
 mod gpt2;
 mod hub;
 mod opt;
+mod peft;
