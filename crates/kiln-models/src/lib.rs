@@ -14,6 +14,7 @@ pub mod gpt2;
 pub mod hub;
 pub mod icl;
 pub mod opt;
+pub mod peft;
 pub mod scoring;
 pub mod seq2seq;
 pub mod t5;

@@ -72,7 +72,7 @@ impl AdapterConfig {
         let up = PeftLinear {
             weight: Initializer::Zeros.init([m, hidden], device),
             bias: Some(Initializer::Zeros.init([hidden], device)),
-            lora: None,
+            lora: Vec::new(),
         };
         Adapter { adapter_down: down, adapter_up: up, activation: self.activation, residual: self.residual }
     }

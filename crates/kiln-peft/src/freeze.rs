@@ -42,26 +42,9 @@ pub fn freeze_except<B: Backend, M: Module<B>>(model: M, trainable: impl Fn(&str
 }
 
 /// peft's `print_trainable_parameters` line: `trainable params: 294,912 || all params: 124,734,720 ||
-/// trainable%: 0.2364` (thousands separators, four decimals).
+/// trainable%: 0.2364`.
 pub fn trainable_summary(trainable: usize, total: usize) -> String {
-    format!(
-        "trainable params: {} || all params: {} || trainable%: {:.4}",
-        thousands(trainable),
-        thousands(total),
-        100.0 * trainable as f64 / total.max(1) as f64
-    )
-}
-
-fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    crate::lora::ParamCount { trainable, all: total }.to_string()
 }
 
 #[cfg(test)]
@@ -72,7 +55,5 @@ mod tests {
             super::trainable_summary(294_912, 124_734_720),
             "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364"
         );
-        assert_eq!(super::thousands(999), "999");
-        assert_eq!(super::thousands(1000), "1,000");
     }
 }

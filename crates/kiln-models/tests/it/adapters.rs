@@ -52,17 +52,24 @@ fn adapters_start_as_identity_and_train_alone() {
         let mut optim = AdamWConfig::new().init::<AD, bert::BertForSequenceClassification<AD>>();
         let labels = [1i64, 0, 1, 0];
         let mut m = m;
-        let mut losses = Vec::new();
+        // Evaluation loss without dropout, before and after training.
+        let eval_loss = |m: &bert::BertForSequenceClassification<AD>| {
+            let logits = m.valid().forward_batch(&b).unwrap();
+            let lp = burn::tensor::activation::log_softmax(logits, 1);
+            let t = Tensor::<Flex, 2, Int>::from_data(TensorData::new(labels.to_vec(), [4, 1]), &device());
+            lp.gather(1, t).mean().neg().into_scalar().elem::<f32>()
+        };
+        let mut losses = vec![eval_loss(&m)];
         for _ in 0..15 {
             let logits = m.forward_batch(&b).unwrap();
             let lp = burn::tensor::activation::log_softmax(logits, 1);
             let t = Tensor::<AD, 2, Int>::from_data(TensorData::new(labels.to_vec(), [4, 1]), &device());
             let loss = lp.gather(1, t).mean().neg();
-            losses.push(loss.clone().into_scalar().elem::<f32>());
             let grads = GradientsParams::from_grads(loss.backward(), &m);
             assert_eq!(grads.len(), n_adapters * 4 + 2, "only adapters and the classifier get gradients");
             m = optim.step(1e-2, m, grads);
         }
+        losses.push(eval_loss(&m));
         assert!(losses.last().unwrap() < &losses[0], "{placement:?}: loss should fall: {losses:?}");
         let after = snapshot(&m.valid());
         for ((k, a), (_, b)) in base_before.iter().zip(&after) {

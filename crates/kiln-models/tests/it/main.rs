@@ -11,5 +11,6 @@ mod gpt2;
 mod hub;
 mod icl;
 mod opt;
+mod peft;
 mod s2s;
 mod t5;
