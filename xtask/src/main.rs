@@ -110,7 +110,8 @@ fn demo(out: &Path) -> Result<(), String> {
         ("opt-icl-sst2", vec!["--model".into(), p("opt"), "--dataset".into(), p("samples/sentiment"), "--max-eval-samples".into(), "20".into()]),
         ("t5-prompt-sst2", vec!["--model".into(), p("t5"), "--dataset".into(), p("samples/sentiment"), "--epochs".into(), "2".into()]),
         ("bert-adapters-sst2", vec!["--model".into(), p("bert"), "--dataset".into(), p("samples/sentiment"), "--epochs".into(), "2".into(), "--learning-rate".into(), "1e-3".into()]),
-        ("bart-cnndm", vec!["--model".into(), p("bart"), "--dataset".into(), p("samples/cnndm"), "--epochs".into(), "1".into()]),
+        ("bart-lora-cnndm", vec!["--model".into(), p("bart"), "--dataset".into(), p("samples/cnndm"), "--epochs".into(), "2".into()]),
+        ("bart-lora-vs-full", vec!["--model".into(), p("bart"), "--dataset".into(), p("samples/cnndm"), "--epochs".into(), "1".into()]),
     ];
     for (name, extra) in recipes {
         println!("== {name}");

@@ -234,3 +234,126 @@ impl<B: Backend> PeftModel<B> for CausalModel<B> {
         }
     }
 }
+
+/// `BartForConditionalGeneration` (LM head tied to `model.shared`).
+impl<B: Backend> PeftModel<B> for crate::bart::BartForConditionalGeneration<B> {
+    fn model_type(&self) -> &str {
+        "bart"
+    }
+
+    visit_fns!(|m, f| {
+        for (i, l) in iter!(m.model.encoder.layers) {
+            let p = format!("model.encoder.layers.{i}");
+            lin!(format!("{p}.self_attn.k_proj"), l.self_attn.k_proj);
+            lin!(format!("{p}.self_attn.v_proj"), l.self_attn.v_proj);
+            lin!(format!("{p}.self_attn.q_proj"), l.self_attn.q_proj);
+            lin!(format!("{p}.self_attn.out_proj"), l.self_attn.out_proj);
+            lin!(format!("{p}.fc1"), l.fc1);
+            lin!(format!("{p}.fc2"), l.fc2);
+        }
+        for (i, l) in iter!(m.model.decoder.layers) {
+            let p = format!("model.decoder.layers.{i}");
+            lin!(format!("{p}.self_attn.k_proj"), l.self_attn.k_proj);
+            lin!(format!("{p}.self_attn.v_proj"), l.self_attn.v_proj);
+            lin!(format!("{p}.self_attn.q_proj"), l.self_attn.q_proj);
+            lin!(format!("{p}.self_attn.out_proj"), l.self_attn.out_proj);
+            lin!(format!("{p}.encoder_attn.k_proj"), l.encoder_attn.k_proj);
+            lin!(format!("{p}.encoder_attn.v_proj"), l.encoder_attn.v_proj);
+            lin!(format!("{p}.encoder_attn.q_proj"), l.encoder_attn.q_proj);
+            lin!(format!("{p}.encoder_attn.out_proj"), l.encoder_attn.out_proj);
+            lin!(format!("{p}.fc1"), l.fc1);
+            lin!(format!("{p}.fc2"), l.fc2);
+        }
+    });
+}
+
+/// `T5ForConditionalGeneration` (v1.0 and v1.1; `lm_head` is a linear layer only when untied).
+impl<B: Backend> PeftModel<B> for crate::t5::T5ForConditionalGeneration<B> {
+    fn model_type(&self) -> &str {
+        "t5"
+    }
+
+    visit_fns!(|m, f| {
+        for (i, b) in iter!(m.encoder.block) {
+            for (j, l) in iter!(b.layer) {
+                let p = format!("encoder.block.{i}.layer.{j}");
+                if let Some(a) = opt!(l.SelfAttention) {
+                    lin!(format!("{p}.SelfAttention.q"), a.q);
+                    lin!(format!("{p}.SelfAttention.k"), a.k);
+                    lin!(format!("{p}.SelfAttention.v"), a.v);
+                    lin!(format!("{p}.SelfAttention.o"), a.o);
+                }
+                if let Some(d) = opt!(l.DenseReluDense) {
+                    if let Some(w) = opt!(d.wi) { lin!(format!("{p}.DenseReluDense.wi"), *w); }
+                    if let Some(w) = opt!(d.wi_0) { lin!(format!("{p}.DenseReluDense.wi_0"), *w); }
+                    if let Some(w) = opt!(d.wi_1) { lin!(format!("{p}.DenseReluDense.wi_1"), *w); }
+                    lin!(format!("{p}.DenseReluDense.wo"), d.wo);
+                }
+            }
+        }
+        for (i, b) in iter!(m.decoder.block) {
+            for (j, l) in iter!(b.layer) {
+                let p = format!("decoder.block.{i}.layer.{j}");
+                if let Some(a) = opt!(l.SelfAttention) {
+                    lin!(format!("{p}.SelfAttention.q"), a.q);
+                    lin!(format!("{p}.SelfAttention.k"), a.k);
+                    lin!(format!("{p}.SelfAttention.v"), a.v);
+                    lin!(format!("{p}.SelfAttention.o"), a.o);
+                }
+                if let Some(a) = opt!(l.EncDecAttention) {
+                    lin!(format!("{p}.EncDecAttention.q"), a.q);
+                    lin!(format!("{p}.EncDecAttention.k"), a.k);
+                    lin!(format!("{p}.EncDecAttention.v"), a.v);
+                    lin!(format!("{p}.EncDecAttention.o"), a.o);
+                }
+                if let Some(d) = opt!(l.DenseReluDense) {
+                    if let Some(w) = opt!(d.wi) { lin!(format!("{p}.DenseReluDense.wi"), *w); }
+                    if let Some(w) = opt!(d.wi_0) { lin!(format!("{p}.DenseReluDense.wi_0"), *w); }
+                    if let Some(w) = opt!(d.wi_1) { lin!(format!("{p}.DenseReluDense.wi_1"), *w); }
+                    lin!(format!("{p}.DenseReluDense.wo"), d.wo);
+                }
+            }
+        }
+        if let Some(h) = opt!(m.lm_head) {
+            lin!("lm_head", *h);
+        }
+    });
+
+    fn output_layers(&self, _task_type: Option<&str>) -> Vec<String> {
+        vec!["lm_head".into()]
+    }
+}
+
+/// Any encoder-decoder model.
+impl<B: Backend> PeftModel<B> for crate::auto::Seq2SeqModel<B> {
+    fn model_type(&self) -> &str {
+        match self {
+            crate::auto::Seq2SeqModel::T5(m) => m.model_type(),
+            crate::auto::Seq2SeqModel::Bart(m) => m.model_type(),
+        }
+    }
+
+    visit_fns!(|m, f| {
+        match m {
+            crate::auto::Seq2SeqModel::T5(x) => sub!("", *x),
+            crate::auto::Seq2SeqModel::Bart(x) => sub!("", *x),
+        }
+    });
+
+    fn hf_module_path(&self, module_path: &str) -> String {
+        let strip = |variant: &str| {
+            module_path.strip_prefix(variant).map(|r| r.strip_prefix('.').unwrap_or(r)).unwrap_or(module_path).to_string()
+        };
+        match self {
+            crate::auto::Seq2SeqModel::T5(m) => m.hf_module_path(&strip("T5")),
+            crate::auto::Seq2SeqModel::Bart(m) => m.hf_module_path(&strip("Bart")),
+        }
+    }
+
+    fn output_layers(&self, task_type: Option<&str>) -> Vec<String> {
+        match self {
+            crate::auto::Seq2SeqModel::T5(m) => m.output_layers(task_type),
+            crate::auto::Seq2SeqModel::Bart(m) => m.output_layers(task_type),
+        }
+    }
+}

@@ -47,12 +47,26 @@ fn every_recipe_runs_offline_on_the_bundled_defaults() {
     assert!(v["parameters"].as_str().unwrap().starts_with("trainable params: "));
     assert!(v["final_eval"]["accuracy"].as_f64().is_some());
 
-    let v = run_recipe(out, "bart-cnndm", &s(&["--model", &fx("bart"), "--dataset", &fx("samples/cnndm"), "--epochs", "1"]));
+    let v = run_recipe(out, "bart-lora-cnndm", &s(&["--model", &fx("bart"), "--dataset", &fx("samples/cnndm"), "--epochs", "1"]));
     for k in ["rouge1", "rouge2", "rougeL", "rougeLsum"] {
         assert!(v["rouge"][k].as_f64().is_some(), "{k}");
     }
     assert_eq!(v["examples"].as_array().unwrap().len(), 3);
-    assert!(out.join("bart-cnndm/rouge.png").exists());
+    assert!(out.join("bart-lora-cnndm/rouge.png").exists());
+    // The adapter is in the PEFT layout, with peft's key names for BART's q_proj/v_proj.
+    let adapter = out.join("bart-lora-cnndm/adapter");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 8);
+    let tensors = kiln_peft::read_tensors(&adapter.join("adapter_model.safetensors")).unwrap();
+    assert!(tensors.keys().any(|k| k == "base_model.model.model.encoder.layers.0.self_attn.q_proj.lora_A.weight"), "{:?}", tensors.keys().collect::<Vec<_>>());
+    assert!(v["trainable_params"].as_u64().unwrap() < v["total_params"].as_u64().unwrap() / 4);
+
+    let v = run_recipe(out, "bart-lora-vs-full", &s(&["--model", &fx("bart"), "--dataset", &fx("samples/cnndm"), "--epochs", "1"]));
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0]["trainable_params"].as_u64() < rows[1]["trainable_params"].as_u64());
+    assert!(out.join("bart-lora-vs-full/comparison.md").exists());
 
     let v = run_recipe(out, "opt-icl-sst2", &s(&["--model", &fx("opt"), "--dataset", &fx("samples/sentiment"), "--max-eval-samples", "8"]));
     assert_eq!(v["k"], 3);

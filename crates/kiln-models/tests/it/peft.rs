@@ -641,3 +641,32 @@ fn every_peft_fixture_file_is_listed_and_present() {
         assert!(dir.join(f.as_str().unwrap()).is_file(), "missing {f}");
     }
 }
+
+// ------------------------------------------------------------------------------------------ seq2seq
+
+#[test]
+fn seq2seq_linear_paths_are_checkpoint_keys_and_lora_attaches_to_peft_defaults() {
+    use kiln_models::auto::Seq2SeqModel;
+    for (name, per_model) in [("bart", 2 * 6 + 2 * 10), ("t5", 2 * (4 + 2) + 2 * (8 + 2)), ("t5-v1_1", 2 * (4 + 3) + 2 * (8 + 3))] {
+        let (m, _) = Seq2SeqModel::<B>::load(&fixtures().join(name), &device()).unwrap();
+        let paths = linear_paths(&m);
+        assert_eq!(paths.len(), per_model, "{name}: {paths:?}");
+        let keys: Vec<String> = kiln_models::weights::inspect_safetensors(&fixtures().join(name).join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        for p in &paths {
+            assert!(keys.contains(&format!("{p}.weight")), "{name}: {p}.weight is not a checkpoint key");
+        }
+        // peft's defaults: q_proj/v_proj (BART) and q/v (T5) in every attention block.
+        let cfg: kiln_peft::LoraConfig = serde_json::from_str(r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8}"#).unwrap();
+        let lora = kiln_peft::LoraModel::inject(m, cfg).unwrap();
+        let targeted = lora.targeted_modules("default");
+        let attn_blocks = if name == "bart" { 2 + 2 * 2 } else { 2 + 2 * 2 };
+        assert_eq!(targeted.len(), 2 * attn_blocks, "{name}: {targeted:?}");
+        assert!(targeted.iter().all(|t| t.ends_with("q_proj") || t.ends_with("v_proj") || t.ends_with(".q") || t.ends_with(".v")));
+        let c = lora.trainable_parameters();
+        assert!(c.trainable > 0 && c.trainable < c.all / 4, "{name}: {c}");
+    }
+}
