@@ -107,6 +107,9 @@ impl GenArgs {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArg,
+    /// A LoRA adapter directory in the PEFT format.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// The prompt; repeat for a batch (left-padded, as transformers does).
     #[arg(long, short = 'p', required = true)]
     pub prompt: Vec<String>,
@@ -122,7 +125,8 @@ pub struct GenerateArgs {
 
 pub fn generate(a: GenerateArgs) -> Res {
     let device = backend::device()?;
-    let pipe = CausalPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
+    let mut pipe = CausalPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
+    pipe.model = with_adapter(pipe.model, a.adapter.as_ref())?;
     let (cfg, warnings) = a.gen.apply(pipe.generation.clone())?;
     for w in warnings {
         eprintln!("warning: {w}");
@@ -426,11 +430,9 @@ pub struct SummarizeArgs {
 }
 
 pub fn summarize(a: SummarizeArgs) -> Res {
-    if a.adapter.is_some() {
-        return Err("--adapter: LoRA adapters are not wired into summarize yet (see issue 5)".into());
-    }
     let device = backend::device()?;
-    let pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
+    let mut pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
+    pipe.model = with_adapter(pipe.model, a.adapter.as_ref())?;
     let cfg = apply_gen_flags(&a.gen, pipe.generation.clone())?;
     let articles: Vec<String> = if a.input.extension().is_some_and(|e| e == "jsonl") {
         read_jsonl(&a.input)?.iter().enumerate().map(|(i, v)| field(v, "article", &a.input, i + 1)).collect::<Result<_, _>>()?
@@ -491,6 +493,9 @@ pub fn embed(a: EmbedArgs) -> Res {
 pub struct ClassifyArgs {
     #[command(flatten)]
     pub model: ModelArg,
+    /// A LoRA adapter directory in the PEFT format.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[arg(long, short = 't', required = true)]
     pub text: Vec<String>,
     #[arg(long, default_value_t = 512)]
@@ -503,7 +508,8 @@ pub fn classify(a: ClassifyArgs) -> Res {
     let device = backend::device()?;
     let dir = resolve_model(&a.model.spec()).map_err(s)?;
     let (_, model, report) = kiln_models::bert::load_for_classification::<Inference>(&dir, &device).map_err(s)?;
-    if report.initialised.iter().any(|p| p.starts_with("classifier")) {
+    let model = with_adapter(model, a.adapter.as_ref())?;
+    if a.adapter.is_none() && report.initialised.iter().any(|p| p.starts_with("classifier")) {
         eprintln!("warning: {} has no classification head; it was initialised randomly", dir.display());
     }
     let raw = kiln_models::config::RawConfig::load(&dir.join("config.json")).map_err(s)?;
@@ -653,4 +659,93 @@ pub fn train(a: TrainArgs) -> Res {
         println!("reports in {}", args.out_dir.display());
     }
     Ok(())
+}
+
+/// Attach a LoRA adapter directory (PEFT format) to a model, unmerged (exact peft semantics).
+pub fn with_adapter<B: burn::prelude::Backend, M: kiln_peft::PeftModel<B>>(model: M, adapter: Option<&PathBuf>) -> Result<M, String> {
+    match adapter {
+        None => Ok(model),
+        Some(dir) => Ok(kiln_peft::LoraModel::from_pretrained(model, dir, false).map_err(s)?.model),
+    }
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PeftCmd {
+    /// Show an adapter directory's config and tensors.
+    Inspect {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge a LoRA adapter into its base model and write a Hugging Face checkpoint directory.
+    Merge {
+        #[command(flatten)]
+        model: ModelArg,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PeftArgs {
+    #[command(subcommand)]
+    pub cmd: PeftCmd,
+}
+
+pub fn peft(a: PeftArgs) -> Res {
+    match a.cmd {
+        PeftCmd::Inspect { dir, json: as_json } => {
+            let cfg_path = dir.join("adapter_config.json");
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+            let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+            let tensors = kiln_peft::read_tensors(&dir.join("adapter_model.safetensors")).map_err(s)?;
+            let params: usize = tensors.values().map(|t| t.data.len()).sum();
+            let list: Vec<serde_json::Value> = tensors.iter().map(|(k, t)| json!({"name": k, "shape": t.shape})).collect();
+            let v = json!({
+                "dir": dir, "peft_type": cfg["peft_type"], "task_type": cfg["task_type"],
+                "base_model_name_or_path": cfg["base_model_name_or_path"], "r": cfg["r"], "lora_alpha": cfg["lora_alpha"],
+                "target_modules": cfg["target_modules"], "tensors": list.len(), "parameters": params,
+            });
+            if as_json {
+                println!("{}", json!({"summary": v, "tensors": list}));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).map_err(s)?);
+            }
+            Ok(())
+        }
+        PeftCmd::Merge { model, adapter, out } => {
+            let device = backend::device()?;
+            let dir = resolve_model(&model.spec()).map_err(s)?;
+            let mt = kiln_models::auto::model_type(&dir).map_err(s)?;
+            std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            let weights = out.join("model.safetensors");
+            let n = match mt.as_str() {
+                "gpt2" | "opt" => {
+                    let (m, _) = kiln_models::auto::CausalModel::<Inference>::load(&dir, &device).map_err(s)?;
+                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false).map_err(s)?.merge_and_unload();
+                    kiln_peft::export::save_hf_weights(&m, &weights).map_err(s)?
+                }
+                "t5" | "bart" => {
+                    let (m, _) = kiln_models::auto::Seq2SeqModel::<Inference>::load(&dir, &device).map_err(s)?;
+                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false).map_err(s)?.merge_and_unload();
+                    kiln_peft::export::save_hf_weights(&m, &weights).map_err(s)?
+                }
+                "bert" => {
+                    let (_, m, _) = kiln_models::bert::load_for_classification::<Inference>(&dir, &device).map_err(s)?;
+                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false).map_err(s)?.merge_and_unload();
+                    kiln_peft::export::save_hf_weights(&m, &weights).map_err(s)?
+                }
+                other => return Err(format!("{}: cannot merge into model_type `{other}`", dir.display())),
+            };
+            for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt"] {
+                if dir.join(f).is_file() {
+                    std::fs::copy(dir.join(f), out.join(f)).map_err(|e| format!("{}: {e}", out.join(f).display()))?;
+                }
+            }
+            println!("merged {} into {} ({n} tensors) → {}", adapter.display(), dir.display(), out.display());
+            Ok(())
+        }
+    }
 }

@@ -37,6 +37,8 @@ enum Command {
     Icl(commands::IclArgs),
     /// Run one of the seed notebook's experiments (a recipe): training, evaluation, reports.
     Train(commands::TrainArgs),
+    /// PEFT adapters: inspect one, or merge one into its base model.
+    Peft(commands::PeftArgs),
     /// Benchmarks on real-size models with random init (used by `cargo xtask bench`).
     Bench(bench::BenchArgs),
 }
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Icl(a) => commands::icl(a),
         Command::Train(a) => commands::train(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Peft(a) => commands::peft(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,6 +16,7 @@
 pub mod adapter;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod freeze;
 pub mod io;
 pub mod linear;

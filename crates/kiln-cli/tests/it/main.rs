@@ -139,3 +139,46 @@ fn rouge_cli_matches_the_library_and_plots() {
     let (ok, _, err) = kiln(&["rouge", "--predictions", p.to_str().unwrap(), "--references", p.to_str().unwrap(), "--types", "rouge7x"]);
     assert!(!ok && err.contains("rouge7x"), "{err}");
 }
+
+#[test]
+fn peft_merge_writes_a_checkpoint_that_matches_peft_merged_logits() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("merged");
+    let (ok, _, err) = kiln(&["peft", "merge", "--model-dir", &fx("gpt2"), "--adapter", &fx("peft/gpt2-lora"), "--out", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("peft/gpt2-lora/reference.json")).unwrap()).unwrap();
+    type Fb = burn::backend::Flex;
+    let device = Default::default();
+    let (_, m, report) = kiln_models::gpt2::load::<Fb>(&out, &device).unwrap();
+    assert!(report.unused.is_empty());
+    let ids: Vec<Vec<u32>> = r["input_ids"].as_array().unwrap().iter().map(|row| row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()).collect();
+    let mask: Vec<Vec<u8>> = r["attention_mask"].as_array().unwrap().iter().map(|row| row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect()).collect();
+    let logits = m.forward(kiln_models::attention::ids_tensor::<Fb>(&ids, &device), Some(&mask));
+    let [b, s, v] = logits.dims();
+    let got: Vec<f32> = logits.into_data().to_vec().unwrap();
+    fn flat(v: &serde_json::Value) -> Vec<f32> {
+        match v {
+            serde_json::Value::Array(a) => a.iter().flat_map(flat).collect(),
+            x => vec![x.as_f64().unwrap() as f32],
+        }
+    }
+    let want = flat(&r["merged_logits"]);
+    for bi in 0..b {
+        for si in (0..s).filter(|&si| mask[bi][si] == 1) {
+            for k in 0..v {
+                let i = (bi * s + si) * v + k;
+                assert!((got[i] - want[i]).abs() < 1e-4, "({bi},{si},{k}): {} vs {}", got[i], want[i]);
+            }
+        }
+    }
+    let (ok, _, err) = kiln(&["peft", "inspect", &fx("peft/gpt2-lora"), "--json"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = kiln(&["generate", "--model-dir", &fx("gpt2"), "--adapter", &fx("peft/gpt2-lora"), "--prompt", "Hello", "--max-new-tokens", "4", "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"ids\""));
+    let (ok, _, err) = kiln(&["generate", "--model-dir", &fx("gpt2"), "--adapter", &fx("peft/opt-lora"), "--prompt", "Hello"]);
+    assert!(!ok && !err.contains("panicked"), "an adapter for another base is a clear error: {err}");
+}
