@@ -21,10 +21,10 @@ fn variants_are_read_from_config_and_weights() {
     let (c, m) = model("t5");
     assert!(!c.is_gated_act && c.scale_decoder_outputs && m.lm_head.is_none());
     assert!(m.decoder.block[0].layer[2].DenseReluDense.as_ref().unwrap().wi.is_some());
-    // transformers 5.24 saved v1.1 with `tie_word_embeddings: true`, `scale_decoder_outputs: false` and
-    // no lm_head.weight: tied, unscaled, gated-gelu.
+    // The v1.1 fixture is saved as T0/flan checkpoints are: its own lm_head.weight (untied), no output
+    // scaling, gated-gelu (transformers 5.24 still writes `tie_word_embeddings: true`).
     let (c, m) = model("t5-v1_1");
-    assert!(c.is_gated_act && !c.scale_decoder_outputs && m.lm_head.is_none());
+    assert!(c.is_gated_act && !c.scale_decoder_outputs && m.lm_head.is_some());
     assert_eq!(c.dense_act_fn, kiln_models::config::Activation::GeluNew);
     assert!(m.encoder.block[1].layer[0].SelfAttention.as_ref().unwrap().relative_attention_bias.is_none());
 }
