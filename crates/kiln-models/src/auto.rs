@@ -221,7 +221,12 @@ impl<B: Backend> Seq2SeqPipeline<B> {
         let dir = resolve_model(spec)?;
         let (model, report) = Seq2SeqModel::load(&dir, device)?;
         let tokenizer = Tokenizer::from_dir(&dir)?;
-        let generation = GenerationConfig::from_dir(&dir)?;
+        let mut generation = GenerationConfig::from_dir(&dir)?;
+        // T5 starts decoding from its pad token; configs written without `decoder_start_token_id` rely on
+        // that (transformers' T5 does the same).
+        if generation.decoder_start_token_id.is_none() && matches!(model, Seq2SeqModel::T5(_)) {
+            generation.decoder_start_token_id = Some(generation.pad_token_id.unwrap_or(0));
+        }
         let max_source_positions = match &model {
             Seq2SeqModel::Bart(_) => RawConfig::load(&dir.join("config.json"))?.opt_usize("max_position_embeddings")?,
             Seq2SeqModel::T5(_) => None,

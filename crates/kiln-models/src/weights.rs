@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use burn::prelude::*;
-use burn::store::{
-    ApplyError, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot,
-};
+use burn::store::{ApplyError, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot, TensorSnapshotError};
 use burn::tensor::{DType, TensorData};
 
 use crate::error::{Error, Result};
@@ -105,6 +103,9 @@ pub struct TensorInfo {
     pub name: String,
     pub dtype: String,
     pub shape: Vec<usize>,
+    /// Byte range of the tensor's data in the file.
+    pub start: u64,
+    pub end: u64,
 }
 
 /// Validate a safetensors file's header against its size; return the tensors it declares.
@@ -164,7 +165,8 @@ pub fn inspect_safetensors(path: &Path) -> Result<Vec<TensorInfo>> {
             )));
         }
         spans.push((offs[0], offs[1]));
-        out.push(TensorInfo { name: name.clone(), dtype: dtype.to_string(), shape });
+        let base = 8 + header_len;
+        out.push(TensorInfo { name: name.clone(), dtype: dtype.to_string(), shape, start: base + offs[0], end: base + offs[1] });
     }
     spans.sort();
     for w in spans.windows(2) {
@@ -173,6 +175,26 @@ pub fn inspect_safetensors(path: &Path) -> Result<Vec<TensorInfo>> {
         }
     }
     Ok(out)
+}
+
+/// burn's dtype for a safetensors dtype name (`None` for dtypes kiln never loads, e.g. fp8).
+fn burn_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "F64" => DType::F64,
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "I64" => DType::I64,
+        "I32" => DType::I32,
+        "I16" => DType::I16,
+        "I8" => DType::I8,
+        "U64" => DType::U64,
+        "U32" => DType::U32,
+        "U16" => DType::U16,
+        "U8" => DType::U8,
+        "BOOL" => DType::U8,
+        _ => return None,
+    })
 }
 
 /// Casts fp16/bf16 to f32 and transposes `nn.Linear` weights for [`kiln_peft::PeftLinear`].
@@ -281,14 +303,37 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
                 return Err(Error::Dtype { path: file.clone(), key: info.name.clone(), dtype: info.dtype.clone() });
             }
         }
-        let mut store = SafetensorsStore::from_file(file).allow_partial(true).validate(false);
-        for (from, to) in &spec.remaps {
-            store = store.with_key_remapping(from, to);
+        // One lazily read snapshot per tensor: each is read from the file (pread) only when burn-store applies
+        // it, converted, and dropped, so peak memory is the model plus one tensor — a memory map of the whole
+        // file would add the checkpoint's size again to the resident set while loading.
+        let mut snapshots = Vec::with_capacity(infos.len());
+        for info in &infos {
+            let Some(dtype) = burn_dtype(&info.dtype) else { continue };
+            let mut key = info.name.clone();
+            for (re, to) in &remaps {
+                key = re.replace_all(&key, to.as_str()).into_owned();
+            }
+            let (path, start, len, shape) = (file.clone(), info.start, (info.end - info.start) as usize, info.shape.clone());
+            let read = Rc::new(move || {
+                use std::io::{Read, Seek, SeekFrom};
+                let io = |e: std::io::Error| TensorSnapshotError::IoError(format!("{}: {e}", path.display()));
+                let mut f = std::fs::File::open(&path).map_err(io)?;
+                f.seek(SeekFrom::Start(start)).map_err(io)?;
+                let mut bytes = vec![0u8; len];
+                f.read_exact(&mut bytes).map_err(io)?;
+                Ok(TensorData::from_bytes_vec(bytes, shape.clone(), dtype))
+            });
+            snapshots.push(TensorSnapshot::from_closure(
+                read,
+                dtype,
+                info.shape.clone().into(),
+                key.split('.').map(str::to_string).collect(),
+                vec![],
+                burn::module::ParamId::new(),
+            ));
         }
-        store = store.with_from_adapter(HfAdapter { transpose_linear: spec.transpose_linear });
-        let res = model
-            .load_from(&mut store)
-            .map_err(|e| Error::Safetensors { path: file.clone(), msg: e.to_string() })?;
+        let adapter: Box<dyn ModuleAdapter> = Box::new(HfAdapter { transpose_linear: spec.transpose_linear });
+        let res = model.apply(snapshots, None, Some(adapter), false);
         for e in &res.errors {
             return Err(match e {
                 ApplyError::ShapeMismatch { path, expected, found } => Error::ShapeMismatch {
