@@ -619,3 +619,72 @@ fn top_k_desc<T>(items: &[T], k: usize, key: impl Fn(&T) -> f32) -> Vec<usize> {
     idx.sort_by(|&a, &b| key(&items[b]).total_cmp(&key(&items[a])).then(a.cmp(&b)));
     idx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "model" whose next-token logits are always the same.
+    struct Fixed(Vec<f32>);
+
+    impl DecodeSession for Fixed {
+        fn prefill(&mut self, rows: &[Vec<u32>], _mask: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
+            Ok(vec![self.0.clone(); rows.len()])
+        }
+        fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+            Ok(vec![self.0.clone(); tokens.len()])
+        }
+        fn select(&mut self, _idx: &[usize]) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn draws(logits: &[f32], cfg: GenerationConfig, n: u64) -> Vec<usize> {
+        let mut counts = vec![0usize; logits.len()];
+        for seed in 0..n {
+            let c = GenerationConfig { seed, max_new_tokens: Some(1), do_sample: true, ..cfg.clone() };
+            let out = generate(&mut Fixed(logits.to_vec()), &[vec![0]], &[vec![1]], &c, None).unwrap();
+            counts[out.sequences[0][1] as usize] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_nucleus_and_its_mass() {
+        // probabilities 0.5, 0.25, 0.125, 0.0625, 0.0625
+        let lp: Vec<f32> = [0.5f32, 0.25, 0.125, 0.0625, 0.0625].iter().map(|p| p.ln()).collect();
+        let counts = draws(&lp, GenerationConfig { top_p: 0.7, top_k: 0, ..Default::default() }, 3000);
+        // Nucleus for 0.7: {0, 1} (0.75); renormalised 2/3 and 1/3.
+        assert_eq!(counts[2] + counts[3] + counts[4], 0, "{counts:?}");
+        let f0 = counts[0] as f64 / 3000.0;
+        assert!((f0 - 2.0 / 3.0).abs() < 0.04, "{counts:?}");
+    }
+
+    #[test]
+    fn top_k_and_temperature() {
+        let lp: Vec<f32> = [0.4f32, 0.3, 0.2, 0.1].iter().map(|p| p.ln()).collect();
+        let counts = draws(&lp, GenerationConfig { top_k: 2, ..Default::default() }, 2000);
+        assert_eq!(counts[2] + counts[3], 0);
+        // A very low temperature is (almost) greedy.
+        let counts = draws(&lp, GenerationConfig { temperature: 0.05, top_k: 0, ..Default::default() }, 500);
+        assert!(counts[0] > 490, "{counts:?}");
+        // Without filtering, frequencies follow the distribution.
+        let counts = draws(&lp, GenerationConfig { top_k: 0, ..Default::default() }, 4000);
+        assert!((counts[3] as f64 / 4000.0 - 0.1).abs() < 0.025, "{counts:?}");
+    }
+
+    #[test]
+    fn validation_rejects_nonsense_and_warns_like_transformers() {
+        let bad = [
+            GenerationConfig { num_beams: 0, ..Default::default() },
+            GenerationConfig { top_p: 1.5, ..Default::default() },
+            GenerationConfig { do_sample: true, temperature: 0.0, ..Default::default() },
+            GenerationConfig { num_return_sequences: 3, num_beams: 2, ..Default::default() },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+        let w = GenerationConfig { temperature: 0.7, ..Default::default() }.validate().unwrap();
+        assert!(w.iter().any(|m| m.contains("temperature")));
+    }
+}
