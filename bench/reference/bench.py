@@ -53,6 +53,19 @@ def generate(quick):
     return out
 
 
+def seq2seq(quick):
+    torch.manual_seed(0)
+    model = transformers.BartForConditionalGeneration(load_config("bart-base")).eval()
+    src = 128 if quick else 512
+    new = 16 if quick else 64
+    ids = torch.randint(3, 50265, (1, src))
+    with torch.no_grad():
+        r = timeit(lambda: model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=4,
+                                          max_new_tokens=new, min_new_tokens=new, early_stopping=True), 1 if quick else 3)
+    r["tokens_per_s"] = new / r["median_s"]
+    return {"bart_beam4": r}
+
+
 def bert(quick):
     torch.manual_seed(0)
     model = transformers.BertModel(load_config("bert-base-uncased")).eval()
@@ -64,12 +77,12 @@ def bert(quick):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["generate", "bert"])
+    ap.add_argument("what", choices=["generate", "bert", "seq2seq"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    res = generate(a.quick) if a.what == "generate" else bert(a.quick)
+    res = {"generate": generate, "bert": bert, "seq2seq": seq2seq}[a.what](a.quick)
     print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "threads": a.threads,
                       "results": res}))
 

@@ -25,7 +25,7 @@ enum Task {
     },
     /// Benchmarks, side by side with the Python reference when --python has it installed.
     Bench {
-        /// rouge | generate | bert | all
+        /// rouge | generate (GPT-2 and BART seq2seq) | bert | all
         #[arg(default_value = "all")]
         what: String,
         /// A Python with rouge-score / torch / transformers installed.
@@ -170,8 +170,8 @@ fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(
         }
         rows.push(row);
     }
-    for w in ["generate", "bert"] {
-        if what != w && what != "all" {
+    for w in ["generate", "bert", "seq2seq"] {
+        if what != w && what != "all" && !(what == "generate" && w == "seq2seq") {
             continue;
         }
         let bin = kiln_bin()?;

@@ -81,7 +81,23 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             })?;
             results.insert("bert_forward_b16_s64".into(), r);
         }
-        other => return Err(format!("unknown benchmark `{other}` (generate, bert)")),
+        "seq2seq" => {
+            let raw = RawConfig::load(&a.configs.join("bart-base.json")).map_err(s)?;
+            let cfg = kiln_models::bart::BartConfig::from_raw(&raw).map_err(s)?;
+            let model = cfg.init::<Inference>(&device);
+            let src = if a.quick { 128 } else { 512 };
+            let new = if a.quick { 16 } else { 64 };
+            let ids: Vec<u32> = (0..src).map(|i| (3 + (i * 7919) % 50000) as u32).collect();
+            let mut gen = GenerationConfig::default();
+            gen.update_from_json(&a.configs.join("bart-base.json"), &serde_json::to_value(&raw.map).unwrap_or_default()).map_err(s)?;
+            let gen = GenerationConfig { num_beams: 4, max_new_tokens: Some(new), min_new_tokens: new, early_stopping: kiln_models::generation::EarlyStopping::True, ..gen };
+            let mut r = time(if a.quick { 1 } else { 3 }, || {
+                kiln_models::seq2seq::generate(&model, &[ids.clone()], &[vec![1u8; src]], &gen, None).map(|_| ()).map_err(s)
+            })?;
+            r["tokens_per_s"] = json!(new as f64 / r["median_s"].as_f64().unwrap());
+            results.insert("bart_beam4".into(), r);
+        }
+        other => return Err(format!("unknown benchmark `{other}` (generate, bert, seq2seq)")),
     }
     println!("{}", json!({"backend": backend::name(), "threads": rayon_threads(), "results": results}));
     Ok(())
