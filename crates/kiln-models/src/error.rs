@@ -40,7 +40,7 @@ pub enum Error {
     #[error("hub `{repo}` file `{file}`: {msg}")]
     Hub { repo: String, file: String, msg: String },
 
-    #[error("{path}: refusing to load a pickle checkpoint; pass --allow-pickle to load `.bin` files")]
+    #[error("{path}: pickle checkpoints (`.bin`) are not loaded (they can run code); convert it to safetensors, e.g. with transformers' `save_pretrained(safe_serialization=True)`")]
     Pickle { path: PathBuf },
 
     #[error("invalid generation settings: {0}")]
