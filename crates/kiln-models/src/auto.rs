@@ -90,6 +90,24 @@ impl<B: Backend> CausalLm<B> for CausalModel<B> {
     ) -> Tensor<B, 3> {
         delegate!(self, m => CausalLm::<B>::hidden(m, ids, positions, key_mask, cache))
     }
+    fn input_embeddings(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        delegate!(self, m => CausalLm::<B>::input_embeddings(m, ids))
+    }
+    fn hidden_from_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: Tensor<B, 2, Int>,
+        key_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        delegate!(self, m => CausalLm::<B>::hidden_from_embeds(m, embeds, positions, key_mask, cache))
+    }
+    fn n_head(&self) -> usize {
+        delegate!(self, m => CausalLm::<B>::n_head(m))
+    }
+    fn hidden_size(&self) -> usize {
+        delegate!(self, m => CausalLm::<B>::hidden_size(m))
+    }
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         delegate!(self, m => CausalLm::<B>::logits(m, hidden))
     }

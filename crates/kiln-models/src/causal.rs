@@ -22,6 +22,21 @@ pub trait CausalLm<B: Backend> {
         key_mask: &[Vec<u8>],
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3>;
+    /// The input (word) embeddings of `ids`, `[b, s, d_embed]` (transformers' `inputs_embeds`).
+    fn input_embeddings(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3>;
+    /// [`Self::hidden`] from input embeddings instead of ids (`hidden(ids, …)` is
+    /// `hidden_from_embeds(input_embeddings(ids), …)`, bit for bit).
+    fn hidden_from_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: Tensor<B, 2, Int>,
+        key_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3>;
+    /// Attention heads per layer.
+    fn n_head(&self) -> usize;
+    /// Width of the attention keys/values (`n_head · head_dim`).
+    fn hidden_size(&self) -> usize;
     /// LM-head logits from hidden states.
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3>;
     /// The output embedding `[vocab, d]` when the LM head is `hidden @ Eᵀ` (tied heads), so that decoding

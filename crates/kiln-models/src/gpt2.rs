@@ -191,12 +191,24 @@ impl<B: Backend> Gpt2LmHead<B> {
         ids: Tensor<B, 2, Int>,
         positions: Tensor<B, 2, Int>,
         key_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let embeds = self.transformer.wte.forward(ids);
+        self.hidden_from_embeds(embeds, positions, key_mask, cache)
+    }
+
+    /// [`Self::hidden`] from input embeddings `[b, s, d]` (transformers' `inputs_embeds`) instead of ids.
+    pub fn hidden_from_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: Tensor<B, 2, Int>,
+        key_mask: &[Vec<u8>],
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let device = ids.device();
-        let s = ids.dims()[1];
+        let device = embeds.device();
+        let s = embeds.dims()[1];
         let t = &self.transformer;
-        let mut x = t.wte.forward(ids) + t.wpe.forward(positions);
+        let mut x = embeds + t.wpe.forward(positions);
         let mask = additive_mask::<B>(key_mask, s, true, &device);
         for (i, block) in t.h.iter().enumerate() {
             x = block.forward(x, mask.clone(), cache.as_deref_mut().map(|c| (c, i)));
@@ -241,6 +253,24 @@ impl<B: Backend> crate::causal::CausalLm<B> for Gpt2LmHead<B> {
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         Gpt2LmHead::hidden(self, ids, positions, key_mask, cache)
+    }
+    fn input_embeddings(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.transformer.wte.forward(ids)
+    }
+    fn hidden_from_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: Tensor<B, 2, Int>,
+        key_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        Gpt2LmHead::hidden_from_embeds(self, embeds, positions, key_mask, cache)
+    }
+    fn n_head(&self) -> usize {
+        self.transformer.h[0].attn.n_head
+    }
+    fn hidden_size(&self) -> usize {
+        self.transformer.wpe.weight.dims()[1]
     }
     fn output_embedding(&self) -> Option<Tensor<B, 2>> {
         Some(self.transformer.wte.weight.val())

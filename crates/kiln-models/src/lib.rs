@@ -15,6 +15,7 @@ pub mod hub;
 pub mod icl;
 pub mod opt;
 pub mod peft;
+pub mod prompt;
 pub mod scoring;
 pub mod seq2seq;
 pub mod t5;

@@ -201,12 +201,25 @@ impl<B: Backend> OptForCausalLm<B> {
         ids: Tensor<B, 2, Int>,
         positions: Tensor<B, 2, Int>,
         key_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let embeds = self.model.decoder.embed_tokens.forward(ids);
+        self.hidden_from_embeds(embeds, positions, key_mask, cache)
+    }
+
+    /// [`Self::hidden`] from input embeddings `[b, s, word_embed_proj_dim]` (transformers' `inputs_embeds`,
+    /// before `project_in`).
+    pub fn hidden_from_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: Tensor<B, 2, Int>,
+        key_mask: &[Vec<u8>],
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let dec = &self.model.decoder;
-        let device = ids.device();
-        let s = ids.dims()[1];
-        let mut x = dec.embed_tokens.forward(ids);
+        let device = embeds.device();
+        let s = embeds.dims()[1];
+        let mut x = embeds;
         if let Some(p) = &dec.project_in {
             x = p.forward(x);
         }
@@ -258,6 +271,24 @@ impl<B: Backend> crate::causal::CausalLm<B> for OptForCausalLm<B> {
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         OptForCausalLm::hidden(self, ids, positions, key_mask, cache)
+    }
+    fn input_embeddings(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.model.decoder.embed_tokens.forward(ids)
+    }
+    fn hidden_from_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: Tensor<B, 2, Int>,
+        key_mask: &[Vec<u8>],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        OptForCausalLm::hidden_from_embeds(self, embeds, positions, key_mask, cache)
+    }
+    fn n_head(&self) -> usize {
+        self.model.decoder.layers[0].self_attn.n_head
+    }
+    fn hidden_size(&self) -> usize {
+        self.model.decoder.embed_positions.weight.dims()[1]
     }
     fn output_embedding(&self) -> Option<Tensor<B, 2>> {
         Some(self.model.decoder.embed_tokens.weight.val())

@@ -12,5 +12,6 @@ mod hub;
 mod icl;
 mod opt;
 mod peft;
+mod prompt;
 mod s2s;
 mod t5;
