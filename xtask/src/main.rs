@@ -108,6 +108,7 @@ fn demo(out: &Path) -> Result<(), String> {
         ("gpt2-generate", vec!["--model".into(), p("gpt2")]),
         ("t0-zero-shot", vec!["--model".into(), p("t5-v1_1")]),
         ("opt-icl-sst2", vec!["--model".into(), p("opt"), "--dataset".into(), p("samples/sentiment"), "--max-eval-samples".into(), "20".into()]),
+        ("prompt-tuning-sst2", vec!["--model".into(), p("opt"), "--dataset".into(), p("samples/sentiment"), "--epochs".into(), "2".into(), "--max-eval-samples".into(), "20".into()]),
         ("t5-prompt-sst2", vec!["--model".into(), p("t5"), "--dataset".into(), p("samples/sentiment"), "--epochs".into(), "2".into()]),
         ("bert-adapters-sst2", vec!["--model".into(), p("bert"), "--dataset".into(), p("samples/sentiment"), "--epochs".into(), "2".into(), "--learning-rate".into(), "1e-3".into()]),
         ("bart-lora-cnndm", vec!["--model".into(), p("bart"), "--dataset".into(), p("samples/cnndm"), "--epochs".into(), "2".into()]),

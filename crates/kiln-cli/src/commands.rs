@@ -585,7 +585,7 @@ pub fn icl(a: IclArgs) -> Res {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// One of: t5-prompt-sst2, bert-adapters-sst2, bert-sst2, bart-cnndm, opt-icl-sst2, gpt2-generate, t0-zero-shot.
+    /// A recipe: t5-prompt-sst2, bert-adapters-sst2, bert-sst2, bart-lora-cnndm, bart-cnndm, bart-lora-vs-full, prompt-tuning-sst2, opt-icl-sst2, gpt2-generate, t0-zero-shot.
     #[arg(long)]
     pub recipe: String,
     /// Model hub id or directory (default: the recipe's, e.g. t5-small).

@@ -177,3 +177,68 @@ impl<B: AutodiffBackend> Task<B> for Seq2Seq {
         }
     }
 }
+
+/// One labelled evaluation example for label-likelihood scoring: the prompt's ids and each label's ids.
+#[derive(Debug, Clone)]
+pub struct LabelledPrompt {
+    pub prompt_ids: Vec<u32>,
+    pub label: usize,
+}
+
+/// Prompt / prefix tuning of a decoder-only model (peft's `PeftModelForCausalLM`): causal-LM loss over the
+/// real tokens; evaluated by which label continuation is more likely.
+pub struct PromptCausal {
+    pub eval: Vec<LabelledPrompt>,
+    /// Token ids of each label as a continuation (e.g. `" positive"`).
+    pub label_ids: Vec<Vec<u32>>,
+}
+
+impl PromptCausal {
+    /// Summed log-probability of each label after `prompt_ids`.
+    fn label_scores<B: Backend>(&self, model: &kiln_models::prompt::PromptModel<B>, prompt_ids: &[u32]) -> Vec<f64> {
+        let device = kiln_models::causal::CausalLm::device(&model.model);
+        self.label_ids
+            .iter()
+            .map(|lab| {
+                let mut ids = prompt_ids.to_vec();
+                ids.extend(lab);
+                let n = ids.len();
+                let logits = model.token_logits(ids_tensor::<B>(&[ids.clone()], &device), None);
+                let v = logits.dims()[2];
+                let lp: Vec<f32> = burn::tensor::activation::log_softmax(logits.reshape([n, v]), 1)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .expect("f32");
+                (0..lab.len()).map(|i| lp[(prompt_ids.len() - 1 + i) * v + lab[i] as usize] as f64).sum()
+            })
+            .collect()
+    }
+}
+
+impl<B: AutodiffBackend> Task<B> for PromptCausal {
+    type Model = kiln_models::prompt::PromptModel<B>;
+
+    fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>> {
+        let device = kiln_models::causal::CausalLm::device(&model.model);
+        let logits = model.token_logits(ids_tensor::<B>(&batch.input_ids, &device), Some(&batch.attention_mask));
+        Ok(crate::loss::causal_lm_loss(logits, &batch.input_ids, &batch.attention_mask))
+    }
+
+    fn evaluate(&self, model: &<Self::Model as AutodiffModule<B>>::InnerModule) -> Result<EvalResult> {
+        let mut correct = 0usize;
+        for e in &self.eval {
+            let s = self.label_scores(model, &e.prompt_ids);
+            let best = s.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+            correct += (best == e.label) as usize;
+        }
+        let mut r = EvalResult::default();
+        r.metrics.insert("accuracy".into(), json!(correct as f64 / self.eval.len().max(1) as f64));
+        r.metrics.insert("examples".into(), json!(self.eval.len()));
+        Ok(r)
+    }
+
+    fn primary_metric(&self) -> (&str, bool) {
+        ("accuracy", true)
+    }
+}

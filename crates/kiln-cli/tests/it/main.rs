@@ -72,6 +72,18 @@ fn every_recipe_runs_offline_on_the_bundled_defaults() {
     assert_eq!(v["k"], 3);
     assert!(v["accuracy"].as_f64().is_some());
 
+    let v = run_recipe(out, "prompt-tuning-sst2", &s(&["--model", &fx("opt"), "--dataset", &fx("samples/sentiment"), "--epochs", "1", "--max-eval-samples", "8"]));
+    assert!(v["parameters"].as_str().unwrap().starts_with("trainable params: 256 "), "{}", v["parameters"]);
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("prompt-tuning-sst2/adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "PROMPT_TUNING");
+    assert_eq!(cfg["num_virtual_tokens"], 8);
+    let losses: Vec<f64> = std::fs::read_to_string(out.join("prompt-tuning-sst2/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+        .collect();
+    assert!(losses.last().unwrap() < &losses[0], "prompt tuning lowers the loss: {losses:?}");
+
     let v = run_recipe(out, "gpt2-generate", &s(&["--model", &fx("gpt2")]));
     for m in ["greedy", "beam", "sampling"] {
         assert!(!v["outputs"][m]["ids"].as_array().unwrap().is_empty(), "{m}");
