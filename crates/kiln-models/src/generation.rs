@@ -206,7 +206,8 @@ impl GenerationConfig {
 
     fn max_total(&self, prompt_len: usize) -> usize {
         match self.max_new_tokens {
-            Some(n) => prompt_len + n,
+            // saturating: max_new_tokens comes from generation_config.json and may be any u64.
+            Some(n) => prompt_len.saturating_add(n),
             None => self.max_length,
         }
     }
@@ -618,4 +619,20 @@ fn top_k_desc<T>(items: &[T], k: usize, key: impl Fn(&T) -> f32) -> Vec<usize> {
     }
     idx.sort_by(|&a, &b| key(&items[b]).total_cmp(&key(&items[a])).then(a.cmp(&b)));
     idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `max_new_tokens` near u64::MAX from generation_config.json overflowed `prompt_len + n` (a panic
+    /// with overflow checks) when decoding started; it now saturates.
+    #[test]
+    fn huge_max_new_tokens_saturates() {
+        let mut g = GenerationConfig::default();
+        let v: Value = serde_json::from_str(r#"{"max_new_tokens": 18446744073709551615}"#).unwrap();
+        g.update_from_json(Path::new("generation_config.json"), &v).unwrap();
+        assert!(g.validate().is_ok());
+        assert_eq!(g.max_total(5), usize::MAX);
+    }
 }
