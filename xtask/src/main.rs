@@ -48,6 +48,18 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run each cargo-fuzz target in fuzz/ for --secs seconds (stable toolchain via RUSTC_BOOTSTRAP=1; needs
+    /// `cargo install cargo-fuzz`); prints executions per target. See docs/reliability.md.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Targets to run [default: all].
+        #[arg(long)]
+        target: Vec<String>,
+        /// cargo-fuzz sanitizer: address | none.
+        #[arg(long, default_value = "address")]
+        sanitizer: String,
+    },
     /// Regenerate fixtures/ with Python (needs fixtures/requirements.txt installed).
     Fixtures {
         #[arg(long, default_value = "python3")]
@@ -223,6 +235,36 @@ fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(
     Ok(())
 }
 
+const FUZZ_TARGETS: [&str; 5] = ["config", "safetensors", "adapter", "dataset", "rouge"];
+
+fn fuzz(secs: u64, targets: &[String], sanitizer: &str) -> Result<(), String> {
+    let targets: Vec<String> =
+        if targets.is_empty() { FUZZ_TARGETS.iter().map(|t| t.to_string()).collect() } else { targets.to_vec() };
+    let dir = root().join("fuzz");
+    run(Command::new("sh").arg(dir.join("seed.sh")))?;
+    let mut failed = Vec::new();
+    for t in &targets {
+        std::fs::create_dir_all(dir.join("corpus").join(t)).map_err(|e| e.to_string())?;
+        let secs_arg = format!("-max_total_time={secs}");
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&dir)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", "--debug-assertions", "-s", sanitizer, t, "--", &secs_arg, "-print_final_stats=1"])
+            .output()
+            .map_err(|e| format!("cargo fuzz: {e} (install it with `cargo install cargo-fuzz`)"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let stat = |k: &str| log.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+        let execs = stat("stat::number_of_executed_units:").unwrap_or_else(|| "?".into());
+        let rate = stat("stat::average_exec_per_sec:").unwrap_or_else(|| "?".into());
+        println!("{t}: {execs} executions in {secs} s ({rate}/s){}", if out.status.success() { "" } else { " FAILED" });
+        if !out.status.success() {
+            eprintln!("{}", log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+            failed.push(t.clone());
+        }
+    }
+    if failed.is_empty() { Ok(()) } else { Err(format!("fuzz targets failed: {failed:?} (inputs in fuzz/artifacts/)")) }
+}
+
 fn main() {
     let cli = Cli::parse();
     let res = match cli.task {
@@ -240,6 +282,7 @@ fn main() {
                 .map_err(|e| e.to_string())?;
             if st.success() { Ok(()) } else { Err(format!("kiln train exited with {st}")) }
         }),
+        Task::Fuzz { secs, target, sanitizer } => fuzz(secs, &target, &sanitizer),
         Task::Fixtures { python } => run(Command::new(python).arg(root().join("fixtures/generate.py"))).map(|o| print!("{o}")),
     };
     if let Err(e) = res {

@@ -206,7 +206,8 @@ impl GenerationConfig {
 
     fn max_total(&self, prompt_len: usize) -> usize {
         match self.max_new_tokens {
-            Some(n) => prompt_len + n,
+            // saturating: max_new_tokens comes from generation_config.json and may be any u64.
+            Some(n) => prompt_len.saturating_add(n),
             None => self.max_length,
         }
     }
@@ -686,5 +687,16 @@ mod tests {
         }
         let w = GenerationConfig { temperature: 0.7, ..Default::default() }.validate().unwrap();
         assert!(w.iter().any(|m| m.contains("temperature")));
+    }
+
+    /// A `max_new_tokens` near u64::MAX from generation_config.json overflowed `prompt_len + n` (a panic
+    /// with overflow checks) when decoding started; it now saturates.
+    #[test]
+    fn huge_max_new_tokens_saturates() {
+        let mut g = GenerationConfig::default();
+        let v: Value = serde_json::from_str(r#"{"max_new_tokens": 18446744073709551615}"#).unwrap();
+        g.update_from_json(Path::new("generation_config.json"), &v).unwrap();
+        assert!(g.validate().is_ok());
+        assert_eq!(g.max_total(5), usize::MAX);
     }
 }

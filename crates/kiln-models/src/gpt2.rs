@@ -41,7 +41,8 @@ impl Gpt2Config {
             n_embd,
             n_layer: c.req_usize_any(&["n_layer", "num_hidden_layers"])?,
             n_head,
-            n_inner: c.opt_usize("n_inner")?.unwrap_or(4 * n_embd),
+            // saturating: a huge n_embd is rejected below, not an overflow panic (found by fuzz/config).
+            n_inner: c.opt_usize("n_inner")?.unwrap_or(n_embd.saturating_mul(4)),
             layer_norm_epsilon: c.f64_or("layer_norm_epsilon", 1e-5)?,
             activation: c.activation("activation_function", "gelu_new")?,
             scale_attn_weights: c.bool_or("scale_attn_weights", true)?,
@@ -57,6 +58,7 @@ impl Gpt2Config {
         c.check_range("n_positions", cfg.n_positions, 1, 1 << 20)?;
         c.check_range("n_head", cfg.n_head, 1, 1024)?;
         c.check_divides("n_embd", cfg.n_embd, "n_head", cfg.n_head)?;
+        c.check_range("n_inner", cfg.n_inner, 1, 1 << 20)?;
         Ok(cfg)
     }
 
@@ -296,4 +298,24 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Gpt2Config, G
     let files = crate::weights::weight_files(dir)?;
     let report = crate::weights::load_into(&mut model, &files, &Gpt2Config::load_spec())?;
     Ok((cfg, model, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Gpt2Config> {
+        Gpt2Config::from_raw(&RawConfig::parse(Path::new("config.json"), text)?)
+    }
+
+    /// fuzz/config regression: `4 * n_embd` overflowed (a panic with overflow checks) before n_embd was
+    /// range-checked; an explicit n_inner was not range-checked at all.
+    #[test]
+    fn huge_sizes_are_errors_not_panics() {
+        let e = parse(r#"{"vocab_size":10,"n_embd":9223372036854775807,"n_head":1,"n_layer":1}"#).unwrap_err();
+        assert!(e.to_string().contains("n_embd"), "{e}");
+        let e = parse(r#"{"vocab_size":10,"n_embd":8,"n_head":1,"n_layer":1,"n_inner":1099511627776}"#).unwrap_err();
+        assert!(e.to_string().contains("n_inner"), "{e}");
+        assert_eq!(parse(r#"{"vocab_size":10,"n_embd":8,"n_head":1,"n_layer":1}"#).unwrap().n_inner, 32);
+    }
 }

@@ -122,8 +122,30 @@ pub fn inspect_safetensors(path: &Path) -> Result<Vec<TensorInfo>> {
     }
     let mut header = vec![0u8; header_len as usize];
     f.read_exact(&mut header).map_err(|e| bad(format!("reading header: {e}")))?;
+    check_header(path, file_len, &header)
+}
+
+/// [`inspect_safetensors`] on a file's bytes held in memory (`path` only names it in errors).
+pub fn inspect_safetensors_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<TensorInfo>> {
+    let bad = |msg: String| Error::Safetensors { path: path.to_path_buf(), msg };
+    let file_len = bytes.len() as u64;
+    let len8: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad(format!("file is {file_len} bytes, too short for a header")))?;
+    let header_len = u64::from_le_bytes(len8);
+    if header_len > file_len.saturating_sub(8) || header_len > 100_000_000 {
+        return Err(bad(format!("header claims {header_len} bytes but the file has {file_len}")));
+    }
+    check_header(path, file_len, &bytes[8..8 + header_len as usize])
+}
+
+/// Validate a header (`header.len()` bytes after the 8-byte length) against the file's total length.
+fn check_header(path: &Path, file_len: u64, header: &[u8]) -> Result<Vec<TensorInfo>> {
+    let bad = |msg: String| Error::Safetensors { path: path.to_path_buf(), msg };
+    let header_len = header.len() as u64;
     let v: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+        serde_json::from_slice(header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
     let obj = v.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
     let data_len = file_len - 8 - header_len;
     let mut out = Vec::new();
