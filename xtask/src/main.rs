@@ -68,7 +68,10 @@ enum Task {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
@@ -93,12 +96,17 @@ fn cargo() -> Command {
 /// Build the `kiln` binary (release, default features) and return its path.
 fn kiln_bin() -> Result<PathBuf, String> {
     run(cargo().args(["build", "--release", "--quiet", "-p", "kiln-cli"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
     Ok(target.join("release").join("kiln"))
 }
 
 fn kiln(bin: &Path, args: &[&str]) -> Result<String, String> {
-    run(Command::new(bin).current_dir(root()).env("HF_HUB_OFFLINE", "1").args(args))
+    run(Command::new(bin)
+        .current_dir(root())
+        .env("HF_HUB_OFFLINE", "1")
+        .args(args))
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
@@ -109,7 +117,11 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 }
 
 fn demo(out: &Path) -> Result<(), String> {
-    let out = if out.is_absolute() { out.to_path_buf() } else { root().join(out) };
+    let out = if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        root().join(out)
+    };
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let bin = kiln_bin()?;
     let fx = root().join("fixtures");
@@ -119,20 +131,92 @@ fn demo(out: &Path) -> Result<(), String> {
     let recipes: Vec<(&str, Vec<String>)> = vec![
         ("gpt2-generate", vec!["--model".into(), p("gpt2")]),
         ("t0-zero-shot", vec!["--model".into(), p("t5-v1_1")]),
-        ("opt-icl-sst2", vec!["--model".into(), p("opt"), "--dataset".into(), p("samples/sentiment"), "--max-eval-samples".into(), "20".into()]),
-        ("prompt-tuning-sst2", vec!["--model".into(), p("opt"), "--dataset".into(), p("samples/sentiment"), "--epochs".into(), "2".into(), "--max-eval-samples".into(), "20".into()]),
-        ("t5-prompt-sst2", vec!["--model".into(), p("t5"), "--dataset".into(), p("samples/sentiment"), "--epochs".into(), "2".into()]),
-        ("bert-adapters-sst2", vec!["--model".into(), p("bert"), "--dataset".into(), p("samples/sentiment"), "--epochs".into(), "2".into(), "--learning-rate".into(), "1e-3".into()]),
-        ("bart-lora-cnndm", vec!["--model".into(), p("bart"), "--dataset".into(), p("samples/cnndm"), "--epochs".into(), "2".into()]),
-        ("bart-lora-vs-full", vec!["--model".into(), p("bart"), "--dataset".into(), p("samples/cnndm"), "--epochs".into(), "1".into()]),
+        (
+            "opt-icl-sst2",
+            vec![
+                "--model".into(),
+                p("opt"),
+                "--dataset".into(),
+                p("samples/sentiment"),
+                "--max-eval-samples".into(),
+                "20".into(),
+            ],
+        ),
+        (
+            "prompt-tuning-sst2",
+            vec![
+                "--model".into(),
+                p("opt"),
+                "--dataset".into(),
+                p("samples/sentiment"),
+                "--epochs".into(),
+                "2".into(),
+                "--max-eval-samples".into(),
+                "20".into(),
+            ],
+        ),
+        (
+            "t5-prompt-sst2",
+            vec![
+                "--model".into(),
+                p("t5"),
+                "--dataset".into(),
+                p("samples/sentiment"),
+                "--epochs".into(),
+                "2".into(),
+            ],
+        ),
+        (
+            "bert-adapters-sst2",
+            vec![
+                "--model".into(),
+                p("bert"),
+                "--dataset".into(),
+                p("samples/sentiment"),
+                "--epochs".into(),
+                "2".into(),
+                "--learning-rate".into(),
+                "1e-3".into(),
+            ],
+        ),
+        (
+            "bart-lora-cnndm",
+            vec![
+                "--model".into(),
+                p("bart"),
+                "--dataset".into(),
+                p("samples/cnndm"),
+                "--epochs".into(),
+                "2".into(),
+            ],
+        ),
+        (
+            "bart-lora-vs-full",
+            vec![
+                "--model".into(),
+                p("bart"),
+                "--dataset".into(),
+                p("samples/cnndm"),
+                "--epochs".into(),
+                "1".into(),
+            ],
+        ),
     ];
     for (name, extra) in recipes {
         println!("== {name}");
         let dir = out.join(name);
-        let mut args: Vec<String> = vec!["train".into(), "--recipe".into(), name.into(), "--out".into(), dir.display().to_string(), "--json".into()];
+        let mut args: Vec<String> = vec![
+            "train".into(),
+            "--recipe".into(),
+            name.into(),
+            "--out".into(),
+            dir.display().to_string(),
+            "--json".into(),
+        ];
         args.extend(extra);
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let v: Value = serde_json::from_str(kiln(&bin, &a)?.trim()).map_err(|e| format!("{name}: {e}"))?;
+        let v: Value =
+            serde_json::from_str(kiln(&bin, &a)?.trim()).map_err(|e| format!("{name}: {e}"))?;
         let mut short = v.clone();
         if let Some(o) = short.as_object_mut() {
             o.remove("train");
@@ -140,42 +224,91 @@ fn demo(out: &Path) -> Result<(), String> {
         summary.insert(name.into(), short);
     }
 
-    println!("== rouge (lead-3 baseline on the bundled article/summary samples, stemmer, bar chart)");
-    let text = std::fs::read_to_string(fx.join("samples/cnndm/validation.jsonl")).map_err(|e| e.to_string())?;
+    println!(
+        "== rouge (lead-3 baseline on the bundled article/summary samples, stemmer, bar chart)"
+    );
+    let text = std::fs::read_to_string(fx.join("samples/cnndm/validation.jsonl"))
+        .map_err(|e| e.to_string())?;
     let mut lines = Vec::new();
     for l in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(l).map_err(|e| e.to_string())?;
         let article = v["article"].as_str().unwrap_or_default();
-        let lead3: Vec<&str> = article.split_inclusive(". ").take(3).map(str::trim).collect();
-        lines.push(json!({"prediction": lead3.join("\n"), "reference": v["highlights"]}).to_string());
+        let lead3: Vec<&str> = article
+            .split_inclusive(". ")
+            .take(3)
+            .map(str::trim)
+            .collect();
+        lines.push(
+            json!({"prediction": lead3.join("\n"), "reference": v["highlights"]}).to_string(),
+        );
     }
     let pairs = out.join("lead3.jsonl");
     write(&pairs, &(lines.join("\n") + "\n"))?;
     let png = out.join("rouge-lead3.png");
-    let r = kiln(&bin, &["rouge", "--predictions", &pairs.display().to_string(), "--stemmer", "--json", "--plot", &png.display().to_string()])?;
+    let r = kiln(
+        &bin,
+        &[
+            "rouge",
+            "--predictions",
+            &pairs.display().to_string(),
+            "--stemmer",
+            "--json",
+            "--plot",
+            &png.display().to_string(),
+        ],
+    )?;
     write(&out.join("rouge-lead3.json"), &r)?;
     let v: Value = serde_json::from_str(r.trim()).map_err(|e| e.to_string())?;
     summary.insert("rouge-lead3".into(), v["mean"].clone());
 
-    write(&out.join("summary.json"), &serde_json::to_string_pretty(&Value::Object(summary)).unwrap())?;
+    write(
+        &out.join("summary.json"),
+        &serde_json::to_string_pretty(&Value::Object(summary)).unwrap(),
+    )?;
     println!("reports written to {}", out.display());
     Ok(())
 }
 
 fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(), String> {
-    let out = if out.is_absolute() { out.to_path_buf() } else { root().join(out) };
+    let out = if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        root().join(out)
+    };
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut rows = Vec::new();
     if what == "rouge" || what == "all" {
         let n = if quick { "500" } else { "2000" };
         let pairs = out.join("rouge-pairs.jsonl");
-        let k = run(cargo().args(["run", "--release", "--quiet", "-p", "kiln-metrics", "--example", "rouge_bench", "--", "--n", n, "--write"]).arg(&pairs))?;
+        let k = run(cargo()
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "kiln-metrics",
+                "--example",
+                "rouge_bench",
+                "--",
+                "--n",
+                n,
+                "--write",
+            ])
+            .arg(&pairs))?;
         let kv: Value = serde_json::from_str(k.trim()).map_err(|e| e.to_string())?;
-        let kiln_s = kv["timings"]["threads_1"]["warm_s"].as_f64().unwrap_or(f64::NAN);
-        let kiln_all = kv["timings"].as_object().and_then(|t| t.values().last()).and_then(|t| t["warm_s"].as_f64()).unwrap_or(f64::NAN);
+        let kiln_s = kv["timings"]["threads_1"]["warm_s"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let kiln_all = kv["timings"]
+            .as_object()
+            .and_then(|t| t.values().last())
+            .and_then(|t| t["warm_s"].as_f64())
+            .unwrap_or(f64::NAN);
         let mut row = json!({"workload": format!("ROUGE {n} pairs, 4 types, stemmer"), "kiln_s_1thread": kiln_s, "kiln_s_all_threads": kiln_all});
         if let Some(py) = python {
-            let p = run(Command::new(py).arg(root().join("fixtures/rouge/bench_reference.py")).arg(&pairs))?;
+            let p = run(Command::new(py)
+                .arg(root().join("fixtures/rouge/bench_reference.py"))
+                .arg(&pairs))?;
             let pv: Value = serde_json::from_str(p.trim()).map_err(|e| e.to_string())?;
             let ps = pv["seconds"].as_f64().unwrap_or(f64::NAN);
             row["rouge_score_s"] = json!(ps);
@@ -192,11 +325,14 @@ fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(
         if quick {
             args.push("--quick");
         }
-        let k: Value = serde_json::from_str(kiln(&bin, &args)?.trim()).map_err(|e| e.to_string())?;
+        let k: Value =
+            serde_json::from_str(kiln(&bin, &args)?.trim()).map_err(|e| e.to_string())?;
         let py: Option<Value> = match python {
             Some(py) => {
                 let mut c = Command::new(py);
-                c.arg(root().join("bench/reference/bench.py")).arg(w).args(["--threads", "2"]);
+                c.arg(root().join("bench/reference/bench.py"))
+                    .arg(w)
+                    .args(["--threads", "2"]);
                 if quick {
                     c.arg("--quick");
                 }
@@ -210,24 +346,35 @@ fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(
                 row["torch_s"] = p["median_s"].clone();
                 row["torch"] = p.clone();
                 // > 1 means kiln is faster.
-                row["speedup"] = json!(p["median_s"].as_f64().unwrap_or(f64::NAN) / r["median_s"].as_f64().unwrap_or(f64::NAN));
+                row["speedup"] = json!(
+                    p["median_s"].as_f64().unwrap_or(f64::NAN)
+                        / r["median_s"].as_f64().unwrap_or(f64::NAN)
+                );
             }
             rows.push(row);
         }
     }
     let date = run(Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%MZ")).unwrap_or_default();
     let report = json!({"date": date.trim(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "rows": rows});
-    write(&out.join("bench.json"), &serde_json::to_string_pretty(&report).unwrap())?;
+    write(
+        &out.join("bench.json"),
+        &serde_json::to_string_pretty(&report).unwrap(),
+    )?;
     let mut md = String::from("| workload | kiln | reference (PyTorch / rouge-score) | kiln speed-up |\n|---|---|---|---|\n");
     for r in &rows {
-        let kiln_s = r["kiln_s"].as_f64().or(r["kiln_s_all_threads"].as_f64()).unwrap_or(f64::NAN);
+        let kiln_s = r["kiln_s"]
+            .as_f64()
+            .or(r["kiln_s_all_threads"].as_f64())
+            .unwrap_or(f64::NAN);
         let ref_s = r["torch_s"].as_f64().or(r["rouge_score_s"].as_f64());
         md += &format!(
             "| {} | {:.4} s | {} | {} |\n",
             r["workload"].as_str().unwrap_or(""),
             kiln_s,
             ref_s.map_or("—".into(), |s| format!("{s:.4} s")),
-            r["speedup"].as_f64().map_or("—".into(), |s| format!("{s:.2}×")),
+            r["speedup"]
+                .as_f64()
+                .map_or("—".into(), |s| format!("{s:.2}×")),
         );
     }
     write(&out.join("bench.md"), &md)?;
@@ -238,8 +385,11 @@ fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(
 const FUZZ_TARGETS: [&str; 5] = ["config", "safetensors", "adapter", "dataset", "rouge"];
 
 fn fuzz(secs: u64, targets: &[String], sanitizer: &str) -> Result<(), String> {
-    let targets: Vec<String> =
-        if targets.is_empty() { FUZZ_TARGETS.iter().map(|t| t.to_string()).collect() } else { targets.to_vec() };
+    let targets: Vec<String> = if targets.is_empty() {
+        FUZZ_TARGETS.iter().map(|t| t.to_string()).collect()
+    } else {
+        targets.to_vec()
+    };
     let dir = root().join("fuzz");
     run(Command::new("sh").arg(dir.join("seed.sh")))?;
     let mut failed = Vec::new();
@@ -249,29 +399,68 @@ fn fuzz(secs: u64, targets: &[String], sanitizer: &str) -> Result<(), String> {
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&dir)
             .env("RUSTC_BOOTSTRAP", "1")
-            .args(["fuzz", "run", "--debug-assertions", "-s", sanitizer, t, "--", &secs_arg, "-print_final_stats=1"])
+            .args([
+                "fuzz",
+                "run",
+                "--debug-assertions",
+                "-s",
+                sanitizer,
+                t,
+                "--",
+                &secs_arg,
+                "-print_final_stats=1",
+            ])
             .output()
             .map_err(|e| format!("cargo fuzz: {e} (install it with `cargo install cargo-fuzz`)"))?;
         let log = String::from_utf8_lossy(&out.stderr);
-        let stat = |k: &str| log.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+        let stat = |k: &str| {
+            log.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
         let execs = stat("stat::number_of_executed_units:").unwrap_or_else(|| "?".into());
         let rate = stat("stat::average_exec_per_sec:").unwrap_or_else(|| "?".into());
-        println!("{t}: {execs} executions in {secs} s ({rate}/s){}", if out.status.success() { "" } else { " FAILED" });
+        println!(
+            "{t}: {execs} executions in {secs} s ({rate}/s){}",
+            if out.status.success() { "" } else { " FAILED" }
+        );
         if !out.status.success() {
-            eprintln!("{}", log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "{}",
+                log.lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
             failed.push(t.clone());
         }
     }
-    if failed.is_empty() { Ok(()) } else { Err(format!("fuzz targets failed: {failed:?} (inputs in fuzz/artifacts/)")) }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "fuzz targets failed: {failed:?} (inputs in fuzz/artifacts/)"
+        ))
+    }
 }
 
 fn main() {
     let cli = Cli::parse();
     let res = match cli.task {
         Task::Demo { out } => demo(&out),
-        Task::Bench { what, python, quick, out } => bench(&what, python.as_deref(), quick, &out),
+        Task::Bench {
+            what,
+            python,
+            quick,
+            out,
+        } => bench(&what, python.as_deref(), quick, &out),
         Task::FetchMinilm { dest } => {
-            minilm::fetch_minilm(&dest.unwrap_or_else(minilm::default_dest)).map(|p| println!("{}", p.display()))
+            minilm::fetch_minilm(&dest.unwrap_or_else(minilm::default_dest))
+                .map(|p| println!("{}", p.display()))
         }
         Task::Train { recipe, args } => kiln_bin().and_then(|bin| {
             let st = Command::new(bin)
@@ -280,10 +469,21 @@ fn main() {
                 .args(&args)
                 .status()
                 .map_err(|e| e.to_string())?;
-            if st.success() { Ok(()) } else { Err(format!("kiln train exited with {st}")) }
+            if st.success() {
+                Ok(())
+            } else {
+                Err(format!("kiln train exited with {st}"))
+            }
         }),
-        Task::Fuzz { secs, target, sanitizer } => fuzz(secs, &target, &sanitizer),
-        Task::Fixtures { python } => run(Command::new(python).arg(root().join("fixtures/generate.py"))).map(|o| print!("{o}")),
+        Task::Fuzz {
+            secs,
+            target,
+            sanitizer,
+        } => fuzz(secs, &target, &sanitizer),
+        Task::Fixtures { python } => {
+            run(Command::new(python).arg(root().join("fixtures/generate.py")))
+                .map(|o| print!("{o}"))
+        }
     };
     if let Err(e) = res {
         eprintln!("xtask: {e}");

@@ -54,16 +54,44 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             let mask = vec![vec![1u8; 16]];
             let reps = if a.quick { 1 } else { 3 };
             let new = if a.quick { 32 } else { 128 };
-            let greedy = GenerationConfig { max_new_tokens: Some(new), min_new_tokens: new, eos_token_id: vec![50256], pad_token_id: Some(50256), ..Default::default() };
+            let greedy = GenerationConfig {
+                max_new_tokens: Some(new),
+                min_new_tokens: new,
+                eos_token_id: vec![50256],
+                pad_token_id: Some(50256),
+                ..Default::default()
+            };
             let mut g = time(reps, || {
-                generate(&mut CausalSession::new(&model), &[prompt.clone()], &mask, &greedy, None).map(|_| ()).map_err(s)
+                generate(
+                    &mut CausalSession::new(&model),
+                    &[prompt.clone()],
+                    &mask,
+                    &greedy,
+                    None,
+                )
+                .map(|_| ())
+                .map_err(s)
             })?;
             g["tokens_per_s"] = json!(new as f64 / g["median_s"].as_f64().unwrap());
             results.insert("gpt2_greedy".into(), g);
             let bnew = if a.quick { 16 } else { 64 };
-            let beam = GenerationConfig { num_beams: 5, no_repeat_ngram_size: 2, max_new_tokens: Some(bnew), min_new_tokens: bnew, ..greedy.clone() };
+            let beam = GenerationConfig {
+                num_beams: 5,
+                no_repeat_ngram_size: 2,
+                max_new_tokens: Some(bnew),
+                min_new_tokens: bnew,
+                ..greedy.clone()
+            };
             let mut b = time(reps, || {
-                generate(&mut CausalSession::new(&model), &[prompt.clone()], &mask, &beam, None).map(|_| ()).map_err(s)
+                generate(
+                    &mut CausalSession::new(&model),
+                    &[prompt.clone()],
+                    &mask,
+                    &beam,
+                    None,
+                )
+                .map(|_| ())
+                .map_err(s)
             })?;
             b["tokens_per_s"] = json!(bnew as f64 / b["median_s"].as_f64().unwrap());
             results.insert("gpt2_beam5".into(), b);
@@ -72,8 +100,18 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             let raw = RawConfig::load(&a.configs.join("bert-base-uncased.json")).map_err(s)?;
             let cfg = kiln_models::bert::BertConfig::from_raw(&raw).map_err(s)?;
             let model = cfg.init::<Inference>(&device);
-            let ids: Vec<Vec<u32>> = (0..16).map(|r| (0..64).map(|i| ((r * 64 + i) * 7919 % 30522) as u32).collect()).collect();
-            let batch = kiln_models::bert::BertBatch { token_type_ids: vec![vec![0; 64]; 16], attention_mask: vec![vec![1; 64]; 16], input_ids: ids };
+            let ids: Vec<Vec<u32>> = (0..16)
+                .map(|r| {
+                    (0..64)
+                        .map(|i| ((r * 64 + i) * 7919 % 30522) as u32)
+                        .collect()
+                })
+                .collect();
+            let batch = kiln_models::bert::BertBatch {
+                token_type_ids: vec![vec![0; 64]; 16],
+                attention_mask: vec![vec![1; 64]; 16],
+                input_ids: ids,
+            };
             let r = time(if a.quick { 2 } else { 5 }, || {
                 let out = model.forward_batch(&batch).map_err(s)?;
                 let _ = out.last_hidden_state.into_data();
@@ -89,20 +127,47 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             let new = if a.quick { 16 } else { 64 };
             let ids: Vec<u32> = (0..src).map(|i| (3 + (i * 7919) % 50000) as u32).collect();
             let mut gen = GenerationConfig::default();
-            gen.update_from_json(&a.configs.join("bart-base.json"), &serde_json::to_value(&raw.map).unwrap_or_default()).map_err(s)?;
-            let gen = GenerationConfig { num_beams: 4, max_new_tokens: Some(new), min_new_tokens: new, early_stopping: kiln_models::generation::EarlyStopping::True, ..gen };
+            gen.update_from_json(
+                &a.configs.join("bart-base.json"),
+                &serde_json::to_value(&raw.map).unwrap_or_default(),
+            )
+            .map_err(s)?;
+            let gen = GenerationConfig {
+                num_beams: 4,
+                max_new_tokens: Some(new),
+                min_new_tokens: new,
+                early_stopping: kiln_models::generation::EarlyStopping::True,
+                ..gen
+            };
             let mut r = time(if a.quick { 1 } else { 3 }, || {
-                kiln_models::seq2seq::generate(&model, &[ids.clone()], &[vec![1u8; src]], &gen, None).map(|_| ()).map_err(s)
+                kiln_models::seq2seq::generate(
+                    &model,
+                    &[ids.clone()],
+                    &[vec![1u8; src]],
+                    &gen,
+                    None,
+                )
+                .map(|_| ())
+                .map_err(s)
             })?;
             r["tokens_per_s"] = json!(new as f64 / r["median_s"].as_f64().unwrap());
             results.insert("bart_beam4".into(), r);
         }
-        other => return Err(format!("unknown benchmark `{other}` (generate, bert, seq2seq)")),
+        other => {
+            return Err(format!(
+                "unknown benchmark `{other}` (generate, bert, seq2seq)"
+            ))
+        }
     }
-    println!("{}", json!({"backend": backend::name(), "threads": rayon_threads(), "results": results}));
+    println!(
+        "{}",
+        json!({"backend": backend::name(), "threads": rayon_threads(), "results": results})
+    );
     Ok(())
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

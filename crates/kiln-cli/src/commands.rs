@@ -23,7 +23,12 @@ fn s<E: std::fmt::Display>(e: E) -> String {
 #[derive(Args, Debug, Clone)]
 pub struct ModelArg {
     /// A hub id (e.g. `gpt2`, `facebook/opt-125m`) or a local checkpoint directory.
-    #[arg(long, short = 'm', conflicts_with = "model_dir", required_unless_present = "model_dir")]
+    #[arg(
+        long,
+        short = 'm',
+        conflicts_with = "model_dir",
+        required_unless_present = "model_dir"
+    )]
     pub model: Option<String>,
     /// A local checkpoint directory (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
@@ -75,12 +80,25 @@ pub struct GenArgs {
 
 impl GenArgs {
     /// Overlay the flags on the checkpoint defaults and validate the result.
-    pub fn apply(&self, mut g: GenerationConfig) -> Result<(GenerationConfig, Vec<String>), String> {
+    pub fn apply(
+        &self,
+        mut g: GenerationConfig,
+    ) -> Result<(GenerationConfig, Vec<String>), String> {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { g.$f = v; } )* };
         }
-        set!(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty,
-             num_return_sequences, seed, min_new_tokens);
+        set!(
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            no_repeat_ngram_size,
+            num_beams,
+            length_penalty,
+            num_return_sequences,
+            seed,
+            min_new_tokens
+        );
         if let Some(n) = self.max_new_tokens {
             g.max_new_tokens = Some(n);
         }
@@ -95,7 +113,11 @@ impl GenArgs {
                 "true" => EarlyStopping::True,
                 "false" => EarlyStopping::False,
                 "never" => EarlyStopping::Never,
-                other => return Err(format!("--early-stopping must be true, false or never, not `{other}`")),
+                other => {
+                    return Err(format!(
+                        "--early-stopping must be true, false or never, not `{other}`"
+                    ))
+                }
             };
         }
         let warnings = g.validate().map_err(s)?;
@@ -134,7 +156,11 @@ pub fn generate(a: GenerateArgs) -> Res {
     let prompts: Vec<&str> = a.prompt.iter().map(String::as_str).collect();
     let (ids, mask) = pipe.encode_left_padded(&prompts).map_err(s)?;
     let mut session = CausalSession::new(&pipe.model);
-    let stream = a.stream && !a.json && cfg.num_beams == 1 && prompts.len() == 1 && cfg.num_return_sequences == 1;
+    let stream = a.stream
+        && !a.json
+        && cfg.num_beams == 1
+        && prompts.len() == 1
+        && cfg.num_return_sequences == 1;
     let tok = &pipe.tokenizer;
     let mut printed = String::new();
     let mut generated: Vec<u32> = Vec::new();
@@ -151,7 +177,14 @@ pub fn generate(a: GenerateArgs) -> Res {
     if stream {
         print!("{}", prompts[0]);
     }
-    let out = run_generate(&mut session, &ids, &mask, &cfg, if stream { Some(&mut cb) } else { None }).map_err(s)?;
+    let out = run_generate(
+        &mut session,
+        &ids,
+        &mask,
+        &cfg,
+        if stream { Some(&mut cb) } else { None },
+    )
+    .map_err(s)?;
     if stream {
         println!();
         return Ok(());
@@ -170,11 +203,18 @@ pub fn generate(a: GenerateArgs) -> Res {
         results.push(json!({"prompt": p, "prompt_ids": ids[i], "sequences": seqs}));
     }
     if a.json {
-        println!("{}", json!({"model": a.model.spec(), "backend": backend::name(), "results": results}));
+        println!(
+            "{}",
+            json!({"model": a.model.spec(), "backend": backend::name(), "results": results})
+        );
     } else {
         for r in &results {
             for sq in r["sequences"].as_array().unwrap() {
-                println!("{}{}", r["prompt"].as_str().unwrap(), sq["text"].as_str().unwrap());
+                println!(
+                    "{}{}",
+                    r["prompt"].as_str().unwrap(),
+                    sq["text"].as_str().unwrap()
+                );
                 if results.len() > 1 || per > 1 {
                     println!("---");
                 }
@@ -203,13 +243,20 @@ pub fn score(a: ScoreArgs) -> Res {
     let enc = pipe.tokenizer.encode(&a.text, None).map_err(s)?;
     let sc = kiln_models::scoring::score_tokens(&pipe.model, &enc.ids, a.logits).map_err(s)?;
     if a.json {
-        let tokens: Vec<String> = sc.ids.iter().map(|&i| pipe.tokenizer.decode(&[i], false).unwrap_or_default()).collect();
+        let tokens: Vec<String> = sc
+            .ids
+            .iter()
+            .map(|&i| pipe.tokenizer.decode(&[i], false).unwrap_or_default())
+            .collect();
         let mut v = serde_json::to_value(&sc).map_err(s)?;
         v["tokens"] = json!(tokens);
         println!("{v}");
     } else {
         for (i, lp) in sc.logprobs.iter().enumerate() {
-            let t = pipe.tokenizer.decode(&[sc.ids[i + 1]], false).unwrap_or_default();
+            let t = pipe
+                .tokenizer
+                .decode(&[sc.ids[i + 1]], false)
+                .unwrap_or_default();
             println!("{:>6} {:>12.5}  {:?}", sc.ids[i + 1], lp, t);
         }
         println!("perplexity: {:.4}", sc.perplexity);
@@ -227,7 +274,11 @@ pub struct RougeArgs {
     pub references: Option<PathBuf>,
     #[arg(long)]
     pub stemmer: bool,
-    #[arg(long, value_delimiter = ',', default_value = "rouge1,rouge2,rougeL,rougeLsum")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "rouge1,rouge2,rougeL,rougeLsum"
+    )]
     pub types: Vec<String>,
     /// Bootstrap seed for the confidence intervals.
     #[arg(long, default_value_t = 0)]
@@ -248,27 +299,46 @@ pub fn rouge(a: RougeArgs) -> Res {
     let scorer = RougeScorer::new(a.types.iter(), a.stemmer).map_err(s)?;
     let is_jsonl = a.predictions.extension().is_some_and(|e| e == "jsonl");
     let (preds, refs): (Vec<String>, Vec<String>) = if is_jsonl {
-        let text = std::fs::read_to_string(&a.predictions).map_err(|e| format!("{}: {e}", a.predictions.display()))?;
+        let text = std::fs::read_to_string(&a.predictions)
+            .map_err(|e| format!("{}: {e}", a.predictions.display()))?;
         let mut p = Vec::new();
         let mut r = Vec::new();
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| format!("{} line {}: {e}", a.predictions.display(), i + 1))?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| format!("{} line {}: {e}", a.predictions.display(), i + 1))?;
             let get = |k: &str| {
-                v.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| {
-                    format!("{} line {}: missing string field `{k}`", a.predictions.display(), i + 1)
-                })
+                v.get(k)
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        format!(
+                            "{} line {}: missing string field `{k}`",
+                            a.predictions.display(),
+                            i + 1
+                        )
+                    })
             };
             p.push(get("prediction")?);
             r.push(get("reference")?);
         }
         (p, r)
     } else {
-        let refs = a.references.as_ref().ok_or("--references is required unless --predictions is JSONL")?;
+        let refs = a
+            .references
+            .as_ref()
+            .ok_or("--references is required unless --predictions is JSONL")?;
         (read_lines(&a.predictions)?, read_lines(refs)?)
     };
     if preds.len() != refs.len() {
-        return Err(format!("{} predictions but {} references", preds.len(), refs.len()));
+        return Err(format!(
+            "{} predictions but {} references",
+            preds.len(),
+            refs.len()
+        ));
     }
     if preds.is_empty() {
         return Err("no examples".into());
@@ -282,13 +352,22 @@ pub fn rouge(a: RougeArgs) -> Res {
     let ci = agg.aggregate();
     let mean = mean_by_type(&rows);
     if let Some(path) = &a.plot {
-        let bars: Vec<(String, f64)> = mean.iter().map(|(t, sc)| (t.name().to_string(), sc.fmeasure)).collect();
+        let bars: Vec<(String, f64)> = mean
+            .iter()
+            .map(|(t, sc)| (t.name().to_string(), sc.fmeasure))
+            .collect();
         kiln_train::chart::bar_chart(path, "ROUGE F-measure", &bars).map_err(s)?;
     }
     if a.json {
-        println!("{}", json!({"n": pairs.len(), "use_stemmer": a.stemmer, "mean": mean, "bootstrap": ci}));
+        println!(
+            "{}",
+            json!({"n": pairs.len(), "use_stemmer": a.stemmer, "mean": mean, "bootstrap": ci})
+        );
     } else {
-        println!("{:<10} {:>9} {:>9} {:>9}   F 95% CI", "type", "precision", "recall", "F");
+        println!(
+            "{:<10} {:>9} {:>9} {:>9}   F 95% CI",
+            "type", "precision", "recall", "F"
+        );
         for (t, m) in mean.iter() {
             let c = &ci[t];
             println!(
@@ -348,7 +427,9 @@ fn read_jsonl(path: &PathBuf) -> Result<Vec<serde_json::Value>, String> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -381,7 +462,8 @@ pub struct ZeroShotArgs {
 
 pub fn zero_shot(a: ZeroShotArgs) -> Res {
     let device = backend::device()?;
-    let pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
+    let pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device)
+        .map_err(s)?;
     // The seed's T0 settings: beam 5, max length 50.
     let mut base = pipe.generation.clone();
     base.num_beams = 5;
@@ -394,13 +476,23 @@ pub fn zero_shot(a: ZeroShotArgs) -> Res {
         Some(p) => read_jsonl(p)?
             .iter()
             .enumerate()
-            .map(|(i, v)| Ok((field(v, "context", p, i + 1)?, field(v, "question", p, i + 1)?)))
+            .map(|(i, v)| {
+                Ok((
+                    field(v, "context", p, i + 1)?,
+                    field(v, "question", p, i + 1)?,
+                ))
+            })
             .collect::<Result<_, String>>()?,
-        None => vec![(a.context.clone().unwrap_or_default(), a.question.clone().unwrap_or_default())],
+        None => vec![(
+            a.context.clone().unwrap_or_default(),
+            a.question.clone().unwrap_or_default(),
+        )],
     };
     for (c, q) in &pairs {
         let prompt = a.template.replace("{context}", c).replace("{question}", q);
-        let ans = pipe.generate_text(&[&prompt], Some(1024), &cfg).map_err(s)?;
+        let ans = pipe
+            .generate_text(&[&prompt], Some(1024), &cfg)
+            .map_err(s)?;
         if a.json || a.input.is_some() {
             println!("{}", json!({"context": c, "question": q, "answer": ans[0]}));
         } else {
@@ -431,23 +523,34 @@ pub struct SummarizeArgs {
 
 pub fn summarize(a: SummarizeArgs) -> Res {
     let device = backend::device()?;
-    let mut pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
+    let mut pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device)
+        .map_err(s)?;
     pipe.model = with_adapter(pipe.model, a.adapter.as_ref())?;
     let cfg = apply_gen_flags(&a.gen, pipe.generation.clone())?;
     let articles: Vec<String> = if a.input.extension().is_some_and(|e| e == "jsonl") {
-        read_jsonl(&a.input)?.iter().enumerate().map(|(i, v)| field(v, "article", &a.input, i + 1)).collect::<Result<_, _>>()?
+        read_jsonl(&a.input)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| field(v, "article", &a.input, i + 1))
+            .collect::<Result<_, _>>()?
     } else {
         vec![std::fs::read_to_string(&a.input).map_err(|e| format!("{}: {e}", a.input.display()))?]
     };
     for art in &articles {
-        let (ids, mask, truncated) = pipe.encode_right_padded(&[art], Some(a.max_source_length)).map_err(s)?;
+        let (ids, mask, truncated) = pipe
+            .encode_right_padded(&[art], Some(a.max_source_length))
+            .map_err(s)?;
         if truncated > 0 {
             eprintln!("warning: article truncated to the model's maximum source length");
         }
-        let out = kiln_models::seq2seq::generate(&pipe.model, &ids, &mask, &cfg, None).map_err(s)?;
+        let out =
+            kiln_models::seq2seq::generate(&pipe.model, &ids, &mask, &cfg, None).map_err(s)?;
         let text = pipe.tokenizer.decode(&out.sequences[0], true).map_err(s)?;
         if a.json {
-            println!("{}", json!({"summary": text.trim(), "ids": out.sequences[0]}));
+            println!(
+                "{}",
+                json!({"summary": text.trim(), "ids": out.sequences[0]})
+            );
         } else {
             println!("{}", text.trim());
         }
@@ -474,12 +577,21 @@ pub fn embed(a: EmbedArgs) -> Res {
     let (_, model, _) = kiln_models::bert::load::<Inference>(&dir, &device).map_err(s)?;
     let tok = kiln_models::tokenizer::Tokenizer::from_dir(&dir).map_err(s)?;
     let texts: Vec<&str> = a.text.iter().map(String::as_str).collect();
-    let e = model.sentence_embeddings(&tok, &texts, Some(a.max_len)).map_err(s)?;
+    let e = model
+        .sentence_embeddings(&tok, &texts, Some(a.max_len))
+        .map_err(s)?;
     let [n, d] = e.dims();
-    let v: Vec<f32> = e.into_data().convert::<f32>().to_vec().map_err(|e| format!("{e:?}"))?;
+    let v: Vec<f32> = e
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| format!("{e:?}"))?;
     let rows: Vec<&[f32]> = (0..n).map(|i| &v[i * d..(i + 1) * d]).collect();
     if a.json {
-        println!("{}", json!({"model": a.model.spec(), "dim": d, "embeddings": rows}));
+        println!(
+            "{}",
+            json!({"model": a.model.spec(), "dim": d, "embeddings": rows})
+        );
     } else {
         for (t, r) in texts.iter().zip(&rows) {
             let head: Vec<String> = r.iter().take(6).map(|x| format!("{x:.4}")).collect();
@@ -507,23 +619,47 @@ pub struct ClassifyArgs {
 pub fn classify(a: ClassifyArgs) -> Res {
     let device = backend::device()?;
     let dir = resolve_model(&a.model.spec()).map_err(s)?;
-    let (_, model, report) = kiln_models::bert::load_for_classification::<Inference>(&dir, &device).map_err(s)?;
+    let (_, model, report) =
+        kiln_models::bert::load_for_classification::<Inference>(&dir, &device).map_err(s)?;
     let model = with_adapter(model, a.adapter.as_ref())?;
-    if a.adapter.is_none() && report.initialised.iter().any(|p| p.starts_with("classifier")) {
-        eprintln!("warning: {} has no classification head; it was initialised randomly", dir.display());
+    if a.adapter.is_none()
+        && report
+            .initialised
+            .iter()
+            .any(|p| p.starts_with("classifier"))
+    {
+        eprintln!(
+            "warning: {} has no classification head; it was initialised randomly",
+            dir.display()
+        );
     }
     let raw = kiln_models::config::RawConfig::load(&dir.join("config.json")).map_err(s)?;
     let tok = kiln_models::tokenizer::Tokenizer::from_dir(&dir).map_err(s)?;
-    let encs = a.text.iter().map(|t| tok.encode(t, Some(a.max_len))).collect::<Result<Vec<_>, _>>().map_err(s)?;
+    let encs = a
+        .text
+        .iter()
+        .map(|t| tok.encode(t, Some(a.max_len)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(s)?;
     let pad = tok.token_to_id("[PAD]").unwrap_or(0);
     let batch = kiln_models::bert::BertBatch::from_encodings(&encs, pad).map_err(s)?;
     let logits = model.forward_batch(&batch).map_err(s)?;
     let probs = kiln_models::attention::rows_f32(burn::tensor::activation::softmax(logits, 1));
     let label = |i: usize| {
-        raw.map.get("id2label").and_then(|m| m.get(i.to_string())).and_then(|v| v.as_str()).map(str::to_string).unwrap_or(format!("LABEL_{i}"))
+        raw.map
+            .get("id2label")
+            .and_then(|m| m.get(i.to_string()))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or(format!("LABEL_{i}"))
     };
     for (t, p) in a.text.iter().zip(&probs) {
-        let best = p.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map(|(i, _)| i).unwrap_or(0);
+        let best = p
+            .iter()
+            .enumerate()
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
         if a.json {
             println!("{}", json!({"text": t, "label": label(best), "probs": p}));
         } else {
@@ -556,7 +692,10 @@ pub fn icl(a: IclArgs) -> Res {
     let examples: Vec<Example> = read_jsonl(&a.examples)?
         .into_iter()
         .enumerate()
-        .map(|(i, v)| serde_json::from_value(v).map_err(|e| format!("{} line {}: {e}", a.examples.display(), i + 1)))
+        .map(|(i, v)| {
+            serde_json::from_value(v)
+                .map_err(|e| format!("{} line {}: {e}", a.examples.display(), i + 1))
+        })
         .collect::<Result<_, _>>()?;
     let device = backend::device()?;
     let pipe = CausalPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
@@ -565,13 +704,27 @@ pub fn icl(a: IclArgs) -> Res {
         let answer = if a.labels.is_empty() {
             let prompt = t.prompt(&examples, input);
             let (ids, mask) = pipe.encode_left_padded(&[&prompt]).map_err(s)?;
-            let cfg = GenerationConfig { max_new_tokens: Some(a.max_new_tokens), ..pipe.generation.clone() };
-            let out = run_generate(&mut CausalSession::new(&pipe.model), &ids, &mask, &cfg, None).map_err(s)?;
-            let text = pipe.tokenizer.decode(&out.sequences[0][out.prompt_len..], true).map_err(s)?;
+            let cfg = GenerationConfig {
+                max_new_tokens: Some(a.max_new_tokens),
+                ..pipe.generation.clone()
+            };
+            let out = run_generate(
+                &mut CausalSession::new(&pipe.model),
+                &ids,
+                &mask,
+                &cfg,
+                None,
+            )
+            .map_err(s)?;
+            let text = pipe
+                .tokenizer
+                .decode(&out.sequences[0][out.prompt_len..], true)
+                .map_err(s)?;
             t.extract_answer(&text).to_string()
         } else {
             let labels: Vec<&str> = a.labels.iter().map(String::as_str).collect();
-            let i = icl_classify(&pipe.model, &pipe.tokenizer, &t, &examples, input, &labels).map_err(s)?;
+            let i = icl_classify(&pipe.model, &pipe.tokenizer, &t, &examples, input, &labels)
+                .map_err(s)?;
             labels[i].to_string()
         };
         if a.json {
@@ -626,9 +779,14 @@ pub struct TrainArgs {
 
 pub fn train(a: TrainArgs) -> Res {
     if !kiln_train::recipes::RECIPES.contains(&a.recipe.as_str()) {
-        return Err(format!("unknown recipe `{}` (known: {})", a.recipe, kiln_train::recipes::RECIPES.join(", ")));
+        return Err(format!(
+            "unknown recipe `{}` (known: {})",
+            a.recipe,
+            kiln_train::recipes::RECIPES.join(", ")
+        ));
     }
-    if a.epochs == Some(0) || a.batch_size == Some(0) || a.learning_rate.is_some_and(|l| !(l > 0.0)) {
+    if a.epochs == Some(0) || a.batch_size == Some(0) || a.learning_rate.is_some_and(|l| !(l > 0.0))
+    {
         return Err("--epochs, --batch-size and --learning-rate must be positive".into());
     }
     let device = backend::device()?;
@@ -647,7 +805,8 @@ pub fn train(a: TrainArgs) -> Res {
         progress: !a.no_progress && !a.json,
         adapter_size: a.adapter_size,
     };
-    let summary = kiln_train::recipes::run_recipe::<backend::Training>(&a.recipe, &args, &device).map_err(s)?;
+    let summary = kiln_train::recipes::run_recipe::<backend::Training>(&a.recipe, &args, &device)
+        .map_err(s)?;
     if a.json {
         println!("{summary}");
     } else {
@@ -662,10 +821,15 @@ pub fn train(a: TrainArgs) -> Res {
 }
 
 /// Attach a LoRA adapter directory (PEFT format) to a model, unmerged (exact peft semantics).
-pub fn with_adapter<B: burn::prelude::Backend, M: kiln_peft::PeftModel<B>>(model: M, adapter: Option<&PathBuf>) -> Result<M, String> {
+pub fn with_adapter<B: burn::prelude::Backend, M: kiln_peft::PeftModel<B>>(
+    model: M,
+    adapter: Option<&PathBuf>,
+) -> Result<M, String> {
     match adapter {
         None => Ok(model),
-        Some(dir) => Ok(kiln_peft::LoraModel::from_pretrained(model, dir, false).map_err(s)?.model),
+        Some(dir) => Ok(kiln_peft::LoraModel::from_pretrained(model, dir, false)
+            .map_err(s)?
+            .model),
     }
 }
 
@@ -698,11 +862,17 @@ pub fn peft(a: PeftArgs) -> Res {
     match a.cmd {
         PeftCmd::Inspect { dir, json: as_json } => {
             let cfg_path = dir.join("adapter_config.json");
-            let text = std::fs::read_to_string(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
-            let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
-            let tensors = kiln_peft::read_tensors(&dir.join("adapter_model.safetensors")).map_err(s)?;
+            let text = std::fs::read_to_string(&cfg_path)
+                .map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+            let cfg: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+            let tensors =
+                kiln_peft::read_tensors(&dir.join("adapter_model.safetensors")).map_err(s)?;
             let params: usize = tensors.values().map(|t| t.data.len()).sum();
-            let list: Vec<serde_json::Value> = tensors.iter().map(|(k, t)| json!({"name": k, "shape": t.shape})).collect();
+            let list: Vec<serde_json::Value> = tensors
+                .iter()
+                .map(|(k, t)| json!({"name": k, "shape": t.shape}))
+                .collect();
             let v = json!({
                 "dir": dir, "peft_type": cfg["peft_type"], "task_type": cfg["task_type"],
                 "base_model_name_or_path": cfg["base_model_name_or_path"], "r": cfg["r"], "lora_alpha": cfg["lora_alpha"],
@@ -715,7 +885,11 @@ pub fn peft(a: PeftArgs) -> Res {
             }
             Ok(())
         }
-        PeftCmd::Merge { model, adapter, out } => {
+        PeftCmd::Merge {
+            model,
+            adapter,
+            out,
+        } => {
             let device = backend::device()?;
             let dir = resolve_model(&model.spec()).map_err(s)?;
             let mt = kiln_models::auto::model_type(&dir).map_err(s)?;
@@ -723,28 +897,58 @@ pub fn peft(a: PeftArgs) -> Res {
             let weights = out.join("model.safetensors");
             let n = match mt.as_str() {
                 "gpt2" | "opt" => {
-                    let (m, _) = kiln_models::auto::CausalModel::<Inference>::load(&dir, &device).map_err(s)?;
-                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false).map_err(s)?.merge_and_unload();
+                    let (m, _) = kiln_models::auto::CausalModel::<Inference>::load(&dir, &device)
+                        .map_err(s)?;
+                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false)
+                        .map_err(s)?
+                        .merge_and_unload();
                     kiln_peft::export::save_hf_weights(&m, &weights).map_err(s)?
                 }
                 "t5" | "bart" => {
-                    let (m, _) = kiln_models::auto::Seq2SeqModel::<Inference>::load(&dir, &device).map_err(s)?;
-                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false).map_err(s)?.merge_and_unload();
+                    let (m, _) = kiln_models::auto::Seq2SeqModel::<Inference>::load(&dir, &device)
+                        .map_err(s)?;
+                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false)
+                        .map_err(s)?
+                        .merge_and_unload();
                     kiln_peft::export::save_hf_weights(&m, &weights).map_err(s)?
                 }
                 "bert" => {
-                    let (_, m, _) = kiln_models::bert::load_for_classification::<Inference>(&dir, &device).map_err(s)?;
-                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false).map_err(s)?.merge_and_unload();
+                    let (_, m, _) =
+                        kiln_models::bert::load_for_classification::<Inference>(&dir, &device)
+                            .map_err(s)?;
+                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false)
+                        .map_err(s)?
+                        .merge_and_unload();
                     kiln_peft::export::save_hf_weights(&m, &weights).map_err(s)?
                 }
-                other => return Err(format!("{}: cannot merge into model_type `{other}`", dir.display())),
+                other => {
+                    return Err(format!(
+                        "{}: cannot merge into model_type `{other}`",
+                        dir.display()
+                    ))
+                }
             };
-            for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt"] {
+            for f in [
+                "config.json",
+                "generation_config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "vocab.json",
+                "merges.txt",
+                "vocab.txt",
+            ] {
                 if dir.join(f).is_file() {
-                    std::fs::copy(dir.join(f), out.join(f)).map_err(|e| format!("{}: {e}", out.join(f).display()))?;
+                    std::fs::copy(dir.join(f), out.join(f))
+                        .map_err(|e| format!("{}: {e}", out.join(f).display()))?;
                 }
             }
-            println!("merged {} into {} ({n} tensors) → {}", adapter.display(), dir.display(), out.display());
+            println!(
+                "merged {} into {} ({n} tensors) → {}",
+                adapter.display(),
+                dir.display(),
+                out.display()
+            );
             Ok(())
         }
     }

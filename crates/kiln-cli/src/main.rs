@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Run and adapt pretrained language models (GPT-2, OPT, BERT, BART, T5) on burn")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Run and adapt pretrained language models (GPT-2, OPT, BERT, BART, T5) on burn"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -92,12 +92,20 @@ impl Batch {
     /// [`IGNORE_INDEX`] replaced by `pad_id` (T5: start = pad = 0; BART: start = `</s>` = 2, pad = 1).
     /// `None` unless the labels are [`Labels::Tokens`].
     pub fn decoder_input_ids(&self, start_id: u32, pad_id: u32) -> Option<Vec<Vec<u32>>> {
-        let Labels::Tokens(rows) = &self.labels else { return None };
+        let Labels::Tokens(rows) = &self.labels else {
+            return None;
+        };
         Some(
             rows.iter()
                 .map(|r| {
                     std::iter::once(start_id)
-                        .chain(r.iter().take(r.len().saturating_sub(1)).map(|&t| if t < 0 { pad_id } else { t as u32 }))
+                        .chain(r.iter().take(r.len().saturating_sub(1)).map(|&t| {
+                            if t < 0 {
+                                pad_id
+                            } else {
+                                t as u32
+                            }
+                        }))
                         .collect()
                 })
                 .collect(),
@@ -106,7 +114,9 @@ impl Batch {
 }
 
 /// A position in the batch stream, for checkpoint/resume: `batch` is the index within `epoch`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Position {
     pub epoch: u64,
     pub batch: usize,
@@ -133,8 +143,15 @@ impl Batcher {
         }
         let kind = |t: &Target| std::mem::discriminant(t);
         if let Some(first) = features.first() {
-            if let Some((i, _)) = features.iter().enumerate().find(|(_, f)| kind(&f.target) != kind(&first.target)) {
-                return Err(Error::Input(format!("features mix target kinds (row 0 is {:?}-like, row {i} is not)", first.target)));
+            if let Some((i, _)) = features
+                .iter()
+                .enumerate()
+                .find(|(_, f)| kind(&f.target) != kind(&first.target))
+            {
+                return Err(Error::Input(format!(
+                    "features mix target kinds (row 0 is {:?}-like, row {i} is not)",
+                    first.target
+                )));
             }
         }
         Ok(Self { features, opts })
@@ -151,7 +168,11 @@ impl Batcher {
     /// Batches per epoch.
     pub fn num_batches(&self) -> usize {
         let (n, b) = (self.features.len(), self.opts.batch_size);
-        if self.opts.drop_last { n / b } else { n.div_ceil(b) }
+        if self.opts.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
     }
 
     /// The example indices of each batch of `epoch`, in order. Deterministic in (features' lengths, options,
@@ -169,7 +190,8 @@ impl Batcher {
                 chunk.sort_by_key(|&i| std::cmp::Reverse(self.features[i].input_ids.len()));
             }
         }
-        let mut batches: Vec<Vec<usize>> = order.chunks(o.batch_size).map(<[usize]>::to_vec).collect();
+        let mut batches: Vec<Vec<usize>> =
+            order.chunks(o.batch_size).map(<[usize]>::to_vec).collect();
         if o.drop_last && batches.last().is_some_and(|b| b.len() < o.batch_size) {
             batches.pop();
         }
@@ -190,8 +212,14 @@ impl Batcher {
         let pad = |v: &[u32], fill: u32| -> Vec<u32> {
             let fill_n = width - v.len();
             match o.padding_side {
-                PaddingSide::Right => v.iter().copied().chain(std::iter::repeat_n(fill, fill_n)).collect(),
-                PaddingSide::Left => std::iter::repeat_n(fill, fill_n).chain(v.iter().copied()).collect(),
+                PaddingSide::Right => v
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(fill, fill_n))
+                    .collect(),
+                PaddingSide::Left => std::iter::repeat_n(fill, fill_n)
+                    .chain(v.iter().copied())
+                    .collect(),
             }
         };
         let input_ids = rows.iter().map(|f| pad(&f.input_ids, o.pad_id)).collect();
@@ -200,8 +228,12 @@ impl Batcher {
             .map(|f| {
                 let (real, fill) = (f.input_ids.len(), width - f.input_ids.len());
                 match o.padding_side {
-                    PaddingSide::Right => std::iter::repeat_n(1u8, real).chain(std::iter::repeat_n(0, fill)).collect(),
-                    PaddingSide::Left => std::iter::repeat_n(0u8, fill).chain(std::iter::repeat_n(1, real)).collect(),
+                    PaddingSide::Right => std::iter::repeat_n(1u8, real)
+                        .chain(std::iter::repeat_n(0, fill))
+                        .collect(),
+                    PaddingSide::Left => std::iter::repeat_n(0u8, fill)
+                        .chain(std::iter::repeat_n(1, real))
+                        .collect(),
                 }
             })
             .collect();
@@ -216,28 +248,64 @@ impl Batcher {
             .collect();
         let labels = match rows.first().map(|f| &f.target) {
             None | Some(Target::None) => Labels::None,
-            Some(Target::Class(_)) => {
-                Labels::Class(rows.iter().map(|f| if let Target::Class(c) = f.target { c } else { IGNORE_INDEX }).collect())
-            }
+            Some(Target::Class(_)) => Labels::Class(
+                rows.iter()
+                    .map(|f| {
+                        if let Target::Class(c) = f.target {
+                            c
+                        } else {
+                            IGNORE_INDEX
+                        }
+                    })
+                    .collect(),
+            ),
             Some(Target::Tokens(_)) => {
-                let tw = rows.iter().map(|f| if let Target::Tokens(t) = &f.target { t.len() } else { 0 }).max().unwrap_or(0);
+                let tw = rows
+                    .iter()
+                    .map(|f| {
+                        if let Target::Tokens(t) = &f.target {
+                            t.len()
+                        } else {
+                            0
+                        }
+                    })
+                    .max()
+                    .unwrap_or(0);
                 Labels::Tokens(
                     rows.iter()
                         .map(|f| {
-                            let t: &[u32] = if let Target::Tokens(t) = &f.target { t } else { &[] };
-                            t.iter().map(|&x| x as i64).chain(std::iter::repeat_n(IGNORE_INDEX, tw - t.len())).collect()
+                            let t: &[u32] = if let Target::Tokens(t) = &f.target {
+                                t
+                            } else {
+                                &[]
+                            };
+                            t.iter()
+                                .map(|&x| x as i64)
+                                .chain(std::iter::repeat_n(IGNORE_INDEX, tw - t.len()))
+                                .collect()
                         })
                         .collect(),
                 )
             }
         };
-        Batch { input_ids, attention_mask, token_type_ids, labels, indices: indices.to_vec() }
+        Batch {
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            labels,
+            indices: indices.to_vec(),
+        }
     }
 
     /// The batches of `pos.epoch` from batch `pos.batch` on (resume after a checkpoint).
     pub fn iter_from(&self, pos: Position) -> Batches<'_> {
         let plan = self.epoch_plan(pos.epoch);
-        Batches { batcher: self, next: pos.batch.min(plan.len()), plan, epoch: pos.epoch }
+        Batches {
+            batcher: self,
+            next: pos.batch.min(plan.len()),
+            plan,
+            epoch: pos.epoch,
+        }
     }
 
     /// The batches of one epoch.
@@ -260,9 +328,15 @@ impl Batches<'_> {
     /// `(epoch + 1, 0)` once the epoch is done.
     pub fn position(&self) -> Position {
         if self.next >= self.plan.len() {
-            Position { epoch: self.epoch + 1, batch: 0 }
+            Position {
+                epoch: self.epoch + 1,
+                batch: 0,
+            }
         } else {
-            Position { epoch: self.epoch, batch: self.next }
+            Position {
+                epoch: self.epoch,
+                batch: self.next,
+            }
         }
     }
 }
@@ -272,7 +346,10 @@ impl Iterator for Batches<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let idx = self.plan.get(self.next)?;
-        let pos = Position { epoch: self.epoch, batch: self.next };
+        let pos = Position {
+            epoch: self.epoch,
+            batch: self.next,
+        };
         self.next += 1;
         Some((pos, self.batcher.collate(idx)))
     }

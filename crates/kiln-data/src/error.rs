@@ -52,11 +52,19 @@ pub enum Error {
 
     /// No file for the split in a directory or hub repository.
     #[error("{dataset}: no file for split `{split}`{hint}")]
-    NoSplit { dataset: String, split: String, hint: String },
+    NoSplit {
+        dataset: String,
+        split: String,
+        hint: String,
+    },
 
     /// Files for the split in several configurations (subdirectories); pick one with `LoadOptions::config`.
     #[error("{dataset}: split `{split}` exists in several configurations ({}); set the config", configs.join(", "))]
-    AmbiguousConfig { dataset: String, split: String, configs: Vec<String> },
+    AmbiguousConfig {
+        dataset: String,
+        split: String,
+        configs: Vec<String>,
+    },
 
     /// A file whose extension is none of `.parquet`, `.jsonl`, `.json`, `.tsv`, `.csv`.
     #[error("{path}: unsupported data file (expected .parquet, .jsonl, .json, .tsv or .csv)")]
@@ -71,6 +79,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -63,14 +63,23 @@ pub(crate) type Row = Vec<Option<Value>>;
 pub(crate) type Sink<'a> = dyn FnMut(Loc, std::result::Result<Row, String>) -> Result<bool> + 'a;
 
 fn malformed(path: &Path, loc: Loc, reason: impl Into<String>) -> Error {
-    Error::Malformed(RowError { file: path.to_path_buf(), loc, reason: reason.into() })
+    Error::Malformed(RowError {
+        file: path.to_path_buf(),
+        loc,
+        reason: reason.into(),
+    })
 }
 
 fn utf8_reason(e: std::str::Utf8Error) -> String {
     format!("invalid UTF-8 at byte {}", e.valid_up_to())
 }
 
-pub(crate) fn read(path: &Path, format: Format, cols: &[Column], sink: &mut Sink<'_>) -> Result<()> {
+pub(crate) fn read(
+    path: &Path,
+    format: Format,
+    cols: &[Column],
+    sink: &mut Sink<'_>,
+) -> Result<()> {
     match format {
         Format::Parquet => read_parquet(path, cols, sink),
         Format::Jsonl => read_jsonl(path, cols, sink),
@@ -92,7 +101,10 @@ fn read_text(path: &Path) -> Result<Vec<u8>> {
 
 /// Split into lines (1-based numbers), without the `\n` or a trailing `\r`.
 fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
-    bytes.split(|&b| b == b'\n').enumerate().map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -106,8 +118,11 @@ fn read_jsonl(path: &Path, cols: &[Column], sink: &mut Sink<'_>) -> Result<()> {
         }
         let row = (|| {
             let text = std::str::from_utf8(line).map_err(utf8_reason)?;
-            let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-            let obj = v.as_object().ok_or_else(|| "expected a JSON object".to_string())?;
+            let v: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| "expected a JSON object".to_string())?;
             Ok(cols
                 .iter()
                 .map(|c| c.names.iter().find_map(|n| obj.get(*n)).map(json_value))
@@ -139,15 +154,27 @@ fn json_value(v: &serde_json::Value) -> Value {
 // TSV / CSV
 
 /// Map requested columns to header positions; a required column missing from the header is a file error.
-fn map_header(path: &Path, header_line: usize, header: &[String], cols: &[Column]) -> Result<Vec<Option<usize>>> {
+fn map_header(
+    path: &Path,
+    header_line: usize,
+    header: &[String],
+    cols: &[Column],
+) -> Result<Vec<Option<usize>>> {
     cols.iter()
         .map(|c| {
-            let pos = c.names.iter().find_map(|n| header.iter().position(|h| h == n));
+            let pos = c
+                .names
+                .iter()
+                .find_map(|n| header.iter().position(|h| h == n));
             if pos.is_none() && c.required {
                 return Err(malformed(
                     path,
                     Loc::Line(header_line),
-                    format!("missing column `{}` (header has: {})", c.names[0], header.join(", ")),
+                    format!(
+                        "missing column `{}` (header has: {})",
+                        c.names[0],
+                        header.join(", ")
+                    ),
                 ));
             }
             Ok(pos)
@@ -159,11 +186,21 @@ fn read_delimited(path: &Path, cols: &[Column], sink: &mut Sink<'_>, delim: u8) 
     let bytes = read_text(path)?;
     let what = if delim == b'\t' { "tab" } else { "comma" };
     // Records as (start line, fields as bytes).
-    let mut records: Box<dyn Iterator<Item = (usize, std::result::Result<Vec<Vec<u8>>, String>)>> = if delim == b'\t' {
-        Box::new(lines(&bytes).map(|(ln, l)| (ln, Ok(l.split(|&b| b == b'\t').map(<[u8]>::to_vec).collect()))))
-    } else {
-        Box::new(CsvRecords { b: &bytes, pos: 0, line: 1 })
-    };
+    let mut records: Box<dyn Iterator<Item = (usize, std::result::Result<Vec<Vec<u8>>, String>)>> =
+        if delim == b'\t' {
+            Box::new(lines(&bytes).map(|(ln, l)| {
+                (
+                    ln,
+                    Ok(l.split(|&b| b == b'\t').map(<[u8]>::to_vec).collect()),
+                )
+            }))
+        } else {
+            Box::new(CsvRecords {
+                b: &bytes,
+                pos: 0,
+                line: 1,
+            })
+        };
     let is_blank = |f: &Vec<Vec<u8>>| f.len() == 1 && f[0].iter().all(|b| b.is_ascii_whitespace());
     // The header: the first non-blank record.
     let (header_line, header) = loop {
@@ -175,10 +212,14 @@ fn read_delimited(path: &Path, cols: &[Column], sink: &mut Sink<'_>, delim: u8) 
                     .iter()
                     .map(|x| std::str::from_utf8(x).map(|s| s.trim().to_string()))
                     .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|e| malformed(path, Loc::Line(ln), format!("header: {}", utf8_reason(e))))?;
+                    .map_err(|e| {
+                        malformed(path, Loc::Line(ln), format!("header: {}", utf8_reason(e)))
+                    })?;
                 break (ln, names);
             }
-            Some((ln, Err(reason))) => return Err(malformed(path, Loc::Line(ln), format!("header: {reason}"))),
+            Some((ln, Err(reason))) => {
+                return Err(malformed(path, Loc::Line(ln), format!("header: {reason}")))
+            }
         }
     };
     let map = map_header(path, header_line, &header, cols)?;
@@ -200,7 +241,9 @@ fn read_delimited(path: &Path, cols: &[Column], sink: &mut Sink<'_>, delim: u8) 
                         None => None,
                         Some(p) => Some(match std::str::from_utf8(&fields[*p]) {
                             Ok(s) => Value::Str(s.to_string()),
-                            Err(e) => return Err(format!("column `{}`: {}", c.names[0], utf8_reason(e))),
+                            Err(e) => {
+                                return Err(format!("column `{}`: {}", c.names[0], utf8_reason(e)))
+                            }
                         }),
                     });
                 }
@@ -291,19 +334,33 @@ fn read_parquet(path: &Path, cols: &[Column], sink: &mut Sink<'_>) -> Result<()>
     if file.metadata().map(|m| m.len() == 0).unwrap_or(false) {
         return Err(malformed(path, Loc::File, "empty file"));
     }
-    let reader = SerializedFileReader::new(file)
-        .map_err(|e| malformed(path, Loc::File, format!("not a readable parquet file: {}", short(&e.to_string()))))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| {
+        malformed(
+            path,
+            Loc::File,
+            format!("not a readable parquet file: {}", short(&e.to_string())),
+        )
+    })?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
-    let names: Vec<String> = (0..schema.num_columns()).map(|i| schema.column(i).path().string()).collect();
+    let names: Vec<String> = (0..schema.num_columns())
+        .map(|i| schema.column(i).path().string())
+        .collect();
     let map: Vec<Option<usize>> = cols
         .iter()
         .map(|c| {
-            let pos = c.names.iter().find_map(|n| names.iter().position(|h| h == n));
+            let pos = c
+                .names
+                .iter()
+                .find_map(|n| names.iter().position(|h| h == n));
             if pos.is_none() && c.required {
                 return Err(malformed(
                     path,
                     Loc::File,
-                    format!("missing column `{}` (schema has: {})", c.names[0], names.join(", ")),
+                    format!(
+                        "missing column `{}` (schema has: {})",
+                        c.names[0],
+                        names.join(", ")
+                    ),
                 ));
             }
             Ok(pos)
@@ -311,9 +368,13 @@ fn read_parquet(path: &Path, cols: &[Column], sink: &mut Sink<'_>) -> Result<()>
         .collect::<Result<_>>()?;
     let mut offset = 0usize;
     for g in 0..reader.num_row_groups() {
-        let group = reader
-            .get_row_group(g)
-            .map_err(|e| malformed(path, Loc::Row(offset), format!("row group {g}: {}", short(&e.to_string()))))?;
+        let group = reader.get_row_group(g).map_err(|e| {
+            malformed(
+                path,
+                Loc::Row(offset),
+                format!("row group {g}: {}", short(&e.to_string())),
+            )
+        })?;
         let n = usize::try_from(group.metadata().num_rows()).unwrap_or(0);
         let mut data: Vec<Option<Vec<Value>>> = Vec::with_capacity(cols.len());
         for pos in &map {
@@ -322,10 +383,18 @@ fn read_parquet(path: &Path, cols: &[Column], sink: &mut Sink<'_>) -> Result<()>
                 Some(i) => {
                     let max_def = schema.column(*i).max_def_level();
                     let col = group.get_column_reader(*i).map_err(|e| {
-                        malformed(path, Loc::Row(offset), format!("column `{}`: {}", names[*i], short(&e.to_string())))
+                        malformed(
+                            path,
+                            Loc::Row(offset),
+                            format!("column `{}`: {}", names[*i], short(&e.to_string())),
+                        )
                     })?;
                     Some(read_column(col, n, max_def).map_err(|e| {
-                        malformed(path, Loc::Row(offset), format!("row group {g}, column `{}`: {}", names[*i], short(&e)))
+                        malformed(
+                            path,
+                            Loc::Row(offset),
+                            format!("row group {g}, column `{}`: {}", names[*i], short(&e)),
+                        )
                     })?)
                 }
             });
@@ -365,17 +434,26 @@ fn short(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
-fn read_column(col: ColumnReader, n: usize, max_def: i16) -> std::result::Result<Vec<Value>, String> {
+fn read_column(
+    col: ColumnReader,
+    n: usize,
+    max_def: i16,
+) -> std::result::Result<Vec<Value>, String> {
     use parquet::data_type::ByteArray;
     match col {
-        ColumnReader::Int32ColumnReader(mut r) => read_typed(&mut r, n, max_def, |v: i32| Value::Int(v as i64)),
+        ColumnReader::Int32ColumnReader(mut r) => {
+            read_typed(&mut r, n, max_def, |v: i32| Value::Int(v as i64))
+        }
         ColumnReader::Int64ColumnReader(mut r) => read_typed(&mut r, n, max_def, Value::Int),
-        ColumnReader::ByteArrayColumnReader(mut r) => read_typed(&mut r, n, max_def, |v: ByteArray| {
-            match std::str::from_utf8(v.data()) {
+        ColumnReader::ByteArrayColumnReader(mut r) => read_typed(
+            &mut r,
+            n,
+            max_def,
+            |v: ByteArray| match std::str::from_utf8(v.data()) {
                 Ok(s) => Value::Str(s.to_string()),
                 Err(e) => Value::Invalid(utf8_reason(e)),
-            }
-        }),
+            },
+        ),
         ColumnReader::BoolColumnReader(_) => Ok(vec![Value::Other("a boolean"); n]),
         ColumnReader::FloatColumnReader(_) | ColumnReader::DoubleColumnReader(_) => {
             Ok(vec![Value::Other("a floating-point number"); n])
@@ -397,10 +475,14 @@ fn read_typed<T: DataType>(
     while out.len() < n {
         defs.clear();
         vals.clear();
-        let (records, _, _) =
-            r.read_records(n - out.len(), Some(&mut defs), None, &mut vals).map_err(|e| e.to_string())?;
+        let (records, _, _) = r
+            .read_records(n - out.len(), Some(&mut defs), None, &mut vals)
+            .map_err(|e| e.to_string())?;
         if records == 0 {
-            return Err(format!("column chunk ended after {} of {n} rows", out.len()));
+            return Err(format!(
+                "column chunk ended after {} of {n} rows",
+                out.len()
+            ));
         }
         if max_def > 0 {
             let mut it = vals.drain(..);

@@ -18,14 +18,18 @@ pub mod prompt;
 pub mod rng;
 pub mod tokenize;
 
-pub use batch::{Batch, BatchOptions, Batcher, Batches, Labels, PaddingSide, Position, IGNORE_INDEX};
+pub use batch::{
+    Batch, BatchOptions, Batcher, Batches, Labels, PaddingSide, Position, IGNORE_INDEX,
+};
 pub use error::{Error, Loc, Result, RowError};
 pub use formats::Format;
 pub use load::{
-    load_cnndm, load_sst2, split_files, LoadOptions, LoadReport, Loaded, OnError, SentimentExample, Split, SummaryExample,
+    load_cnndm, load_sst2, split_files, LoadOptions, LoadReport, Loaded, OnError, SentimentExample,
+    Split, SummaryExample,
 };
 pub use prompt::PromptTemplate;
 pub use rng::SplitMix64;
 pub use tokenize::{
-    tokenize_sentiment, tokenize_seq2seq, tokenize_texts, Features, Seq2SeqExample, Seq2SeqLengths, Target, Tokenized,
+    tokenize_sentiment, tokenize_seq2seq, tokenize_texts, Features, Seq2SeqExample, Seq2SeqLengths,
+    Target, Tokenized,
 };

@@ -50,7 +50,11 @@ impl FromStr for Split {
         [Split::Train, Split::Validation, Split::Test]
             .into_iter()
             .find(|sp| sp.aliases().contains(&s.as_str()))
-            .ok_or_else(|| Error::Input(format!("unknown split `{s}` (expected train, validation or test)")))
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "unknown split `{s}` (expected train, validation or test)"
+                ))
+            })
     }
 }
 
@@ -127,12 +131,25 @@ pub struct SummaryExample {
 ///
 /// Labels must be 0, 1 or -1. A file without a label column is accepted for the test split only (labels -1,
 /// as GLUE's `test.tsv`).
-pub fn load_sst2(source: &str, split: Split, opts: &LoadOptions) -> Result<Loaded<SentimentExample>> {
+pub fn load_sst2(
+    source: &str,
+    split: Split,
+    opts: &LoadOptions,
+) -> Result<Loaded<SentimentExample>> {
     let files = split_files(source, split, opts, &["sst2"])?;
     let cols = [
-        Column { names: &["sentence"], required: true },
-        Column { names: &["label"], required: split != Split::Test },
-        Column { names: &["idx", "index"], required: false },
+        Column {
+            names: &["sentence"],
+            required: true,
+        },
+        Column {
+            names: &["label"],
+            required: split != Split::Test,
+        },
+        Column {
+            names: &["idx", "index"],
+            required: false,
+        },
     ];
     load_rows(&files, &cols, opts, |row, ordinal| {
         let sentence = text(&row[0], "sentence")?;
@@ -144,18 +161,35 @@ pub fn load_sst2(source: &str, split: Split, opts: &LoadOptions) -> Result<Loade
             None | Some(Value::Null) => ordinal as i64,
             v => int(v, "idx")?,
         };
-        Ok(SentimentExample { idx, sentence, label })
+        Ok(SentimentExample {
+            idx,
+            sentence,
+            label,
+        })
     })
 }
 
 /// Load a CNN/DailyMail split (columns `article`, `highlights`, optional `id`). `source` as for
 /// [`load_sst2`]; the hub id is `abisee/cnn_dailymail` (config `3.0.0`, train in several parquet shards).
-pub fn load_cnndm(source: &str, split: Split, opts: &LoadOptions) -> Result<Loaded<SummaryExample>> {
+pub fn load_cnndm(
+    source: &str,
+    split: Split,
+    opts: &LoadOptions,
+) -> Result<Loaded<SummaryExample>> {
     let files = split_files(source, split, opts, &["3.0.0"])?;
     let cols = [
-        Column { names: &["article"], required: true },
-        Column { names: &["highlights"], required: true },
-        Column { names: &["id"], required: false },
+        Column {
+            names: &["article"],
+            required: true,
+        },
+        Column {
+            names: &["highlights"],
+            required: true,
+        },
+        Column {
+            names: &["id"],
+            required: false,
+        },
     ];
     load_rows(&files, &cols, opts, |row, ordinal| {
         let article = text(&row[0], "article")?;
@@ -165,7 +199,11 @@ pub fn load_cnndm(source: &str, split: Split, opts: &LoadOptions) -> Result<Load
             Some(Value::Int(i)) => i.to_string(),
             v => text(v, "id")?,
         };
-        Ok(SummaryExample { id, article, highlights })
+        Ok(SummaryExample {
+            id,
+            article,
+            highlights,
+        })
     })
 }
 
@@ -191,7 +229,10 @@ fn text(v: &Option<Value>, col: &str) -> std::result::Result<String, String> {
         None => Err(format!("missing column `{col}`")),
         Some(Value::Str(s)) => Ok(s.clone()),
         Some(Value::Invalid(r)) => Err(format!("column `{col}`: {r}")),
-        Some(other) => Err(format!("column `{col}`: expected text, found {}", describe(other))),
+        Some(other) => Err(format!(
+            "column `{col}`: expected text, found {}",
+            describe(other)
+        )),
     }
 }
 
@@ -199,10 +240,16 @@ fn int(v: &Option<Value>, col: &str) -> std::result::Result<i64, String> {
     match v {
         None => Err(format!("missing column `{col}`")),
         Some(Value::Int(i)) => Ok(*i),
-        Some(Value::Str(s)) => {
-            s.trim().parse().map_err(|_| format!("column `{col}`: expected an integer, found {}", describe(&Value::Str(s.clone()))))
-        }
-        Some(other) => Err(format!("column `{col}`: expected an integer, found {}", describe(other))),
+        Some(Value::Str(s)) => s.trim().parse().map_err(|_| {
+            format!(
+                "column `{col}`: expected an integer, found {}",
+                describe(&Value::Str(s.clone()))
+            )
+        }),
+        Some(other) => Err(format!(
+            "column `{col}`: expected an integer, found {}",
+            describe(other)
+        )),
     }
 }
 
@@ -239,7 +286,11 @@ fn load_rows<T>(
             match row.and_then(|r| convert(&r, n)) {
                 Ok(ex) => examples.push(ex),
                 Err(reason) => {
-                    let e = RowError { file: file.clone(), loc, reason };
+                    let e = RowError {
+                        file: file.clone(),
+                        loc,
+                        reason,
+                    };
                     match opts.on_error {
                         OnError::Fail => return Err(Error::Malformed(e)),
                         OnError::Skip => report.skipped.push(e),
@@ -265,18 +316,28 @@ fn load_rows<T>(
 /// The files holding `split` in `source` (a file, a directory or a hub dataset id), in shard order.
 /// Hub files are downloaded into the cache. `default_configs` are tried when the split exists in several
 /// subdirectories and [`LoadOptions::config`] is unset.
-pub fn split_files(source: &str, split: Split, opts: &LoadOptions, default_configs: &[&str]) -> Result<Vec<PathBuf>> {
+pub fn split_files(
+    source: &str,
+    split: Split,
+    opts: &LoadOptions,
+    default_configs: &[&str],
+) -> Result<Vec<PathBuf>> {
     let p = Path::new(source);
     if p.is_file() {
         if Format::from_path(p).or(opts.format).is_none() {
-            return Err(Error::UnsupportedFormat { path: p.to_path_buf() });
+            return Err(Error::UnsupportedFormat {
+                path: p.to_path_buf(),
+            });
         }
         return Ok(vec![p.to_path_buf()]);
     }
     let src = if p.is_dir() {
         Source::Dir(p.to_path_buf())
     } else {
-        Source::resolve_dataset(source, opts.hub.clone().unwrap_or_else(HubOptions::from_env))?
+        Source::resolve_dataset(
+            source,
+            opts.hub.clone().unwrap_or_else(HubOptions::from_env),
+        )?
     };
     let listed = src.list_files()?;
     let chosen = choose_split_files(source, &listed, split, opts, default_configs)?;
@@ -297,15 +358,36 @@ pub(crate) fn choose_split_files(
             let path = Path::new(f);
             let fmt = Format::from_path(path)?;
             let stem = path.file_name()?.to_str()?.split('.').next()?;
-            split.aliases().iter().any(|a| stem_matches(stem, a)).then_some((f.as_str(), fmt))
+            split
+                .aliases()
+                .iter()
+                .any(|a| stem_matches(stem, a))
+                .then_some((f.as_str(), fmt))
         })
         .collect();
-    let no_split = |hint: String| Error::NoSplit { dataset: source.into(), split: split.name().into(), hint };
+    let no_split = |hint: String| Error::NoSplit {
+        dataset: source.into(),
+        split: split.name().into(),
+        hint,
+    };
     if cands.is_empty() {
-        let shown: Vec<&str> = listed.iter().filter(|f| Format::from_path(Path::new(f)).is_some()).map(|f| f.as_str()).take(20).collect();
-        return Err(no_split(if shown.is_empty() { " (no data files at all)".into() } else { format!(" (data files: {})", shown.join(", ")) }));
+        let shown: Vec<&str> = listed
+            .iter()
+            .filter(|f| Format::from_path(Path::new(f)).is_some())
+            .map(|f| f.as_str())
+            .take(20)
+            .collect();
+        return Err(no_split(if shown.is_empty() {
+            " (no data files at all)".into()
+        } else {
+            format!(" (data files: {})", shown.join(", "))
+        }));
     }
-    let dir = |f: &str| f.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
+    let dir = |f: &str| {
+        f.rsplit_once('/')
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_default()
+    };
     let in_config = |f: &str, c: &str| dir(f).split('/').any(|part| part == c);
     if let Some(c) = &opts.config {
         cands.retain(|(f, _)| in_config(f, c));
@@ -317,14 +399,21 @@ pub(crate) fn choose_split_files(
         dirs.sort();
         dirs.dedup();
         if dirs.len() > 1 {
-            if let Some(c) = default_configs.iter().find(|c| cands.iter().any(|(f, _)| in_config(f, c))) {
+            if let Some(c) = default_configs
+                .iter()
+                .find(|c| cands.iter().any(|(f, _)| in_config(f, c)))
+            {
                 cands.retain(|(f, _)| in_config(f, c));
             }
             let mut left: Vec<String> = cands.iter().map(|(f, _)| dir(f)).collect();
             left.sort();
             left.dedup();
             if left.len() > 1 {
-                return Err(Error::AmbiguousConfig { dataset: source.into(), split: split.name().into(), configs: left });
+                return Err(Error::AmbiguousConfig {
+                    dataset: source.into(),
+                    split: split.name().into(),
+                    configs: left,
+                });
             }
         }
     }
@@ -335,7 +424,11 @@ pub(crate) fn choose_split_files(
             .find(|f| cands.iter().any(|(_, g)| g == *f))
             .expect("candidates are non-empty"),
     };
-    let mut files: Vec<String> = cands.iter().filter(|(_, g)| *g == format).map(|(f, _)| f.to_string()).collect();
+    let mut files: Vec<String> = cands
+        .iter()
+        .filter(|(_, g)| *g == format)
+        .map(|(f, _)| f.to_string())
+        .collect();
     if files.is_empty() {
         return Err(no_split(format!(" in format {format:?}")));
     }
@@ -349,8 +442,11 @@ fn stem_matches(stem: &str, alias: &str) -> bool {
     if stem == alias {
         return true;
     }
-    let Some(rest) = stem.strip_prefix(alias).and_then(|r| r.strip_prefix('-')) else { return false };
+    let Some(rest) = stem.strip_prefix(alias).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
     let mut parts = rest.split('-');
-    let digits = |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    let digits =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
     digits(parts.next()) && parts.next() == Some("of") && digits(parts.next())
 }

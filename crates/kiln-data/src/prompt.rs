@@ -31,9 +31,15 @@ impl PromptTemplate {
     /// A custom template (must contain `{sentence}`).
     pub fn new(template: &str, positive: &str, negative: &str) -> crate::Result<Self> {
         if !template.contains("{sentence}") {
-            return Err(crate::Error::Input(format!("prompt template `{template}` has no `{{sentence}}`")));
+            return Err(crate::Error::Input(format!(
+                "prompt template `{template}` has no `{{sentence}}`"
+            )));
         }
-        Ok(Self { template: template.into(), positive: positive.into(), negative: negative.into() })
+        Ok(Self {
+            template: template.into(),
+            positive: positive.into(),
+            negative: negative.into(),
+        })
     }
 
     /// The prompt for one sentence.
@@ -58,12 +64,18 @@ impl PromptTemplate {
         // Test the longer word first, in case one word is a prefix of the other.
         let mut words = [(p, 1), (n, 0)];
         words.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
-        words.into_iter().find(|(w, _)| !w.is_empty() && g.starts_with(w.as_str())).map(|(_, l)| l)
+        words
+            .into_iter()
+            .find(|(w, _)| !w.is_empty() && g.starts_with(w.as_str()))
+            .map(|(_, l)| l)
     }
 
     /// The example as a prompt/target pair; `None` when it is unlabeled.
     pub fn to_seq2seq(&self, e: &SentimentExample) -> Option<Seq2SeqExample> {
-        Some(Seq2SeqExample { source: self.render(&e.sentence), target: self.target(e.label)?.to_string() })
+        Some(Seq2SeqExample {
+            source: self.render(&e.sentence),
+            target: self.target(e.label)?.to_string(),
+        })
     }
 
     /// Every labeled example as a prompt/target pair (unlabeled ones are left out).

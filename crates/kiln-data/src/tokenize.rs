@@ -49,7 +49,10 @@ pub struct Seq2SeqExample {
 impl SummaryExample {
     /// `prefix + article` → `highlights` (T5 uses the prefix `"summarize: "`; BART none).
     pub fn to_seq2seq(&self, prefix: &str) -> Seq2SeqExample {
-        Seq2SeqExample { source: format!("{prefix}{}", self.article), target: self.highlights.clone() }
+        Seq2SeqExample {
+            source: format!("{prefix}{}", self.article),
+            target: self.highlights.clone(),
+        }
     }
 }
 
@@ -65,39 +68,76 @@ pub struct Seq2SeqLengths {
 fn configured(tok: &Tokenizer, max_len: Option<usize>) -> Result<tokenizers::Tokenizer> {
     let mut t = tok.inner.clone();
     let err = |e: tokenizers::Error| {
-        Error::Model(kiln_models::Error::Tokenizer { path: tok.path.clone(), msg: e.to_string() })
+        Error::Model(kiln_models::Error::Tokenizer {
+            path: tok.path.clone(),
+            msg: e.to_string(),
+        })
     };
     if max_len == Some(0) {
         return Err(Error::Input("max_len must be at least 1".into()));
     }
-    let trunc = max_len.map(|m| TruncationParams { max_length: m, strategy: TruncationStrategy::LongestFirst, ..Default::default() });
+    let trunc = max_len.map(|m| TruncationParams {
+        max_length: m,
+        strategy: TruncationStrategy::LongestFirst,
+        ..Default::default()
+    });
     t.with_truncation(trunc).map_err(err)?;
     t.with_padding(None);
     Ok(t)
 }
 
-fn encode(t: &tokenizers::Tokenizer, path: &std::path::Path, text: &str) -> Result<(Vec<u32>, Vec<u32>, bool)> {
+fn encode(
+    t: &tokenizers::Tokenizer,
+    path: &std::path::Path,
+    text: &str,
+) -> Result<(Vec<u32>, Vec<u32>, bool)> {
     let enc = t.encode(text, true).map_err(|e| {
-        Error::Model(kiln_models::Error::Tokenizer { path: path.to_path_buf(), msg: e.to_string() })
+        Error::Model(kiln_models::Error::Tokenizer {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
     })?;
-    Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec(), !enc.get_overflowing().is_empty()))
+    Ok((
+        enc.get_ids().to_vec(),
+        enc.get_type_ids().to_vec(),
+        !enc.get_overflowing().is_empty(),
+    ))
 }
 
 /// Tokenize texts in parallel (with the tokenizer's special tokens), cutting each to `max_len` tokens.
 /// Targets are [`Target::None`].
-pub fn tokenize_texts(tok: &Tokenizer, texts: &[&str], max_len: Option<usize>) -> Result<Tokenized> {
+pub fn tokenize_texts(
+    tok: &Tokenizer,
+    texts: &[&str],
+    max_len: Option<usize>,
+) -> Result<Tokenized> {
     let t = configured(tok, max_len)?;
-    let encoded: Vec<_> = texts.par_iter().map(|s| encode(&t, &tok.path, s)).collect::<Result<_>>()?;
+    let encoded: Vec<_> = texts
+        .par_iter()
+        .map(|s| encode(&t, &tok.path, s))
+        .collect::<Result<_>>()?;
     let truncated = encoded.iter().filter(|e| e.2).count();
     let features = encoded
         .into_iter()
-        .map(|(input_ids, token_type_ids, _)| Features { input_ids, token_type_ids, target: Target::None })
+        .map(|(input_ids, token_type_ids, _)| Features {
+            input_ids,
+            token_type_ids,
+            target: Target::None,
+        })
         .collect();
-    Ok(Tokenized { features, truncated, truncated_targets: 0 })
+    Ok(Tokenized {
+        features,
+        truncated,
+        truncated_targets: 0,
+    })
 }
 
 /// Tokenize SST-2 sentences for sequence classification: targets are the labels.
-pub fn tokenize_sentiment(tok: &Tokenizer, examples: &[SentimentExample], max_len: Option<usize>) -> Result<Tokenized> {
+pub fn tokenize_sentiment(
+    tok: &Tokenizer,
+    examples: &[SentimentExample],
+    max_len: Option<usize>,
+) -> Result<Tokenized> {
     let texts: Vec<&str> = examples.iter().map(|e| e.sentence.as_str()).collect();
     let mut out = tokenize_texts(tok, &texts, max_len)?;
     for (f, e) in out.features.iter_mut().zip(examples) {
@@ -108,18 +148,37 @@ pub fn tokenize_sentiment(tok: &Tokenizer, examples: &[SentimentExample], max_le
 
 /// Tokenize source/target pairs for a seq2seq model; targets become [`Target::Tokens`] (the batcher pads them
 /// with -100).
-pub fn tokenize_seq2seq(tok: &Tokenizer, examples: &[Seq2SeqExample], lengths: Seq2SeqLengths) -> Result<Tokenized> {
+pub fn tokenize_seq2seq(
+    tok: &Tokenizer,
+    examples: &[Seq2SeqExample],
+    lengths: Seq2SeqLengths,
+) -> Result<Tokenized> {
     let src = configured(tok, lengths.max_source_len)?;
     let tgt = configured(tok, lengths.max_target_len)?;
     let encoded: Vec<_> = examples
         .par_iter()
-        .map(|e| Ok((encode(&src, &tok.path, &e.source)?, encode(&tgt, &tok.path, &e.target)?)))
+        .map(|e| {
+            Ok((
+                encode(&src, &tok.path, &e.source)?,
+                encode(&tgt, &tok.path, &e.target)?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let truncated = encoded.iter().filter(|(s, _)| s.2).count();
     let truncated_targets = encoded.iter().filter(|(_, t)| t.2).count();
     let features = encoded
         .into_iter()
-        .map(|((input_ids, token_type_ids, _), (target, _, _))| Features { input_ids, token_type_ids, target: Target::Tokens(target) })
+        .map(
+            |((input_ids, token_type_ids, _), (target, _, _))| Features {
+                input_ids,
+                token_type_ids,
+                target: Target::Tokens(target),
+            },
+        )
         .collect();
-    Ok(Tokenized { features, truncated, truncated_targets })
+    Ok(Tokenized {
+        features,
+        truncated,
+        truncated_targets,
+    })
 }

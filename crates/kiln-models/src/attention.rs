@@ -79,22 +79,34 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers] }
+        Self {
+            layers: vec![None; n_layers],
+        }
     }
 
     /// Append this step's keys/values to layer `i` and return the full keys/values.
-    pub fn extend(&mut self, i: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn extend(
+        &mut self,
+        i: usize,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let (k, v) = match self.layers[i].take() {
             None => (k, v),
             Some(c) => (Tensor::cat(vec![c.k, k], 2), Tensor::cat(vec![c.v, v], 2)),
         };
-        self.layers[i] = Some(LayerCache { k: k.clone(), v: v.clone() });
+        self.layers[i] = Some(LayerCache {
+            k: k.clone(),
+            v: v.clone(),
+        });
         (k, v)
     }
 
     /// Keep rows `idx` (beam reordering / expansion).
     pub fn select(&mut self, idx: &[usize]) {
-        let Some(Some(first)) = self.layers.first() else { return };
+        let Some(Some(first)) = self.layers.first() else {
+            return;
+        };
         let device = first.k.device();
         let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
         let t = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [idx.len()]), &device);
@@ -121,7 +133,10 @@ impl<B: Backend> KvCache<B> {
 pub fn ids_tensor<B: Backend>(rows: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
     let b = rows.len();
     let s = rows.first().map_or(0, |r| r.len());
-    let data: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|&x| x as i64)).collect();
+    let data: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&x| x as i64))
+        .collect();
     Tensor::from_data(TensorData::new(data, [b, s]), device)
 }
 
@@ -134,7 +149,12 @@ pub fn rows_f32<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
 
 /// Position ids from a padding mask: `cumsum(mask) - 1 + offset`, padding at `pad + offset`
 /// (`generate` uses pad 0 for GPT-2; OPT's forward uses -1).
-pub fn positions_from_mask<B: Backend>(mask: &[Vec<u8>], pad: i64, offset: i64, device: &B::Device) -> Tensor<B, 2, Int> {
+pub fn positions_from_mask<B: Backend>(
+    mask: &[Vec<u8>],
+    pad: i64,
+    offset: i64,
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
     let rows: Vec<Vec<i64>> = mask
         .iter()
         .map(|r| {
@@ -142,7 +162,11 @@ pub fn positions_from_mask<B: Backend>(mask: &[Vec<u8>], pad: i64, offset: i64, 
             r.iter()
                 .map(|&m| {
                     c += m as i64;
-                    if m == 0 { pad + offset } else { c - 1 + offset }
+                    if m == 0 {
+                        pad + offset
+                    } else {
+                        c - 1 + offset
+                    }
                 })
                 .collect()
         })

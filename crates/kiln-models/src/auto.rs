@@ -54,7 +54,11 @@ impl<B: Backend> CausalModel<B> {
 impl<B: Backend> CausalModel<B> {
     /// The full forward of the architecture (`GPT2LMHeadModel.forward` / `OPTForCausalLM.forward`):
     /// logits `[b, s, vocab]`.
-    pub fn forward(&self, ids: Tensor<B, 2, Int>, attention_mask: Option<&[Vec<u8>]>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<&[Vec<u8>]>,
+    ) -> Tensor<B, 3> {
         match self {
             CausalModel::Gpt2(m) => m.forward(ids, attention_mask),
             CausalModel::Opt(m) => m.forward(ids, attention_mask),
@@ -132,12 +136,22 @@ impl<B: Backend> CausalPipeline<B> {
         let (model, report) = CausalModel::load(&dir, device)?;
         let tokenizer = Tokenizer::from_dir(&dir)?;
         let generation = GenerationConfig::from_dir(&dir)?;
-        Ok(Self { dir, model, tokenizer, generation, report })
+        Ok(Self {
+            dir,
+            model,
+            tokenizer,
+            generation,
+            report,
+        })
     }
 
     /// Tokenize prompts and left-pad them to one length (as `padding_side="left"`).
     pub fn encode_left_padded(&self, prompts: &[&str]) -> Result<(Vec<Vec<u32>>, Vec<Vec<u8>>)> {
-        let pad = self.generation.pad_token_id.or(self.generation.eos_token_id.first().copied()).unwrap_or(0);
+        let pad = self
+            .generation
+            .pad_token_id
+            .or(self.generation.eos_token_id.first().copied())
+            .unwrap_or(0);
         let mut ids = Vec::new();
         for p in prompts {
             if p.is_empty() {
@@ -156,8 +170,22 @@ impl<B: Backend> CausalPipeline<B> {
 /// Left-pad rows to one length; returns rows and their masks.
 pub fn left_pad(rows: &[Vec<u32>], pad: u32) -> (Vec<Vec<u32>>, Vec<Vec<u8>>) {
     let n = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let ids = rows.iter().map(|r| std::iter::repeat_n(pad, n - r.len()).chain(r.iter().copied()).collect()).collect();
-    let mask = rows.iter().map(|r| std::iter::repeat_n(0u8, n - r.len()).chain(std::iter::repeat_n(1u8, r.len())).collect()).collect();
+    let ids = rows
+        .iter()
+        .map(|r| {
+            std::iter::repeat_n(pad, n - r.len())
+                .chain(r.iter().copied())
+                .collect()
+        })
+        .collect();
+    let mask = rows
+        .iter()
+        .map(|r| {
+            std::iter::repeat_n(0u8, n - r.len())
+                .chain(std::iter::repeat_n(1u8, r.len()))
+                .collect()
+        })
+        .collect();
     (ids, mask)
 }
 
@@ -196,7 +224,11 @@ macro_rules! delegate_s2s {
 }
 
 impl<B: Backend> crate::seq2seq::EncoderDecoder<B> for Seq2SeqModel<B> {
-    fn encode(&self, input_ids: Tensor<B, 2, Int>, attention_mask: &[Vec<u8>]) -> Result<Tensor<B, 3>> {
+    fn encode(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: &[Vec<u8>],
+    ) -> Result<Tensor<B, 3>> {
         delegate_s2s!(self, m => m.encode(input_ids, attention_mask))
     }
     fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<crate::attention::LayerCache<B>> {
@@ -246,15 +278,28 @@ impl<B: Backend> Seq2SeqPipeline<B> {
             generation.decoder_start_token_id = Some(generation.pad_token_id.unwrap_or(0));
         }
         let max_source_positions = match &model {
-            Seq2SeqModel::Bart(_) => RawConfig::load(&dir.join("config.json"))?.opt_usize("max_position_embeddings")?,
+            Seq2SeqModel::Bart(_) => {
+                RawConfig::load(&dir.join("config.json"))?.opt_usize("max_position_embeddings")?
+            }
             Seq2SeqModel::T5(_) => None,
         };
-        Ok(Self { dir, max_source_positions, model, tokenizer, generation, report })
+        Ok(Self {
+            dir,
+            max_source_positions,
+            model,
+            tokenizer,
+            generation,
+            report,
+        })
     }
 
     /// Tokenize sources (cut to `max_len` tokens) and right-pad them, as HF tokenizers pad encoder inputs.
     /// Returns ids, masks, and how many inputs were truncated.
-    pub fn encode_right_padded(&self, texts: &[&str], max_len: Option<usize>) -> Result<(Vec<Vec<u32>>, Vec<Vec<u8>>, usize)> {
+    pub fn encode_right_padded(
+        &self,
+        texts: &[&str],
+        max_len: Option<usize>,
+    ) -> Result<(Vec<Vec<u32>>, Vec<Vec<u8>>, usize)> {
         let pad = self.generation.pad_token_id.unwrap_or(0);
         // Never more than the model has positions for (as the tokenizer's model_max_length would).
         let max_len = match (max_len, self.max_source_positions) {
@@ -272,15 +317,32 @@ impl<B: Backend> Seq2SeqPipeline<B> {
             rows.push(e.ids);
         }
         let n = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let mask = rows.iter().map(|r| (0..n).map(|i| (i < r.len()) as u8).collect()).collect();
-        let ids = rows.into_iter().map(|mut r| { r.resize(n, pad); r }).collect();
+        let mask = rows
+            .iter()
+            .map(|r| (0..n).map(|i| (i < r.len()) as u8).collect())
+            .collect();
+        let ids = rows
+            .into_iter()
+            .map(|mut r| {
+                r.resize(n, pad);
+                r
+            })
+            .collect();
         Ok((ids, mask, truncated))
     }
 
     /// Generate for each text; returns the decoded outputs (special tokens skipped).
-    pub fn generate_text(&self, texts: &[&str], max_len: Option<usize>, cfg: &GenerationConfig) -> Result<Vec<String>> {
+    pub fn generate_text(
+        &self,
+        texts: &[&str],
+        max_len: Option<usize>,
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<String>> {
         let (ids, mask, _) = self.encode_right_padded(texts, max_len)?;
         let out = crate::seq2seq::generate(&self.model, &ids, &mask, cfg, None)?;
-        out.sequences.iter().map(|s| self.tokenizer.decode(s, true).map(|t| t.trim().to_string())).collect()
+        out.sequences
+            .iter()
+            .map(|s| self.tokenizer.decode(s, true).map(|t| t.trim().to_string()))
+            .collect()
     }
 }

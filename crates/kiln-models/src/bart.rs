@@ -71,16 +71,45 @@ impl BartConfig {
         c.check_range("d_model", cfg.d_model, 1, 1 << 16)?;
         c.check_range("encoder_layers", cfg.encoder_layers, 1, 1024)?;
         c.check_range("decoder_layers", cfg.decoder_layers, 1, 1024)?;
-        c.check_range("encoder_attention_heads", cfg.encoder_attention_heads, 1, 1024)?;
-        c.check_range("decoder_attention_heads", cfg.decoder_attention_heads, 1, 1024)?;
+        c.check_range(
+            "encoder_attention_heads",
+            cfg.encoder_attention_heads,
+            1,
+            1024,
+        )?;
+        c.check_range(
+            "decoder_attention_heads",
+            cfg.decoder_attention_heads,
+            1,
+            1024,
+        )?;
         c.check_range("encoder_ffn_dim", cfg.encoder_ffn_dim, 1, 1 << 18)?;
         c.check_range("decoder_ffn_dim", cfg.decoder_ffn_dim, 1, 1 << 18)?;
-        c.check_range("max_position_embeddings", cfg.max_position_embeddings, 1, 1 << 20)?;
-        c.check_divides("d_model", cfg.d_model, "encoder_attention_heads", cfg.encoder_attention_heads)?;
-        c.check_divides("d_model", cfg.d_model, "decoder_attention_heads", cfg.decoder_attention_heads)?;
+        c.check_range(
+            "max_position_embeddings",
+            cfg.max_position_embeddings,
+            1,
+            1 << 20,
+        )?;
+        c.check_divides(
+            "d_model",
+            cfg.d_model,
+            "encoder_attention_heads",
+            cfg.encoder_attention_heads,
+        )?;
+        c.check_divides(
+            "d_model",
+            cfg.d_model,
+            "decoder_attention_heads",
+            cfg.decoder_attention_heads,
+        )?;
         for (field, on) in [("normalize_before", false), ("add_final_layer_norm", false)] {
             if c.bool_or(field, on)? != on {
-                return Err(Error::field(&c.path, field, "pre-LN (mBART-style) layers are not supported by kiln's BART"));
+                return Err(Error::field(
+                    &c.path,
+                    field,
+                    "pre-LN (mBART-style) layers are not supported by kiln's BART",
+                ));
             }
         }
         Ok(cfg)
@@ -94,7 +123,11 @@ impl BartConfig {
     /// zeros). Tied copies (`model.{encoder,decoder}.embed_tokens.weight`, `lm_head.weight`) that some
     /// files carry are reported unused.
     pub fn load_spec() -> LoadSpec {
-        LoadSpec { remaps: vec![], optional: vec![r"^final_logits_bias$".into()], transpose_linear: true }
+        LoadSpec {
+            remaps: vec![],
+            optional: vec![r"^final_logits_bias$".into()],
+            transpose_linear: true,
+        }
     }
 
     /// A randomly initialised model (normal(0, init_std) weights, zero biases). Parameters are lazy, so
@@ -105,7 +138,9 @@ impl BartConfig {
         let lin = |i: usize, o: usize| PeftLinear::new_normal(i, o, true, std, device);
         let ln = || LayerNormConfig::new(d).init(device);
         let emb = |n: usize| {
-            EmbeddingConfig::new(n, d).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device)
+            EmbeddingConfig::new(n, d)
+                .with_initializer(Initializer::Normal { mean: 0.0, std })
+                .init(device)
         };
         let attn = |heads: usize| BartAttention {
             q_proj: lin(d, d),
@@ -115,7 +150,11 @@ impl BartConfig {
             n_heads: heads,
             scale: ((d / heads) as f64).powf(-0.5),
         };
-        let embed_scale = if self.scale_embedding { (d as f64).sqrt() } else { 1.0 };
+        let embed_scale = if self.scale_embedding {
+            (d as f64).sqrt()
+        } else {
+            1.0
+        };
         let n_pos = self.max_position_embeddings + POSITION_OFFSET;
         let encoder = BartEncoder {
             embed_positions: emb(n_pos),
@@ -150,7 +189,11 @@ impl BartConfig {
             embed_scale,
         };
         BartForConditionalGeneration {
-            model: BartModel { shared: emb(self.vocab_size), encoder, decoder },
+            model: BartModel {
+                shared: emb(self.vocab_size),
+                encoder,
+                decoder,
+            },
             final_logits_bias: Initializer::Zeros.init([1, self.vocab_size], device),
         }
     }
@@ -228,7 +271,12 @@ impl<B: Backend> BartAttention<B> {
         split_heads(lin.forward(x), self.n_heads)
     }
 
-    fn self_attend(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+    fn self_attend(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Tensor<B, 4>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
         let q = self.project(&self.q_proj, x.clone());
         let k = self.project(&self.k_proj, x.clone());
         let v = self.project(&self.v_proj, x);
@@ -236,23 +284,42 @@ impl<B: Backend> BartAttention<B> {
             Some((c, layer)) => c.extend(layer, k, v),
             None => (k, v),
         };
-        self.out_proj.forward(merge_heads(attend(q, k, v, Some(self.scale), Some(mask))))
+        self.out_proj
+            .forward(merge_heads(attend(q, k, v, Some(self.scale), Some(mask))))
     }
 
-    fn cross_attend(&self, x: Tensor<B, 3>, kv: &LayerCache<B>, mask: Tensor<B, 4>) -> Tensor<B, 3> {
+    fn cross_attend(
+        &self,
+        x: Tensor<B, 3>,
+        kv: &LayerCache<B>,
+        mask: Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
         let q = self.project(&self.q_proj, x);
-        self.out_proj.forward(merge_heads(grouped_attend(q, kv.k.clone(), kv.v.clone(), Some(self.scale), mask)))
+        self.out_proj.forward(merge_heads(grouped_attend(
+            q,
+            kv.k.clone(),
+            kv.v.clone(),
+            Some(self.scale),
+            mask,
+        )))
     }
 
     fn kv(&self, enc: Tensor<B, 3>) -> LayerCache<B> {
-        LayerCache { k: self.project(&self.k_proj, enc.clone()), v: self.project(&self.v_proj, enc) }
+        LayerCache {
+            k: self.project(&self.k_proj, enc.clone()),
+            v: self.project(&self.v_proj, enc),
+        }
     }
 }
 
 impl<B: Backend> BartEncoderLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>) -> Tensor<B, 3> {
-        let x = self.self_attn_layer_norm.forward(x.clone() + self.self_attn.self_attend(x, mask, None));
-        let h = self.fc2.forward(self.act.forward(self.fc1.forward(x.clone())));
+        let x = self
+            .self_attn_layer_norm
+            .forward(x.clone() + self.self_attn.self_attend(x, mask, None));
+        let h = self
+            .fc2
+            .forward(self.act.forward(self.fc1.forward(x.clone())));
         self.final_layer_norm.forward(x + h)
     }
 }
@@ -266,9 +333,15 @@ impl<B: Backend> BartDecoderLayer<B> {
         cross_mask: Tensor<B, 4>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
-        let x = self.self_attn_layer_norm.forward(x.clone() + self.self_attn.self_attend(x, mask, cache));
-        let x = self.encoder_attn_layer_norm.forward(x.clone() + self.encoder_attn.cross_attend(x, kv, cross_mask));
-        let h = self.fc2.forward(self.act.forward(self.fc1.forward(x.clone())));
+        let x = self
+            .self_attn_layer_norm
+            .forward(x.clone() + self.self_attn.self_attend(x, mask, cache));
+        let x = self
+            .encoder_attn_layer_norm
+            .forward(x.clone() + self.encoder_attn.cross_attend(x, kv, cross_mask));
+        let h = self
+            .fc2
+            .forward(self.act.forward(self.fc1.forward(x.clone())));
         self.final_layer_norm.forward(x + h)
     }
 }
@@ -297,17 +370,30 @@ fn embed<B: Backend>(
         x = x.mul_scalar(scale);
     }
     let start = (past + POSITION_OFFSET) as i64;
-    let pos = Tensor::<B, 1, Int>::arange(start..start + t as i64, &device).unsqueeze::<2>().repeat_dim(0, b);
+    let pos = Tensor::<B, 1, Int>::arange(start..start + t as i64, &device)
+        .unsqueeze::<2>()
+        .repeat_dim(0, b);
     Ok(norm.forward(x + positions.forward(pos)))
 }
 
 impl<B: Backend> BartForConditionalGeneration<B> {
     /// `model.encoder(input_ids, attention_mask).last_hidden_state`: `[b, s, d]`.
-    pub fn encoder_forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: &[Vec<u8>]) -> Result<Tensor<B, 3>> {
+    pub fn encoder_forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: &[Vec<u8>],
+    ) -> Result<Tensor<B, 3>> {
         let device = input_ids.device();
         let s = input_ids.dims()[1];
         let m = &self.model;
-        let mut x = embed(&m.shared, &m.encoder.embed_positions, &m.encoder.layernorm_embedding, m.encoder.embed_scale, input_ids, 0)?;
+        let mut x = embed(
+            &m.shared,
+            &m.encoder.embed_positions,
+            &m.encoder.layernorm_embedding,
+            m.encoder.embed_scale,
+            input_ids,
+            0,
+        )?;
         let mask = additive_mask::<B>(attention_mask, s, false, &device);
         for layer in &m.encoder.layers {
             x = layer.forward(x, mask.clone());
@@ -331,12 +417,21 @@ impl<B: Backend> BartForConditionalGeneration<B> {
 }
 
 impl<B: Backend> EncoderDecoder<B> for BartForConditionalGeneration<B> {
-    fn encode(&self, input_ids: Tensor<B, 2, Int>, attention_mask: &[Vec<u8>]) -> Result<Tensor<B, 3>> {
+    fn encode(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: &[Vec<u8>],
+    ) -> Result<Tensor<B, 3>> {
         self.encoder_forward(input_ids, attention_mask)
     }
 
     fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<LayerCache<B>> {
-        self.model.decoder.layers.iter().map(|l| l.encoder_attn.kv(encoder_hidden.clone())).collect()
+        self.model
+            .decoder
+            .layers
+            .iter()
+            .map(|l| l.encoder_attn.kv(encoder_hidden.clone()))
+            .collect()
     }
 
     fn n_decoder_layers(&self) -> usize {
@@ -355,21 +450,38 @@ impl<B: Backend> EncoderDecoder<B> for BartForConditionalGeneration<B> {
         let [r, t] = ids.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
         if self_mask.len() != r || self_mask.iter().any(|m| m.len() != past + t) {
-            return Err(Error::Input(format!("decoder mask must be {r} rows of {} (cached + new tokens)", past + t)));
+            return Err(Error::Input(format!(
+                "decoder mask must be {r} rows of {} (cached + new tokens)",
+                past + t
+            )));
         }
         let m = &self.model;
         let d = &m.decoder;
-        let mut x = embed(&m.shared, &d.embed_positions, &d.layernorm_embedding, d.embed_scale, ids, past)?;
+        let mut x = embed(
+            &m.shared,
+            &d.embed_positions,
+            &d.layernorm_embedding,
+            d.embed_scale,
+            ids,
+            past,
+        )?;
         let mask = additive_mask::<B>(self_mask, t, true, &device);
         for (i, layer) in d.layers.iter().enumerate() {
-            x = layer.forward(x, mask.clone(), &cross[i], cross_mask.clone(), cache.as_deref_mut().map(|c| (c, i)));
+            x = layer.forward(
+                x,
+                mask.clone(),
+                &cross[i],
+                cross_mask.clone(),
+                cache.as_deref_mut().map(|c| (c, i)),
+            );
         }
         Ok(x)
     }
 
     fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let w = self.model.shared.weight.val();
-        hidden.matmul(w.transpose().unsqueeze::<3>()) + self.final_logits_bias.val().unsqueeze::<3>()
+        hidden.matmul(w.transpose().unsqueeze::<3>())
+            + self.final_logits_bias.val().unsqueeze::<3>()
     }
 
     fn device(&self) -> B::Device {
@@ -378,11 +490,18 @@ impl<B: Backend> EncoderDecoder<B> for BartForConditionalGeneration<B> {
 }
 
 /// Load a BART checkpoint directory (`config.json` + safetensors weights).
-pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(BartConfig, BartForConditionalGeneration<B>, LoadReport)> {
+pub fn load<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(BartConfig, BartForConditionalGeneration<B>, LoadReport)> {
     let raw = RawConfig::load(&dir.join("config.json"))?;
     let mt = raw.model_type()?;
     if mt != "bart" {
-        return Err(Error::UnsupportedArchitecture { path: raw.path.clone(), model_type: mt, supported: "bart here".into() });
+        return Err(Error::UnsupportedArchitecture {
+            path: raw.path.clone(),
+            model_type: mt,
+            supported: "bart here".into(),
+        });
     }
     let cfg = BartConfig::from_raw(&raw)?;
     let mut model = cfg.init::<B>(device);

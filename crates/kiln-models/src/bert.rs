@@ -12,7 +12,9 @@
 
 use std::path::Path;
 
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+};
 use burn::prelude::*;
 use kiln_peft::PeftLinear;
 
@@ -51,10 +53,18 @@ impl BertConfig {
     pub fn from_raw(c: &RawConfig) -> Result<Self> {
         let pos_type = c.str_or("position_embedding_type", "absolute")?;
         if pos_type != "absolute" {
-            return Err(Error::field(&c.path, "position_embedding_type", format!("`{pos_type}` is not supported (only `absolute`)")));
+            return Err(Error::field(
+                &c.path,
+                "position_embedding_type",
+                format!("`{pos_type}` is not supported (only `absolute`)"),
+            ));
         }
         if c.bool_or("is_decoder", false)? {
-            return Err(Error::field(&c.path, "is_decoder", "decoder BERT is not supported"));
+            return Err(Error::field(
+                &c.path,
+                "is_decoder",
+                "decoder BERT is not supported",
+            ));
         }
         let cfg = Self {
             vocab_size: c.req_usize("vocab_size")?,
@@ -80,19 +90,40 @@ impl BertConfig {
         c.check_range("hidden_size", cfg.hidden_size, 1, 1 << 16)?;
         c.check_range("num_hidden_layers", cfg.num_hidden_layers, 1, 1024)?;
         c.check_range("num_attention_heads", cfg.num_attention_heads, 1, 1024)?;
-        c.check_divides("hidden_size", cfg.hidden_size, "num_attention_heads", cfg.num_attention_heads)?;
+        c.check_divides(
+            "hidden_size",
+            cfg.hidden_size,
+            "num_attention_heads",
+            cfg.num_attention_heads,
+        )?;
         c.check_range("intermediate_size", cfg.intermediate_size, 1, 1 << 20)?;
-        c.check_range("max_position_embeddings", cfg.max_position_embeddings, 1, 1 << 20)?;
+        c.check_range(
+            "max_position_embeddings",
+            cfg.max_position_embeddings,
+            1,
+            1 << 20,
+        )?;
         c.check_range("type_vocab_size", cfg.type_vocab_size, 1, 1 << 16)?;
         c.check_range("num_labels", cfg.id2label.len(), 1, 1 << 20)?;
         if let Some(p) = cfg.pad_token_id {
             c.check_range("pad_token_id", p as usize, 0, cfg.vocab_size - 1)?;
         }
         if !(cfg.layer_norm_eps > 0.0 && cfg.layer_norm_eps < 1.0) {
-            return Err(Error::field(&c.path, "layer_norm_eps", format!("{} is out of range (0, 1)", cfg.layer_norm_eps)));
+            return Err(Error::field(
+                &c.path,
+                "layer_norm_eps",
+                format!("{} is out of range (0, 1)", cfg.layer_norm_eps),
+            ));
         }
         if !(cfg.initializer_range >= 0.0 && cfg.initializer_range.is_finite()) {
-            return Err(Error::field(&c.path, "initializer_range", format!("{} is not a valid standard deviation", cfg.initializer_range)));
+            return Err(Error::field(
+                &c.path,
+                "initializer_range",
+                format!(
+                    "{} is not a valid standard deviation",
+                    cfg.initializer_range
+                ),
+            ));
         }
         Ok(cfg)
     }
@@ -128,7 +159,10 @@ impl BertConfig {
     /// classifier (and pooler, when absent) listed in [`LoadReport::initialised`].
     pub fn classifier_load_spec() -> LoadSpec {
         LoadSpec {
-            remaps: vec![(r"^(embeddings|encoder|pooler)\.".into(), "bert.$1.".into()), self_remap()],
+            remaps: vec![
+                (r"^(embeddings|encoder|pooler)\.".into(), "bert.$1.".into()),
+                self_remap(),
+            ],
             optional: vec![r"^classifier\.".into(), r"^bert\.pooler\.".into()],
             transpose_linear: true,
         }
@@ -140,9 +174,15 @@ impl BertConfig {
         let d = self.hidden_size;
         let std = self.initializer_range;
         let emb = |n: usize| {
-            EmbeddingConfig::new(n, d).with_initializer(Initializer::Normal { mean: 0.0, std }).init::<B>(device)
+            EmbeddingConfig::new(n, d)
+                .with_initializer(Initializer::Normal { mean: 0.0, std })
+                .init::<B>(device)
         };
-        let ln = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init::<B>(device);
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_eps)
+                .init::<B>(device)
+        };
         let linear = |i: usize, o: usize| PeftLinear::new_normal(i, o, true, std, device);
         let hidden_dropout = || DropoutConfig::new(self.hidden_dropout_prob).init();
         let mut word_embeddings = emb(self.vocab_size);
@@ -150,7 +190,11 @@ impl BertConfig {
             // (detach + require_grad: the result must stay a trainable leaf under autodiff.)
             let zeros = Tensor::<B, 2>::zeros([1, d], device);
             let p = p as usize;
-            word_embeddings.weight = word_embeddings.weight.map(|w| w.slice_assign([p..p + 1, 0..d], zeros).detach().require_grad());
+            word_embeddings.weight = word_embeddings.weight.map(|w| {
+                w.slice_assign([p..p + 1, 0..d], zeros)
+                    .detach()
+                    .require_grad()
+            });
         }
         let layer = (0..self.num_hidden_layers)
             .map(|_| BertLayer {
@@ -163,10 +207,23 @@ impl BertConfig {
                         num_attention_heads: self.num_attention_heads,
                         scale: 1.0 / ((d / self.num_attention_heads) as f64).sqrt(),
                     },
-                    output: BertSelfOutput { dense: linear(d, d), LayerNorm: ln(), dropout: hidden_dropout(), adapter: None },
+                    output: BertSelfOutput {
+                        dense: linear(d, d),
+                        LayerNorm: ln(),
+                        dropout: hidden_dropout(),
+                        adapter: None,
+                    },
                 },
-                intermediate: BertIntermediate { dense: linear(d, self.intermediate_size), act: self.hidden_act },
-                output: BertOutput { dense: linear(self.intermediate_size, d), LayerNorm: ln(), dropout: hidden_dropout(), adapter: None },
+                intermediate: BertIntermediate {
+                    dense: linear(d, self.intermediate_size),
+                    act: self.hidden_act,
+                },
+                output: BertOutput {
+                    dense: linear(self.intermediate_size, d),
+                    LayerNorm: ln(),
+                    dropout: hidden_dropout(),
+                    adapter: None,
+                },
             })
             .collect();
         BertModel {
@@ -178,30 +235,48 @@ impl BertConfig {
                 dropout: hidden_dropout(),
             },
             encoder: BertEncoder { layer },
-            pooler: BertPooler { dense: linear(d, d) },
+            pooler: BertPooler {
+                dense: linear(d, d),
+            },
         }
     }
 
     /// A randomly initialised encoder with a classification head of [`Self::num_labels`] classes.
-    pub fn init_classifier<B: Backend>(&self, device: &B::Device) -> BertForSequenceClassification<B> {
+    pub fn init_classifier<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> BertForSequenceClassification<B> {
         BertForSequenceClassification {
             bert: self.init(device),
             dropout: DropoutConfig::new(self.classifier_dropout_prob()).init(),
-            classifier: PeftLinear::new_normal(self.hidden_size, self.num_labels(), true, self.initializer_range, device),
+            classifier: PeftLinear::new_normal(
+                self.hidden_size,
+                self.num_labels(),
+                true,
+                self.initializer_range,
+                device,
+            ),
         }
     }
 }
 
 /// HF's `attention.self` → kiln's `attention.self_attn` (`self` is a Rust keyword).
 fn self_remap() -> (String, String) {
-    (r"(^|\.)attention\.self\.".into(), "${1}attention.self_attn.".into())
+    (
+        r"(^|\.)attention\.self\.".into(),
+        "${1}attention.self_attn.".into(),
+    )
 }
 
 /// A probability field in `[0, 1)`.
 fn prob(c: &RawConfig, field: &str, default: f64) -> Result<f64> {
     let p = c.f64_or(field, default)?;
     if !(0.0..1.0).contains(&p) {
-        return Err(Error::field(&c.path, field, format!("{p} is not a probability in [0, 1)")));
+        return Err(Error::field(
+            &c.path,
+            field,
+            format!("{p} is not a probability in [0, 1)"),
+        ));
     }
     Ok(p)
 }
@@ -210,17 +285,29 @@ fn prob(c: &RawConfig, field: &str, default: f64) -> Result<f64> {
 fn labels(c: &RawConfig) -> Result<Vec<String>> {
     let num_labels = c.opt_usize("num_labels")?;
     let Some(v) = c.map.get("id2label").filter(|v| !v.is_null()) else {
-        return Ok((0..num_labels.unwrap_or(2)).map(|i| format!("LABEL_{i}")).collect());
+        return Ok((0..num_labels.unwrap_or(2))
+            .map(|i| format!("LABEL_{i}"))
+            .collect());
     };
-    let obj = v.as_object().ok_or_else(|| Error::field(&c.path, "id2label", "expected an object {\"0\": label, …}"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::field(&c.path, "id2label", "expected an object {\"0\": label, …}"))?;
     let mut out = vec![None; obj.len()];
     for (k, name) in obj {
-        let i: usize = k
-            .parse()
-            .ok()
-            .filter(|&i| i < obj.len())
-            .ok_or_else(|| Error::field(&c.path, "id2label", format!("key `{k}` is not a class index in 0..{}", obj.len())))?;
-        let name = name.as_str().ok_or_else(|| Error::field(&c.path, "id2label", format!("label of `{k}` is not a string")))?;
+        let i: usize = k.parse().ok().filter(|&i| i < obj.len()).ok_or_else(|| {
+            Error::field(
+                &c.path,
+                "id2label",
+                format!("key `{k}` is not a class index in 0..{}", obj.len()),
+            )
+        })?;
+        let name = name.as_str().ok_or_else(|| {
+            Error::field(
+                &c.path,
+                "id2label",
+                format!("label of `{k}` is not a string"),
+            )
+        })?;
         out[i] = Some(name.to_string());
     }
     let out: Vec<String> = out.into_iter().flatten().collect();
@@ -228,7 +315,11 @@ fn labels(c: &RawConfig) -> Result<Vec<String>> {
         return Err(Error::field(&c.path, "id2label", "class indices repeat"));
     }
     if let Some(n) = num_labels.filter(|&n| n != out.len()) {
-        return Err(Error::field(&c.path, "num_labels", format!("{n} disagrees with id2label's {} labels", out.len())));
+        return Err(Error::field(
+            &c.path,
+            "num_labels",
+            format!("{n} disagrees with id2label's {} labels", out.len()),
+        ));
     }
     Ok(out)
 }
@@ -342,7 +433,14 @@ impl<B: Backend> BertSelfAttention<B> {
         let q = split_heads(self.query.forward(x.clone()), h);
         let k = split_heads(self.key.forward(x.clone()), h);
         let v = split_heads(self.value.forward(x), h);
-        merge_heads(attend_with_dropout(q, k, v, Some(self.scale), Some(mask), &self.dropout))
+        merge_heads(attend_with_dropout(
+            q,
+            k,
+            v,
+            Some(self.scale),
+            Some(mask),
+            &self.dropout,
+        ))
     }
 }
 
@@ -352,7 +450,10 @@ impl<B: Backend> BertLayer<B> {
         let o = &self.attention.output;
         let a = kiln_peft::adapter::maybe_adapt(&o.adapter, o.dropout.forward(o.dense.forward(a)));
         let x = o.LayerNorm.forward(a + x);
-        let h = self.intermediate.act.forward(self.intermediate.dense.forward(x.clone()));
+        let h = self
+            .intermediate
+            .act
+            .forward(self.intermediate.dense.forward(x.clone()));
         let o = &self.output;
         let h = kiln_peft::adapter::maybe_adapt(&o.adapter, o.dropout.forward(o.dense.forward(h)));
         o.LayerNorm.forward(h + x)
@@ -395,18 +496,26 @@ impl<B: Backend> BertModel<B> {
         let device = input_ids.device();
         let [b, s] = input_ids.dims();
         if s == 0 || s > self.max_positions() {
-            return Err(Error::Input(format!("sequence length {s} is outside 1..={}", self.max_positions())));
+            return Err(Error::Input(format!(
+                "sequence length {s} is outside 1..={}",
+                self.max_positions()
+            )));
         }
         if let Some(t) = &token_type_ids {
             if t.dims() != [b, s] {
-                return Err(Error::Input(format!("token_type_ids are {:?}, input_ids [{b}, {s}]", t.dims())));
+                return Err(Error::Input(format!(
+                    "token_type_ids are {:?}, input_ids [{b}, {s}]",
+                    t.dims()
+                )));
             }
         }
         let ones;
         let mask = match attention_mask {
             Some(m) => {
                 if m.len() != b || m.iter().any(|r| r.len() != s) {
-                    return Err(Error::Input(format!("attention_mask is not {b} rows of {s}")));
+                    return Err(Error::Input(format!(
+                        "attention_mask is not {b} rows of {s}"
+                    )));
                 }
                 m
             }
@@ -416,7 +525,9 @@ impl<B: Backend> BertModel<B> {
             }
         };
         let e = &self.embeddings;
-        let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &device).unsqueeze::<2>().repeat_dim(0, b);
+        let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &device)
+            .unsqueeze::<2>()
+            .repeat_dim(0, b);
         let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([b, s], &device));
         let x = e.word_embeddings.forward(input_ids)
             + e.position_embeddings.forward(positions)
@@ -429,7 +540,10 @@ impl<B: Backend> BertModel<B> {
         let d = self.hidden_size();
         let first = x.clone().slice([0..b, 0..1, 0..d]).reshape([b, d]);
         let pooler_output = self.pooler.dense.forward(first).tanh();
-        Ok(BertModelOutput { last_hidden_state: x, pooler_output })
+        Ok(BertModelOutput {
+            last_hidden_state: x,
+            pooler_output,
+        })
     }
 
     /// [`Self::forward`] on a host-side batch, after checking every id against the embedding tables.
@@ -445,12 +559,23 @@ impl<B: Backend> BertModel<B> {
 
     /// Sentence embeddings as sentence-transformers computes them for mean-pooling models
     /// (all-MiniLM-L6-v2): tokenize (cut to `max_len`), encode, masked mean, L2-normalise. `[n, d]`.
-    pub fn sentence_embeddings(&self, tokenizer: &Tokenizer, texts: &[&str], max_len: Option<usize>) -> Result<Tensor<B, 2>> {
-        let encs = texts.iter().map(|t| tokenizer.encode(t, max_len)).collect::<Result<Vec<_>>>()?;
+    pub fn sentence_embeddings(
+        &self,
+        tokenizer: &Tokenizer,
+        texts: &[&str],
+        max_len: Option<usize>,
+    ) -> Result<Tensor<B, 2>> {
+        let encs = texts
+            .iter()
+            .map(|t| tokenizer.encode(t, max_len))
+            .collect::<Result<Vec<_>>>()?;
         let pad = tokenizer.token_to_id("[PAD]").unwrap_or(0);
         let batch = BertBatch::from_encodings(&encs, pad)?;
         let out = self.forward_batch(&batch)?;
-        Ok(l2_normalize(mean_pool(out.last_hidden_state, &batch.attention_mask)))
+        Ok(l2_normalize(mean_pool(
+            out.last_hidden_state,
+            &batch.attention_mask,
+        )))
     }
 }
 
@@ -462,14 +587,20 @@ impl<B: Backend> BertForSequenceClassification<B> {
         token_type_ids: Option<Tensor<B, 2, Int>>,
         attention_mask: Option<&[Vec<u8>]>,
     ) -> Result<Tensor<B, 2>> {
-        let out = self.bert.forward(input_ids, token_type_ids, attention_mask)?;
-        Ok(self.classifier.forward(self.dropout.forward(out.pooler_output)))
+        let out = self
+            .bert
+            .forward(input_ids, token_type_ids, attention_mask)?;
+        Ok(self
+            .classifier
+            .forward(self.dropout.forward(out.pooler_output)))
     }
 
     /// Logits `[b, num_labels]` for a host-side batch (ids checked).
     pub fn forward_batch(&self, batch: &BertBatch) -> Result<Tensor<B, 2>> {
         let out = self.bert.forward_batch(batch)?;
-        Ok(self.classifier.forward(self.dropout.forward(out.pooler_output)))
+        Ok(self
+            .classifier
+            .forward(self.dropout.forward(out.pooler_output)))
     }
 
     /// The number of classes.
@@ -495,7 +626,13 @@ impl BertBatch {
             return Err(Error::Input("empty batch".into()));
         }
         let n = encs.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-        let pad = |v: &[u32], with: u32| v.iter().copied().chain(std::iter::repeat(with)).take(n).collect::<Vec<_>>();
+        let pad = |v: &[u32], with: u32| {
+            v.iter()
+                .copied()
+                .chain(std::iter::repeat(with))
+                .take(n)
+                .collect::<Vec<_>>()
+        };
         Ok(Self {
             input_ids: encs.iter().map(|e| pad(&e.ids, pad_id)).collect(),
             token_type_ids: encs.iter().map(|e| pad(&e.type_ids, 0)).collect(),
@@ -514,15 +651,32 @@ impl BertBatch {
             return Err(Error::Input("empty batch".into()));
         }
         let ok_ids = |rows: &[Vec<u32>]| rows.len() == b && rows.iter().all(|r| r.len() == s);
-        let ok_mask = self.attention_mask.len() == b && self.attention_mask.iter().all(|r| r.len() == s);
+        let ok_mask =
+            self.attention_mask.len() == b && self.attention_mask.iter().all(|r| r.len() == s);
         if !ok_ids(&self.input_ids) || !ok_ids(&self.token_type_ids) || !ok_mask {
-            return Err(Error::Input(format!("input_ids, token_type_ids and attention_mask must all be {b} rows of {s}")));
+            return Err(Error::Input(format!(
+                "input_ids, token_type_ids and attention_mask must all be {b} rows of {s}"
+            )));
         }
-        if let Some(&id) = self.input_ids.iter().flatten().find(|&&i| i as usize >= vocab_size) {
-            return Err(Error::Input(format!("token id {id} is not below vocab_size = {vocab_size}")));
+        if let Some(&id) = self
+            .input_ids
+            .iter()
+            .flatten()
+            .find(|&&i| i as usize >= vocab_size)
+        {
+            return Err(Error::Input(format!(
+                "token id {id} is not below vocab_size = {vocab_size}"
+            )));
         }
-        if let Some(&t) = self.token_type_ids.iter().flatten().find(|&&t| t as usize >= type_vocab_size) {
-            return Err(Error::Input(format!("token type {t} is not below type_vocab_size = {type_vocab_size}")));
+        if let Some(&t) = self
+            .token_type_ids
+            .iter()
+            .flatten()
+            .find(|&&t| t as usize >= type_vocab_size)
+        {
+            return Err(Error::Input(format!(
+                "token type {t} is not below type_vocab_size = {type_vocab_size}"
+            )));
         }
         Ok(())
     }
@@ -533,7 +687,10 @@ impl BertBatch {
 pub fn mean_pool<B: Backend>(hidden: Tensor<B, 3>, mask: &[Vec<u8>]) -> Tensor<B, 2> {
     let [b, s, d] = hidden.dims();
     let device = hidden.device();
-    let m: Vec<f32> = mask.iter().flat_map(|r| r.iter().map(|&x| f32::from(x != 0))).collect();
+    let m: Vec<f32> = mask
+        .iter()
+        .flat_map(|r| r.iter().map(|&x| f32::from(x != 0)))
+        .collect();
     let m = Tensor::<B, 3>::from_data(TensorData::new(m, [b, s, 1]), &device);
     let sum = (hidden * m.clone()).sum_dim(1).reshape([b, d]);
     let count = m.sum_dim(1).reshape([b, 1]).clamp_min(1e-9);
@@ -550,14 +707,21 @@ fn read_config(dir: &Path) -> Result<BertConfig> {
     let raw = RawConfig::load(&dir.join("config.json"))?;
     let mt = raw.model_type()?;
     if mt != "bert" {
-        return Err(Error::UnsupportedArchitecture { path: raw.path.clone(), model_type: mt, supported: "bert here".into() });
+        return Err(Error::UnsupportedArchitecture {
+            path: raw.path.clone(),
+            model_type: mt,
+            supported: "bert here".into(),
+        });
     }
     BertConfig::from_raw(&raw)
 }
 
 /// Load a BERT checkpoint directory (`config.json` + safetensors weights) as a [`BertModel`]; works for
 /// `BertModel` checkpoints and for the encoder of `BertFor…` ones (whose heads are reported unused).
-pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(BertConfig, BertModel<B>, LoadReport)> {
+pub fn load<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(BertConfig, BertModel<B>, LoadReport)> {
     let cfg = read_config(dir)?;
     let mut model = cfg.init::<B>(device);
     let files = crate::weights::weight_files(dir)?;
@@ -575,7 +739,8 @@ pub fn load_for_classification<B: Backend>(
     let cfg = read_config(dir)?;
     let mut model = cfg.init_classifier::<B>(device);
     let files = crate::weights::weight_files(dir)?;
-    let report = crate::weights::load_into(&mut model, &files, &BertConfig::classifier_load_spec())?;
+    let report =
+        crate::weights::load_into(&mut model, &files, &BertConfig::classifier_load_spec())?;
     Ok((cfg, model, report))
 }
 
@@ -583,10 +748,19 @@ impl<B: Backend> BertForSequenceClassification<B> {
     /// The seed's setup: bottleneck adapters in every layer, the backbone frozen; only the adapters, the
     /// classifier (and, with `train_layer_norms`, the LayerNorms, as Houlsby et al. do) are trained.
     /// Returns the model and its (trainable, total) parameter counts.
-    pub fn with_frozen_adapters(self, cfg: &kiln_peft::AdapterConfig, train_layer_norms: bool) -> (Self, usize, usize) {
-        let model = Self { bert: self.bert.add_adapters(cfg), ..self };
+    pub fn with_frozen_adapters(
+        self,
+        cfg: &kiln_peft::AdapterConfig,
+        train_layer_norms: bool,
+    ) -> (Self, usize, usize) {
+        let model = Self {
+            bert: self.bert.add_adapters(cfg),
+            ..self
+        };
         kiln_peft::freeze_except(model, |path| {
-            path.contains(".adapter.") || path.starts_with("classifier") || (train_layer_norms && path.contains("LayerNorm"))
+            path.contains(".adapter.")
+                || path.starts_with("classifier")
+                || (train_layer_norms && path.contains("LayerNorm"))
         })
     }
 }

@@ -61,10 +61,21 @@ impl<'a, B: Backend, M: CausalLm<B>> CausalSession<'a, B, M> {
         let head_t = model.output_embedding().map(|e| {
             let device = e.device();
             let [v, d] = e.dims();
-            let t: Vec<f32> = e.transpose().into_data().convert::<f32>().to_vec().expect("f32 weights");
+            let t: Vec<f32> = e
+                .transpose()
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .expect("f32 weights");
             Tensor::<B, 2>::from_data(TensorData::new(t, [d, v]), &device).unsqueeze::<3>()
         });
-        Self { model, head_t, cache: KvCache::new(model.n_layer()), mask: vec![], next_pos: vec![] }
+        Self {
+            model,
+            head_t,
+            cache: KvCache::new(model.n_layer()),
+            mask: vec![],
+            next_pos: vec![],
+        }
     }
 
     fn last_logits(&self, h: Tensor<B, 3>) -> Vec<Vec<f32>> {
@@ -83,34 +94,55 @@ impl<B: Backend, M: CausalLm<B>> DecodeSession for CausalSession<'_, B, M> {
     fn prefill(&mut self, rows: &[Vec<u32>], mask: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
         let max = self.model.max_positions();
         if rows[0].len() > max {
-            return Err(Error::Input(format!("prompt of {} tokens exceeds the model's {max} positions", rows[0].len())));
+            return Err(Error::Input(format!(
+                "prompt of {} tokens exceeds the model's {max} positions",
+                rows[0].len()
+            )));
         }
         let device = self.model.device();
         self.cache = KvCache::new(self.model.n_layer());
         self.mask = mask.to_vec();
         // As `generate`: position ids are cumsum(mask) - 1, padding at 0.
         let positions = positions_from_mask::<B>(mask, 0, 0, &device);
-        self.next_pos = mask.iter().map(|r| r.iter().map(|&m| m as i64).sum::<i64>()).collect();
-        let h = self.model.hidden(ids_tensor::<B>(rows, &device), positions, &self.mask, Some(&mut self.cache));
+        self.next_pos = mask
+            .iter()
+            .map(|r| r.iter().map(|&m| m as i64).sum::<i64>())
+            .collect();
+        let h = self.model.hidden(
+            ids_tensor::<B>(rows, &device),
+            positions,
+            &self.mask,
+            Some(&mut self.cache),
+        );
         Ok(self.last_logits(h))
     }
 
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
         let max = self.model.max_positions() as i64;
-        if self.next_pos.iter().any(|&p| p >= max) || self.mask.first().is_some_and(|m| m.len() as i64 >= max) {
-            return Err(Error::Input(format!("generation reached the model's {max} positions")));
+        if self.next_pos.iter().any(|&p| p >= max)
+            || self.mask.first().is_some_and(|m| m.len() as i64 >= max)
+        {
+            return Err(Error::Input(format!(
+                "generation reached the model's {max} positions"
+            )));
         }
         let device = self.model.device();
         for m in self.mask.iter_mut() {
             m.push(1);
         }
         let n = tokens.len();
-        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(self.next_pos.clone(), [n, 1]), &device);
+        let pos =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(self.next_pos.clone(), [n, 1]), &device);
         for p in self.next_pos.iter_mut() {
             *p += 1;
         }
         let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
-        let h = self.model.hidden(ids_tensor::<B>(&rows, &device), pos, &self.mask, Some(&mut self.cache));
+        let h = self.model.hidden(
+            ids_tensor::<B>(&rows, &device),
+            pos,
+            &self.mask,
+            Some(&mut self.cache),
+        );
         Ok(self.last_logits(h))
     }
 

@@ -20,10 +20,15 @@ impl RawConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
+        let value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
         match value {
-            Value::Object(map) => Ok(Self { path: path.to_path_buf(), map }),
+            Value::Object(map) => Ok(Self {
+                path: path.to_path_buf(),
+                map,
+            }),
             _ => Err(Error::field(path, "<root>", "expected a JSON object")),
         }
     }
@@ -89,14 +94,18 @@ impl RawConfig {
     pub fn f64_or(&self, field: &str, default: f64) -> Result<f64> {
         match self.get(field) {
             None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.err(field, format!("expected a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err(field, format!("expected a number, found {v}"))),
         }
     }
 
     pub fn bool_or(&self, field: &str, default: bool) -> Result<bool> {
         match self.get(field) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(field, format!("expected true or false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(field, format!("expected true or false, found {v}"))),
         }
     }
 
@@ -129,9 +138,18 @@ impl RawConfig {
     }
 
     /// `a % b == 0`, naming both fields otherwise.
-    pub fn check_divides(&self, field: &str, value: usize, by_field: &str, by: usize) -> Result<()> {
+    pub fn check_divides(
+        &self,
+        field: &str,
+        value: usize,
+        by_field: &str,
+        by: usize,
+    ) -> Result<()> {
         if by == 0 || value % by != 0 {
-            return Err(self.err(field, format!("{value} is not divisible by {by_field} = {by}")));
+            return Err(self.err(
+                field,
+                format!("{value} is not divisible by {by_field} = {by}"),
+            ));
         }
         Ok(())
     }
@@ -177,7 +195,8 @@ impl Activation {
             Self::GeluNew => {
                 // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
                 let c = (2.0f64 / std::f64::consts::PI).sqrt();
-                let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
+                let inner =
+                    (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
                 x.mul_scalar(0.5) * (inner.tanh().add_scalar(1.0))
             }
             Self::Relu => act::relu(x),

@@ -8,37 +8,70 @@ pub enum Error {
     MissingFile { path: PathBuf, hint: String },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("{path}: invalid JSON: {source}")]
-    Json { path: PathBuf, #[source] source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 
     #[error("{path}: field `{field}`: {msg}")]
-    ConfigField { path: PathBuf, field: String, msg: String },
+    ConfigField {
+        path: PathBuf,
+        field: String,
+        msg: String,
+    },
 
     #[error("{path}: unsupported architecture `{model_type}` (kiln supports {supported})")]
-    UnsupportedArchitecture { path: PathBuf, model_type: String, supported: String },
+    UnsupportedArchitecture {
+        path: PathBuf,
+        model_type: String,
+        supported: String,
+    },
 
     #[error("{path}: corrupt or truncated safetensors file: {msg}")]
     Safetensors { path: PathBuf, msg: String },
 
     #[error("{path}: tensor `{key}`: expected shape {expected:?}, found {found:?}")]
-    ShapeMismatch { path: PathBuf, key: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        path: PathBuf,
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
 
     #[error("{path}: tensor `{key}` has dtype {dtype}, expected a floating-point tensor")]
-    Dtype { path: PathBuf, key: String, dtype: String },
+    Dtype {
+        path: PathBuf,
+        key: String,
+        dtype: String,
+    },
 
     #[error("{path}: missing tensor(s): {}", keys.join(", "))]
     MissingKeys { path: PathBuf, keys: Vec<String> },
 
     #[error("{path}: tensor `{key}`: {msg}")]
-    Tensor { path: PathBuf, key: String, msg: String },
+    Tensor {
+        path: PathBuf,
+        key: String,
+        msg: String,
+    },
 
     #[error("{path}: tokenizer: {msg}")]
     Tokenizer { path: PathBuf, msg: String },
 
     #[error("hub `{repo}` file `{file}`: {msg}")]
-    Hub { repo: String, file: String, msg: String },
+    Hub {
+        repo: String,
+        file: String,
+        msg: String,
+    },
 
     #[error("{path}: pickle checkpoints (`.bin`) are not loaded (they can run code); convert it to safetensors, e.g. with transformers' `save_pretrained(safe_serialization=True)`")]
     Pickle { path: PathBuf },
@@ -56,13 +89,20 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
         if source.kind() == std::io::ErrorKind::NotFound {
-            Error::MissingFile { path, hint: String::new() }
+            Error::MissingFile {
+                path,
+                hint: String::new(),
+            }
         } else {
             Error::Io { path, source }
         }
     }
 
     pub(crate) fn field(path: impl Into<PathBuf>, field: &str, msg: impl Into<String>) -> Self {
-        Error::ConfigField { path: path.into(), field: field.to_string(), msg: msg.into() }
+        Error::ConfigField {
+            path: path.into(),
+            field: field.to_string(),
+            msg: msg.into(),
+        }
     }
 }

@@ -91,7 +91,9 @@ fn token_ids(v: &Value) -> Option<Vec<u32>> {
 impl GenerationConfig {
     /// Overlay the fields present in a JSON object (`generation_config.json`, or a model's `config.json`).
     pub fn update_from_json(&mut self, path: &Path, v: &Value) -> Result<()> {
-        let obj = v.as_object().ok_or_else(|| Error::field(path, "<root>", "expected a JSON object"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::field(path, "<root>", "expected a JSON object"))?;
         let bad = |f: &str, v: &Value| Error::field(path, f, format!("unexpected value {v}"));
         for (k, val) in obj {
             if val.is_null() {
@@ -143,13 +145,27 @@ impl GenerationConfig {
                 continue;
             }
             let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-            let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: p.clone(), source })?;
+            let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: p.clone(),
+                source,
+            })?;
             if only_ids {
-                let keep = ["eos_token_id", "pad_token_id", "bos_token_id", "decoder_start_token_id",
-                    "forced_bos_token_id", "forced_eos_token_id"];
+                let keep = [
+                    "eos_token_id",
+                    "pad_token_id",
+                    "bos_token_id",
+                    "decoder_start_token_id",
+                    "forced_bos_token_id",
+                    "forced_eos_token_id",
+                ];
                 let sub: serde_json::Map<String, Value> = v
                     .as_object()
-                    .map(|o| o.iter().filter(|(k, _)| keep.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .map(|o| {
+                        o.iter()
+                            .filter(|(k, _)| keep.contains(&k.as_str()))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 g.update_from_json(&p, &Value::Object(sub))?;
             } else {
@@ -178,10 +194,16 @@ impl GenerationConfig {
             return e(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return e(format!("temperature must be a positive number, got {}", self.temperature));
+            return e(format!(
+                "temperature must be a positive number, got {}",
+                self.temperature
+            ));
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return e(format!("repetition_penalty must be positive, got {}", self.repetition_penalty));
+            return e(format!(
+                "repetition_penalty must be positive, got {}",
+                self.repetition_penalty
+            ));
         }
         if !self.length_penalty.is_finite() {
             return e("length_penalty must be finite".into());
@@ -250,7 +272,9 @@ pub fn generate<S: DecodeSession>(
     }
     let len = prompts[0].len();
     if len == 0 || prompts.iter().any(|p| p.len() != len) || mask.len() != prompts.len() {
-        return Err(Error::Input("prompts must be non-empty, padded to one length, with a mask row each".into()));
+        return Err(Error::Input(
+            "prompts must be non-empty, padded to one length, with a mask row each".into(),
+        ));
     }
     if cfg.num_beams > 1 {
         beam_search(session, prompts, mask, cfg)
@@ -281,7 +305,11 @@ impl Processors<'_> {
             }
             for (t, s) in scores.iter_mut().enumerate() {
                 if seen[t] {
-                    *s = if *s < 0.0 { *s * cfg.repetition_penalty } else { *s / cfg.repetition_penalty };
+                    *s = if *s < 0.0 {
+                        *s * cfg.repetition_penalty
+                    } else {
+                        *s / cfg.repetition_penalty
+                    };
                 }
             }
         }
@@ -310,7 +338,10 @@ impl Processors<'_> {
         if cfg.min_length > 0 && !cfg.eos_token_id.is_empty() && seq.len() < cfg.min_length {
             ban_eos(scores);
         }
-        if cfg.min_new_tokens > 0 && !cfg.eos_token_id.is_empty() && seq.len() - self.prompt_len < cfg.min_new_tokens {
+        if cfg.min_new_tokens > 0
+            && !cfg.eos_token_id.is_empty()
+            && seq.len() - self.prompt_len < cfg.min_new_tokens
+        {
             ban_eos(scores);
         }
         if let Some(bos) = cfg.forced_bos_token_id {
@@ -401,11 +432,15 @@ fn argmax(x: &[f32]) -> usize {
 
 fn padding_lengths(mask: &[Vec<u8>]) -> Vec<usize> {
     // transformers: (mask != 0).argmax() — index of the first real token (0 when none).
-    mask.iter().map(|r| r.iter().position(|&m| m != 0).unwrap_or(0)).collect()
+    mask.iter()
+        .map(|r| r.iter().position(|&m| m != 0).unwrap_or(0))
+        .collect()
 }
 
 fn expand<T: Clone>(rows: &[T], n: usize) -> Vec<T> {
-    rows.iter().flat_map(|r| std::iter::repeat_n(r.clone(), n)).collect()
+    rows.iter()
+        .flat_map(|r| std::iter::repeat_n(r.clone(), n))
+        .collect()
 }
 
 /// Greedy decoding and multinomial sampling (`_sample`).
@@ -421,12 +456,24 @@ fn sample<S: DecodeSession>(
     let mask = expand(mask, n);
     let prompt_len = seqs[0].len();
     let max_length = cfg.max_total(prompt_len);
-    let procs = Processors { cfg, prompt_len, max_length, ignore: padding_lengths(&mask) };
-    let pad = cfg.pad_token_id.or(cfg.eos_token_id.first().copied()).unwrap_or(0);
+    let procs = Processors {
+        cfg,
+        prompt_len,
+        max_length,
+        ignore: padding_lengths(&mask),
+    };
+    let pad = cfg
+        .pad_token_id
+        .or(cfg.eos_token_id.first().copied())
+        .unwrap_or(0);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut unfinished = vec![true; seqs.len()];
     if prompt_len >= max_length {
-        return Ok(GenerateOutput { sequences: seqs, sequences_scores: None, prompt_len });
+        return Ok(GenerateOutput {
+            sequences: seqs,
+            sequences_scores: None,
+            prompt_len,
+        });
     }
     let mut logits = session.prefill(&seqs, &mask)?;
     loop {
@@ -467,7 +514,11 @@ fn sample<S: DecodeSession>(
         }
         logits = session.step(&next)?;
     }
-    Ok(GenerateOutput { sequences: seqs, sequences_scores: None, prompt_len })
+    Ok(GenerateOutput {
+        sequences: seqs,
+        sequences_scores: None,
+        prompt_len,
+    })
 }
 
 /// Beam search, as transformers' vectorised `_beam_search` (≥ 4.50).
@@ -484,7 +535,12 @@ fn beam_search<S: DecodeSession>(
     let mask = expand(mask, nb);
     let prompt_len = rows[0].len();
     let max_length = cfg.max_total(prompt_len);
-    let procs = Processors { cfg, prompt_len, max_length, ignore: padding_lengths(&mask) };
+    let procs = Processors {
+        cfg,
+        prompt_len,
+        max_length,
+        ignore: padding_lengths(&mask),
+    };
     let n_eos = cfg.eos_token_id.len();
     let keep = 2usize.max(1 + n_eos) * nb;
     let lp = cfg.length_penalty;
@@ -495,15 +551,23 @@ fn beam_search<S: DecodeSession>(
     };
 
     // running[b][j]: sequence and score of live beam j of batch item b.
-    let mut running: Vec<Vec<Vec<u32>>> = (0..batch).map(|b| rows[b * nb..(b + 1) * nb].to_vec()).collect();
-    let mut running_scores: Vec<Vec<f32>> = (0..batch).map(|_| (0..nb).map(|j| if j == 0 { 0.0 } else { NEG }).collect()).collect();
+    let mut running: Vec<Vec<Vec<u32>>> = (0..batch)
+        .map(|b| rows[b * nb..(b + 1) * nb].to_vec())
+        .collect();
+    let mut running_scores: Vec<Vec<f32>> = (0..batch)
+        .map(|_| (0..nb).map(|j| if j == 0 { 0.0 } else { NEG }).collect())
+        .collect();
     let mut finished: Vec<Vec<Vec<u32>>> = running.clone();
     let mut finished_scores = vec![vec![NEG; nb]; batch];
     let mut is_finished = vec![vec![false; nb]; batch];
     let mut heuristic_unsatisfied = vec![true; batch];
     let mut cur_len = prompt_len;
     if prompt_len >= max_length {
-        return Ok(GenerateOutput { sequences: expand(prompts, cfg.num_return_sequences), sequences_scores: None, prompt_len });
+        return Ok(GenerateOutput {
+            sequences: expand(prompts, cfg.num_return_sequences),
+            sequences_scores: None,
+            prompt_len,
+        });
     }
     let mut logits = session.prefill(&rows, &mask)?;
     loop {
@@ -518,7 +582,12 @@ fn beam_search<S: DecodeSession>(
                 let mut lp_row = log_softmax(&logits[r]);
                 procs.apply(r, &running[b][j], &mut lp_row);
                 let base = running_scores[b][j];
-                acc.extend(lp_row.iter().enumerate().map(|(t, &s)| (s + base, j, t as u32)));
+                acc.extend(
+                    lp_row
+                        .iter()
+                        .enumerate()
+                        .map(|(t, &s)| (s + base, j, t as u32)),
+                );
             }
             let top = top_k_desc(&acc, keep, |c| c.0);
             let cands: Vec<(f32, usize, u32)> = top.iter().map(|&i| acc[i]).collect();
@@ -528,7 +597,11 @@ fn beam_search<S: DecodeSession>(
                 .collect();
             all_hit &= hits.iter().all(|&h| h);
             // Live beams for the next step: the best candidates that did not stop.
-            let live: Vec<f32> = cands.iter().zip(&hits).map(|(c, &h)| c.0 + if h { NEG } else { 0.0 }).collect();
+            let live: Vec<f32> = cands
+                .iter()
+                .zip(&hits)
+                .map(|(c, &h)| c.0 + if h { NEG } else { 0.0 })
+                .collect();
             let pick = top_k_desc(&live, nb, |s| *s);
             let new_running: Vec<Vec<u32>> = pick
                 .iter()
@@ -544,10 +617,17 @@ fn beam_search<S: DecodeSession>(
                 reorder[b * nb + slot] = b * nb + cands[i].1;
             }
             // Finished hypotheses: merge the best stopping candidates with those kept so far.
-            let all_done = is_finished[b].iter().all(|&f| f) && cfg.early_stopping == EarlyStopping::True;
+            let all_done =
+                is_finished[b].iter().all(|&f| f) && cfg.early_stopping == EarlyStopping::True;
             let denom = ((cur_len + 1 - prompt_len) as f32).powf(lp);
             let mut merged: Vec<(f32, Vec<u32>, bool)> = (0..nb)
-                .map(|j| (finished_scores[b][j], finished[b][j].clone(), is_finished[b][j]))
+                .map(|j| {
+                    (
+                        finished_scores[b][j],
+                        finished[b][j].clone(),
+                        is_finished[b][j],
+                    )
+                })
                 .collect();
             for (k, &(s, j, t)) in cands.iter().enumerate() {
                 let did_finish = hits[k] && k < nb;
@@ -580,8 +660,13 @@ fn beam_search<S: DecodeSession>(
                 cur_len - prompt_len
             };
             let best_running = running_scores[b][0] / (best_len as f32).powf(lp);
-            let min_finished = finished_scores[b].iter().cloned().fold(f32::INFINITY, f32::min);
-            let improvable = is_finished[b].iter().any(|&f| best_running > if f { min_finished } else { NEG });
+            let min_finished = finished_scores[b]
+                .iter()
+                .cloned()
+                .fold(f32::INFINITY, f32::min);
+            let improvable = is_finished[b]
+                .iter()
+                .any(|&f| best_running > if f { min_finished } else { NEG });
             heuristic_unsatisfied[b] &= improvable;
         }
         let improvement_possible = heuristic_unsatisfied.iter().any(|&u| u);
@@ -606,7 +691,11 @@ fn beam_search<S: DecodeSession>(
     for s in out.iter_mut() {
         s.resize(width, fill);
     }
-    Ok(GenerateOutput { sequences: out, sequences_scores: Some(scores), prompt_len })
+    Ok(GenerateOutput {
+        sequences: out,
+        sequences_scores: Some(scores),
+        prompt_len,
+    })
 }
 
 /// Indices of the `k` largest items, in descending order; ties keep the earlier index first.
@@ -614,7 +703,9 @@ fn top_k_desc<T>(items: &[T], k: usize, key: impl Fn(&T) -> f32) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..items.len()).collect();
     let k = k.min(items.len());
     if k < items.len() {
-        idx.select_nth_unstable_by(k, |&a, &b| key(&items[b]).total_cmp(&key(&items[a])).then(a.cmp(&b)));
+        idx.select_nth_unstable_by(k, |&a, &b| {
+            key(&items[b]).total_cmp(&key(&items[a])).then(a.cmp(&b))
+        });
         idx.truncate(k);
     }
     idx.sort_by(|&a, &b| key(&items[b]).total_cmp(&key(&items[a])).then(a.cmp(&b)));
@@ -643,8 +734,20 @@ mod tests {
     fn draws(logits: &[f32], cfg: GenerationConfig, n: u64) -> Vec<usize> {
         let mut counts = vec![0usize; logits.len()];
         for seed in 0..n {
-            let c = GenerationConfig { seed, max_new_tokens: Some(1), do_sample: true, ..cfg.clone() };
-            let out = generate(&mut Fixed(logits.to_vec()), &[vec![0]], &[vec![1]], &c, None).unwrap();
+            let c = GenerationConfig {
+                seed,
+                max_new_tokens: Some(1),
+                do_sample: true,
+                ..cfg.clone()
+            };
+            let out = generate(
+                &mut Fixed(logits.to_vec()),
+                &[vec![0]],
+                &[vec![1]],
+                &c,
+                None,
+            )
+            .unwrap();
             counts[out.sequences[0][1] as usize] += 1;
         }
         counts
@@ -653,8 +756,19 @@ mod tests {
     #[test]
     fn top_p_keeps_the_smallest_nucleus_and_its_mass() {
         // probabilities 0.5, 0.25, 0.125, 0.0625, 0.0625
-        let lp: Vec<f32> = [0.5f32, 0.25, 0.125, 0.0625, 0.0625].iter().map(|p| p.ln()).collect();
-        let counts = draws(&lp, GenerationConfig { top_p: 0.7, top_k: 0, ..Default::default() }, 3000);
+        let lp: Vec<f32> = [0.5f32, 0.25, 0.125, 0.0625, 0.0625]
+            .iter()
+            .map(|p| p.ln())
+            .collect();
+        let counts = draws(
+            &lp,
+            GenerationConfig {
+                top_p: 0.7,
+                top_k: 0,
+                ..Default::default()
+            },
+            3000,
+        );
         // Nucleus for 0.7: {0, 1} (0.75); renormalised 2/3 and 1/3.
         assert_eq!(counts[2] + counts[3] + counts[4], 0, "{counts:?}");
         let f0 = counts[0] as f64 / 3000.0;
@@ -664,28 +778,72 @@ mod tests {
     #[test]
     fn top_k_and_temperature() {
         let lp: Vec<f32> = [0.4f32, 0.3, 0.2, 0.1].iter().map(|p| p.ln()).collect();
-        let counts = draws(&lp, GenerationConfig { top_k: 2, ..Default::default() }, 2000);
+        let counts = draws(
+            &lp,
+            GenerationConfig {
+                top_k: 2,
+                ..Default::default()
+            },
+            2000,
+        );
         assert_eq!(counts[2] + counts[3], 0);
         // A very low temperature is (almost) greedy.
-        let counts = draws(&lp, GenerationConfig { temperature: 0.05, top_k: 0, ..Default::default() }, 500);
+        let counts = draws(
+            &lp,
+            GenerationConfig {
+                temperature: 0.05,
+                top_k: 0,
+                ..Default::default()
+            },
+            500,
+        );
         assert!(counts[0] > 490, "{counts:?}");
         // Without filtering, frequencies follow the distribution.
-        let counts = draws(&lp, GenerationConfig { top_k: 0, ..Default::default() }, 4000);
-        assert!((counts[3] as f64 / 4000.0 - 0.1).abs() < 0.025, "{counts:?}");
+        let counts = draws(
+            &lp,
+            GenerationConfig {
+                top_k: 0,
+                ..Default::default()
+            },
+            4000,
+        );
+        assert!(
+            (counts[3] as f64 / 4000.0 - 0.1).abs() < 0.025,
+            "{counts:?}"
+        );
     }
 
     #[test]
     fn validation_rejects_nonsense_and_warns_like_transformers() {
         let bad = [
-            GenerationConfig { num_beams: 0, ..Default::default() },
-            GenerationConfig { top_p: 1.5, ..Default::default() },
-            GenerationConfig { do_sample: true, temperature: 0.0, ..Default::default() },
-            GenerationConfig { num_return_sequences: 3, num_beams: 2, ..Default::default() },
+            GenerationConfig {
+                num_beams: 0,
+                ..Default::default()
+            },
+            GenerationConfig {
+                top_p: 1.5,
+                ..Default::default()
+            },
+            GenerationConfig {
+                do_sample: true,
+                temperature: 0.0,
+                ..Default::default()
+            },
+            GenerationConfig {
+                num_return_sequences: 3,
+                num_beams: 2,
+                ..Default::default()
+            },
         ];
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");
         }
-        let w = GenerationConfig { temperature: 0.7, ..Default::default() }.validate().unwrap();
+        let w = GenerationConfig {
+            temperature: 0.7,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
         assert!(w.iter().any(|m| m.contains("temperature")));
     }
 
@@ -695,7 +853,8 @@ mod tests {
     fn huge_max_new_tokens_saturates() {
         let mut g = GenerationConfig::default();
         let v: Value = serde_json::from_str(r#"{"max_new_tokens": 18446744073709551615}"#).unwrap();
-        g.update_from_json(Path::new("generation_config.json"), &v).unwrap();
+        g.update_from_json(Path::new("generation_config.json"), &v)
+            .unwrap();
         assert!(g.validate().is_ok());
         assert_eq!(g.max_total(5), usize::MAX);
     }

@@ -84,7 +84,11 @@ impl Gpt2Config {
                 .with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std })
                 .init(device)
         };
-        let ln = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_epsilon).init(device);
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_epsilon)
+                .init(device)
+        };
         let h = (0..self.n_layer)
             .map(|i| Block {
                 ln_1: ln(),
@@ -103,7 +107,12 @@ impl Gpt2Config {
             })
             .collect();
         Gpt2LmHead {
-            transformer: Gpt2Model { wte: emb(self.vocab_size), wpe: emb(self.n_positions), h, ln_f: ln() },
+            transformer: Gpt2Model {
+                wte: emb(self.vocab_size),
+                wpe: emb(self.n_positions),
+                h,
+                ln_f: ln(),
+            },
         }
     }
 
@@ -158,7 +167,12 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Tensor<B, 4>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
         let qkv = self.c_attn.forward(x);
         let q = split_heads(qkv.clone().slice([0..b, 0..s, 0..d]), self.n_head);
@@ -174,9 +188,17 @@ impl<B: Backend> Attention<B> {
 }
 
 impl<B: Backend> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Tensor<B, 4>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x), mask, cache);
-        let h = self.mlp.act.forward(self.mlp.c_fc.forward(self.ln_2.forward(x.clone())));
+        let h = self
+            .mlp
+            .act
+            .forward(self.mlp.c_fc.forward(self.ln_2.forward(x.clone())));
         x + self.mlp.c_proj.forward(h)
     }
 }
@@ -227,11 +249,17 @@ impl<B: Backend> Gpt2LmHead<B> {
     /// Full forward without cache, as `GPT2LMHeadModel.forward`: logits `[b, s, vocab]`, positions
     /// `0..s` (transformers does not shift them for padding here; `generate` does, see
     /// [`crate::generation`]); `attention_mask` is `[b, s]`, 1 = real token.
-    pub fn forward(&self, ids: Tensor<B, 2, Int>, attention_mask: Option<&[Vec<u8>]>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<&[Vec<u8>]>,
+    ) -> Tensor<B, 3> {
         let [b, s] = ids.dims();
         let ones = vec![vec![1u8; s]; b];
         let mask = attention_mask.unwrap_or(&ones);
-        let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &ids.device()).unsqueeze::<2>().repeat_dim(0, b);
+        let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &ids.device())
+            .unsqueeze::<2>()
+            .repeat_dim(0, b);
         let h = self.hidden(ids, positions, mask, None);
         self.logits(h)
     }
@@ -283,7 +311,10 @@ impl<B: Backend> crate::causal::CausalLm<B> for Gpt2LmHead<B> {
 }
 
 /// Load a GPT-2 checkpoint directory (`config.json` + safetensors weights).
-pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Gpt2Config, Gpt2LmHead<B>, crate::weights::LoadReport)> {
+pub fn load<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(Gpt2Config, Gpt2LmHead<B>, crate::weights::LoadReport)> {
     let raw = RawConfig::load(&dir.join("config.json"))?;
     let mt = raw.model_type()?;
     if mt != "gpt2" {
@@ -312,10 +343,18 @@ mod tests {
     /// range-checked; an explicit n_inner was not range-checked at all.
     #[test]
     fn huge_sizes_are_errors_not_panics() {
-        let e = parse(r#"{"vocab_size":10,"n_embd":9223372036854775807,"n_head":1,"n_layer":1}"#).unwrap_err();
+        let e = parse(r#"{"vocab_size":10,"n_embd":9223372036854775807,"n_head":1,"n_layer":1}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("n_embd"), "{e}");
-        let e = parse(r#"{"vocab_size":10,"n_embd":8,"n_head":1,"n_layer":1,"n_inner":1099511627776}"#).unwrap_err();
+        let e =
+            parse(r#"{"vocab_size":10,"n_embd":8,"n_head":1,"n_layer":1,"n_inner":1099511627776}"#)
+                .unwrap_err();
         assert!(e.to_string().contains("n_inner"), "{e}");
-        assert_eq!(parse(r#"{"vocab_size":10,"n_embd":8,"n_head":1,"n_layer":1}"#).unwrap().n_inner, 32);
+        assert_eq!(
+            parse(r#"{"vocab_size":10,"n_embd":8,"n_head":1,"n_layer":1}"#)
+                .unwrap()
+                .n_inner,
+            32
+        );
     }
 }

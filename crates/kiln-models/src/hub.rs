@@ -24,12 +24,16 @@ pub struct HubOptions {
 
 impl HubOptions {
     pub fn from_env() -> Self {
-        let cache_dir = if let Some(c) = std::env::var_os("HF_HUB_CACHE").or_else(|| std::env::var_os("HUGGINGFACE_HUB_CACHE")) {
+        let cache_dir = if let Some(c) =
+            std::env::var_os("HF_HUB_CACHE").or_else(|| std::env::var_os("HUGGINGFACE_HUB_CACHE"))
+        {
             PathBuf::from(c)
         } else if let Some(h) = std::env::var_os("HF_HOME") {
             PathBuf::from(h).join("hub")
         } else {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
             home.join(".cache").join("huggingface").join("hub")
         };
         let offline = std::env::var("HF_HUB_OFFLINE")
@@ -50,7 +54,12 @@ pub enum Source {
     Dir(PathBuf),
     /// `repo_type` is [`RepoType::Model`] from [`Source::resolve`], [`RepoType::Dataset`] from
     /// [`Source::resolve_dataset`].
-    Hub { id: String, opts: HubOptions, api: Option<ApiRepo>, repo_type: RepoType },
+    Hub {
+        id: String,
+        opts: HubOptions,
+        api: Option<ApiRepo>,
+        repo_type: RepoType,
+    },
 }
 
 impl std::fmt::Debug for Source {
@@ -79,23 +88,45 @@ impl Source {
         if p.is_dir() {
             return Ok(Source::Dir(p.to_path_buf()));
         }
-        if spec.starts_with('.') || spec.starts_with('/') || spec.split('/').count() > 2 || spec.is_empty() {
-            return Err(Error::MissingFile { path: p.to_path_buf(), hint: " (not a directory, nor a hub id)".into() });
+        if spec.starts_with('.')
+            || spec.starts_with('/')
+            || spec.split('/').count() > 2
+            || spec.is_empty()
+        {
+            return Err(Error::MissingFile {
+                path: p.to_path_buf(),
+                hint: " (not a directory, nor a hub id)".into(),
+            });
         }
         let api = if opts.offline {
             None
         } else {
-            let mut b = ApiBuilder::new().with_cache_dir(opts.cache_dir.clone()).with_progress(opts.progress);
+            let mut b = ApiBuilder::new()
+                .with_cache_dir(opts.cache_dir.clone())
+                .with_progress(opts.progress);
             if let Some(e) = &opts.endpoint {
                 b = b.with_endpoint(e.clone());
             }
             if let Ok(token) = std::env::var("HF_TOKEN") {
                 b = b.with_token(Some(token));
             }
-            let api = b.build().map_err(|e| Error::Hub { repo: spec.into(), file: String::new(), msg: e.to_string() })?;
-            Some(api.repo(Repo::with_revision(spec.to_string(), repo_type, opts.revision.clone())))
+            let api = b.build().map_err(|e| Error::Hub {
+                repo: spec.into(),
+                file: String::new(),
+                msg: e.to_string(),
+            })?;
+            Some(api.repo(Repo::with_revision(
+                spec.to_string(),
+                repo_type,
+                opts.revision.clone(),
+            )))
         };
-        Ok(Source::Hub { id: spec.to_string(), opts, api, repo_type })
+        Ok(Source::Hub {
+            id: spec.to_string(),
+            opts,
+            api,
+            repo_type,
+        })
     }
 
     /// The path of `file`, downloading it into the cache when needed. `Ok(None)` when the file does not
@@ -106,7 +137,12 @@ impl Source {
                 let p = d.join(file);
                 Ok(p.is_file().then_some(p))
             }
-            Source::Hub { id, opts, api, repo_type } => {
+            Source::Hub {
+                id,
+                opts,
+                api,
+                repo_type,
+            } => {
                 let cache = Cache::new(opts.cache_dir.clone());
                 let repo = Repo::with_revision(id.clone(), *repo_type, opts.revision.clone());
                 if let Some(p) = cache.repo(repo).get(file) {
@@ -120,7 +156,11 @@ impl Source {
                     {
                         Ok(None)
                     }
-                    Err(e) => Err(Error::Hub { repo: id.clone(), file: file.into(), msg: e.to_string() }),
+                    Err(e) => Err(Error::Hub {
+                        repo: id.clone(),
+                        file: file.into(),
+                        msg: e.to_string(),
+                    }),
                 }
             }
         }
@@ -133,26 +173,40 @@ impl Source {
         let mut out = Vec::new();
         match self {
             Source::Dir(d) => walk(d, "", &mut out)?,
-            Source::Hub { id, api: Some(api), .. } => {
+            Source::Hub {
+                id, api: Some(api), ..
+            } => {
                 let info = api.info().map_err(|e| {
                     let msg = match &e {
-                        hf_hub::api::sync::ApiError::RequestError(r) if matches!(&**r, ureq::Error::Status(404, _)) => {
+                        hf_hub::api::sync::ApiError::RequestError(r)
+                            if matches!(&**r, ureq::Error::Status(404, _)) =>
+                        {
                             "repository not found".to_string()
                         }
                         _ => e.to_string(),
                     };
-                    Error::Hub { repo: id.clone(), file: String::new(), msg }
+                    Error::Hub {
+                        repo: id.clone(),
+                        file: String::new(),
+                        msg,
+                    }
                 })?;
                 out.extend(info.siblings.into_iter().map(|s| s.rfilename));
             }
-            Source::Hub { id, opts, api: None, repo_type } => {
+            Source::Hub {
+                id,
+                opts,
+                api: None,
+                repo_type,
+            } => {
                 let repo = Repo::with_revision(id.clone(), *repo_type, opts.revision.clone());
                 let root = opts.cache_dir.join(repo.folder_name());
-                let commit = std::fs::read_to_string(root.join("refs").join(&opts.revision)).map_err(|_| Error::Hub {
-                    repo: id.clone(),
-                    file: String::new(),
-                    msg: "not in the offline cache (HF_HUB_OFFLINE is set)".into(),
-                })?;
+                let commit = std::fs::read_to_string(root.join("refs").join(&opts.revision))
+                    .map_err(|_| Error::Hub {
+                        repo: id.clone(),
+                        file: String::new(),
+                        msg: "not in the offline cache (HF_HUB_OFFLINE is set)".into(),
+                    })?;
                 walk(&root.join("snapshots").join(commit.trim()), "", &mut out)?;
             }
         }
@@ -163,11 +217,18 @@ impl Source {
     /// Like [`Source::file`], but a missing file is an error.
     pub fn require(&self, file: &str) -> Result<PathBuf> {
         self.file(file)?.ok_or_else(|| match self {
-            Source::Dir(d) => Error::MissingFile { path: d.join(file), hint: String::new() },
+            Source::Dir(d) => Error::MissingFile {
+                path: d.join(file),
+                hint: String::new(),
+            },
             Source::Hub { id, opts, .. } => Error::Hub {
                 repo: id.clone(),
                 file: file.into(),
-                msg: if opts.offline { "not in the offline cache (HF_HUB_OFFLINE is set)".into() } else { "not found".into() },
+                msg: if opts.offline {
+                    "not in the offline cache (HF_HUB_OFFLINE is set)".into()
+                } else {
+                    "not found".into()
+                },
             },
         })
     }
@@ -181,13 +242,21 @@ impl Source {
                 let config = self.require("config.json")?;
                 if self.file("model.safetensors")?.is_none() {
                     if let Some(index) = self.file("model.safetensors.index.json")? {
-                        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-                        let v: serde_json::Value = serde_json::from_str(&text)
-                            .map_err(|source| Error::Json { path: index.clone(), source })?;
+                        let text =
+                            std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+                        let v: serde_json::Value =
+                            serde_json::from_str(&text).map_err(|source| Error::Json {
+                                path: index.clone(),
+                                source,
+                            })?;
                         let mut shards: Vec<String> = v
                             .get("weight_map")
                             .and_then(|m| m.as_object())
-                            .map(|m| m.values().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                            .map(|m| {
+                                m.values()
+                                    .filter_map(|s| s.as_str().map(str::to_string))
+                                    .collect()
+                            })
                             .unwrap_or_default();
                         shards.sort();
                         shards.dedup();
@@ -198,7 +267,14 @@ impl Source {
                         self.require("model.safetensors")?;
                     }
                 }
-                for f in ["tokenizer.json", "generation_config.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json"] {
+                for f in [
+                    "tokenizer.json",
+                    "generation_config.json",
+                    "vocab.json",
+                    "merges.txt",
+                    "vocab.txt",
+                    "tokenizer_config.json",
+                ] {
                     self.file(f)?;
                 }
                 Ok(config.parent().expect("snapshot dir").to_path_buf())
@@ -216,7 +292,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
             continue;
         }
         let path = entry.path();
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         if path.is_dir() {
             walk(&path, &rel, out)?;
         } else if path.is_file() {

@@ -40,7 +40,11 @@ impl IclTemplate {
     pub fn prompt(&self, examples: &[Example], input: &str) -> String {
         let mut parts: Vec<String> = examples
             .iter()
-            .map(|e| self.example.replace("{input}", &e.input).replace("{output}", &e.output))
+            .map(|e| {
+                self.example
+                    .replace("{input}", &e.input)
+                    .replace("{output}", &e.output)
+            })
             .collect();
         parts.push(self.query.replace("{input}", input));
         parts.join(&self.separator)
@@ -80,7 +84,9 @@ pub fn label_scores<B: Backend, M: CausalLm<B>>(
     for label in labels {
         let cont = tokenizer.encode_plain(&format!(" {label}"))?;
         if cont.is_empty() {
-            return Err(Error::Input(format!("label {label:?} encodes to no tokens")));
+            return Err(Error::Input(format!(
+                "label {label:?} encodes to no tokens"
+            )));
         }
         let mut ids = prompt_ids.clone();
         ids.extend(&cont);
@@ -117,8 +123,14 @@ mod tests {
     fn prompt_matches_the_seed_format() {
         let t = IclTemplate::default();
         let ex = vec![
-            Example { input: "I love it".into(), output: "positive".into() },
-            Example { input: "Awful".into(), output: "negative".into() },
+            Example {
+                input: "I love it".into(),
+                output: "positive".into(),
+            },
+            Example {
+                input: "Awful".into(),
+                output: "negative".into(),
+            },
         ];
         assert_eq!(
             t.prompt(&ex, "Great fun"),

@@ -62,7 +62,12 @@ impl OptConfig {
         c.check_range("num_attention_heads", cfg.num_attention_heads, 1, 1024)?;
         c.check_range("ffn_dim", cfg.ffn_dim, 1, 1 << 20)?;
         c.check_range("word_embed_proj_dim", cfg.word_embed_proj_dim, 1, 1 << 16)?;
-        c.check_divides("hidden_size", cfg.hidden_size, "num_attention_heads", cfg.num_attention_heads)?;
+        c.check_divides(
+            "hidden_size",
+            cfg.hidden_size,
+            "num_attention_heads",
+            cfg.num_attention_heads,
+        )?;
         Ok(cfg)
     }
 
@@ -80,7 +85,9 @@ impl OptConfig {
         let ln = || LayerNormConfig::new(d).init(device);
         let lin = |i, o| PeftLinear::new_normal(i, o, self.enable_bias, std, device);
         let emb = |n, dim| {
-            EmbeddingConfig::new(n, dim).with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std }).init(device)
+            EmbeddingConfig::new(n, dim)
+                .with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std })
+                .init(device)
         };
         let proj = self.word_embed_proj_dim != d;
         let layers = (0..self.num_hidden_layers)
@@ -105,9 +112,14 @@ impl OptConfig {
                 decoder: Decoder {
                     embed_tokens: emb(self.vocab_size, self.word_embed_proj_dim),
                     embed_positions: emb(self.max_position_embeddings + 2, d),
-                    project_in: proj.then(|| PeftLinear::new_normal(self.word_embed_proj_dim, d, false, std, device)),
-                    project_out: proj.then(|| PeftLinear::new_normal(d, self.word_embed_proj_dim, false, std, device)),
-                    final_layer_norm: (self.do_layer_norm_before && !self.remove_final_layer_norm).then(ln),
+                    project_in: proj.then(|| {
+                        PeftLinear::new_normal(self.word_embed_proj_dim, d, false, std, device)
+                    }),
+                    project_out: proj.then(|| {
+                        PeftLinear::new_normal(d, self.word_embed_proj_dim, false, std, device)
+                    }),
+                    final_layer_norm: (self.do_layer_norm_before && !self.remove_final_layer_norm)
+                        .then(ln),
                     layers,
                 },
             },
@@ -158,28 +170,50 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Tensor<B, 4>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
         let d = x.dims()[2];
         let scale = ((d / self.n_head) as f64).powf(-0.5);
-        let q = split_heads(self.q_proj.forward(x.clone()).mul_scalar(scale), self.n_head);
+        let q = split_heads(
+            self.q_proj.forward(x.clone()).mul_scalar(scale),
+            self.n_head,
+        );
         let k = split_heads(self.k_proj.forward(x.clone()), self.n_head);
         let v = split_heads(self.v_proj.forward(x), self.n_head);
         let (k, v) = match cache {
             Some((c, i)) => c.extend(i, k, v),
             None => (k, v),
         };
-        self.out_proj.forward(merge_heads(attend(q, k, v, None, Some(mask))))
+        self.out_proj
+            .forward(merge_heads(attend(q, k, v, None, Some(mask))))
     }
 }
 
 impl<B: Backend> Layer<B> {
-    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
-        let h = if self.pre_ln { self.self_attn_layer_norm.forward(x.clone()) } else { x.clone() };
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Tensor<B, 4>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let h = if self.pre_ln {
+            self.self_attn_layer_norm.forward(x.clone())
+        } else {
+            x.clone()
+        };
         let mut x = x + self.self_attn.forward(h, mask, cache);
         if !self.pre_ln {
             x = self.self_attn_layer_norm.forward(x);
         }
-        let h = if self.pre_ln { self.final_layer_norm.forward(x.clone()) } else { x.clone() };
+        let h = if self.pre_ln {
+            self.final_layer_norm.forward(x.clone())
+        } else {
+            x.clone()
+        };
         let h = self.fc2.forward(self.act.forward(self.fc1.forward(h)));
         let mut x = x + h;
         if !self.pre_ln {
@@ -223,7 +257,9 @@ impl<B: Backend> OptForCausalLm<B> {
         if let Some(p) = &dec.project_in {
             x = p.forward(x);
         }
-        x = x + dec.embed_positions.forward(positions.add_scalar(POSITION_OFFSET));
+        x = x + dec
+            .embed_positions
+            .forward(positions.add_scalar(POSITION_OFFSET));
         let mask = additive_mask::<B>(key_mask, s, true, &device);
         for (i, layer) in dec.layers.iter().enumerate() {
             x = layer.forward(x, mask.clone(), cache.as_deref_mut().map(|c| (c, i)));
@@ -243,7 +279,11 @@ impl<B: Backend> OptForCausalLm<B> {
     }
 
     /// Full forward as `OPTForCausalLM.forward`: positions from the mask's cumsum (padding at -1).
-    pub fn forward(&self, ids: Tensor<B, 2, Int>, attention_mask: Option<&[Vec<u8>]>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<&[Vec<u8>]>,
+    ) -> Tensor<B, 3> {
         let [b, s] = ids.dims();
         let ones = vec![vec![1u8; s]; b];
         let mask = attention_mask.unwrap_or(&ones);
@@ -299,11 +339,18 @@ impl<B: Backend> crate::causal::CausalLm<B> for OptForCausalLm<B> {
 }
 
 /// Load an OPT checkpoint directory.
-pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(OptConfig, OptForCausalLm<B>, crate::weights::LoadReport)> {
+pub fn load<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(OptConfig, OptForCausalLm<B>, crate::weights::LoadReport)> {
     let raw = RawConfig::load(&dir.join("config.json"))?;
     let mt = raw.model_type()?;
     if mt != "opt" {
-        return Err(crate::Error::UnsupportedArchitecture { path: raw.path.clone(), model_type: mt, supported: "opt here".into() });
+        return Err(crate::Error::UnsupportedArchitecture {
+            path: raw.path.clone(),
+            model_type: mt,
+            supported: "opt here".into(),
+        });
     }
     let cfg = OptConfig::from_raw(&raw)?;
     let mut model = cfg.init::<B>(device);

@@ -124,10 +124,22 @@ impl<B: Backend> PeftModel<B> for OptForCausalLm<B> {
             lin!("model.decoder.project_in", *p);
         }
         for (i, l) in iter!(m.model.decoder.layers) {
-            lin!(format!("model.decoder.layers.{i}.self_attn.k_proj"), l.self_attn.k_proj);
-            lin!(format!("model.decoder.layers.{i}.self_attn.v_proj"), l.self_attn.v_proj);
-            lin!(format!("model.decoder.layers.{i}.self_attn.q_proj"), l.self_attn.q_proj);
-            lin!(format!("model.decoder.layers.{i}.self_attn.out_proj"), l.self_attn.out_proj);
+            lin!(
+                format!("model.decoder.layers.{i}.self_attn.k_proj"),
+                l.self_attn.k_proj
+            );
+            lin!(
+                format!("model.decoder.layers.{i}.self_attn.v_proj"),
+                l.self_attn.v_proj
+            );
+            lin!(
+                format!("model.decoder.layers.{i}.self_attn.q_proj"),
+                l.self_attn.q_proj
+            );
+            lin!(
+                format!("model.decoder.layers.{i}.self_attn.out_proj"),
+                l.self_attn.out_proj
+            );
             lin!(format!("model.decoder.layers.{i}.fc1"), l.fc1);
             lin!(format!("model.decoder.layers.{i}.fc2"), l.fc2);
         }
@@ -139,7 +151,13 @@ fn bert_hf_path(module_path: &str) -> String {
     let parts: Vec<&str> = module_path.split('.').collect();
     let mut out = Vec::with_capacity(parts.len());
     for (i, p) in parts.iter().enumerate() {
-        out.push(if *p == "self_attn" && i > 0 && parts[i - 1] == "attention" { "self" } else { p });
+        out.push(
+            if *p == "self_attn" && i > 0 && parts[i - 1] == "attention" {
+                "self"
+            } else {
+                p
+            },
+        );
     }
     out.join(".")
 }
@@ -152,11 +170,26 @@ impl<B: Backend> PeftModel<B> for BertModel<B> {
 
     visit_fns!(|m, f| {
         for (i, l) in iter!(m.encoder.layer) {
-            lin!(format!("encoder.layer.{i}.attention.self.query"), l.attention.self_attn.query);
-            lin!(format!("encoder.layer.{i}.attention.self.key"), l.attention.self_attn.key);
-            lin!(format!("encoder.layer.{i}.attention.self.value"), l.attention.self_attn.value);
-            lin!(format!("encoder.layer.{i}.attention.output.dense"), l.attention.output.dense);
-            lin!(format!("encoder.layer.{i}.intermediate.dense"), l.intermediate.dense);
+            lin!(
+                format!("encoder.layer.{i}.attention.self.query"),
+                l.attention.self_attn.query
+            );
+            lin!(
+                format!("encoder.layer.{i}.attention.self.key"),
+                l.attention.self_attn.key
+            );
+            lin!(
+                format!("encoder.layer.{i}.attention.self.value"),
+                l.attention.self_attn.value
+            );
+            lin!(
+                format!("encoder.layer.{i}.attention.output.dense"),
+                l.attention.output.dense
+            );
+            lin!(
+                format!("encoder.layer.{i}.intermediate.dense"),
+                l.intermediate.dense
+            );
             lin!(format!("encoder.layer.{i}.output.dense"), l.output.dense);
         }
         lin!("pooler.dense", m.pooler.dense);
@@ -212,7 +245,11 @@ impl<B: Backend> PeftModel<B> for CausalModel<B> {
 
     fn hf_module_path(&self, module_path: &str) -> String {
         let strip = |variant: &str| {
-            module_path.strip_prefix(variant).map(|r| r.strip_prefix('.').unwrap_or(r)).unwrap_or(module_path).to_string()
+            module_path
+                .strip_prefix(variant)
+                .map(|r| r.strip_prefix('.').unwrap_or(r))
+                .unwrap_or(module_path)
+                .to_string()
         };
         match self {
             CausalModel::Gpt2(m) => m.hf_module_path(&strip("Gpt2")),
@@ -260,7 +297,10 @@ impl<B: Backend> PeftModel<B> for crate::bart::BartForConditionalGeneration<B> {
             lin!(format!("{p}.encoder_attn.k_proj"), l.encoder_attn.k_proj);
             lin!(format!("{p}.encoder_attn.v_proj"), l.encoder_attn.v_proj);
             lin!(format!("{p}.encoder_attn.q_proj"), l.encoder_attn.q_proj);
-            lin!(format!("{p}.encoder_attn.out_proj"), l.encoder_attn.out_proj);
+            lin!(
+                format!("{p}.encoder_attn.out_proj"),
+                l.encoder_attn.out_proj
+            );
             lin!(format!("{p}.fc1"), l.fc1);
             lin!(format!("{p}.fc2"), l.fc2);
         }
@@ -284,9 +324,15 @@ impl<B: Backend> PeftModel<B> for crate::t5::T5ForConditionalGeneration<B> {
                     lin!(format!("{p}.SelfAttention.o"), a.o);
                 }
                 if let Some(d) = opt!(l.DenseReluDense) {
-                    if let Some(w) = opt!(d.wi) { lin!(format!("{p}.DenseReluDense.wi"), *w); }
-                    if let Some(w) = opt!(d.wi_0) { lin!(format!("{p}.DenseReluDense.wi_0"), *w); }
-                    if let Some(w) = opt!(d.wi_1) { lin!(format!("{p}.DenseReluDense.wi_1"), *w); }
+                    if let Some(w) = opt!(d.wi) {
+                        lin!(format!("{p}.DenseReluDense.wi"), *w);
+                    }
+                    if let Some(w) = opt!(d.wi_0) {
+                        lin!(format!("{p}.DenseReluDense.wi_0"), *w);
+                    }
+                    if let Some(w) = opt!(d.wi_1) {
+                        lin!(format!("{p}.DenseReluDense.wi_1"), *w);
+                    }
                     lin!(format!("{p}.DenseReluDense.wo"), d.wo);
                 }
             }
@@ -307,9 +353,15 @@ impl<B: Backend> PeftModel<B> for crate::t5::T5ForConditionalGeneration<B> {
                     lin!(format!("{p}.EncDecAttention.o"), a.o);
                 }
                 if let Some(d) = opt!(l.DenseReluDense) {
-                    if let Some(w) = opt!(d.wi) { lin!(format!("{p}.DenseReluDense.wi"), *w); }
-                    if let Some(w) = opt!(d.wi_0) { lin!(format!("{p}.DenseReluDense.wi_0"), *w); }
-                    if let Some(w) = opt!(d.wi_1) { lin!(format!("{p}.DenseReluDense.wi_1"), *w); }
+                    if let Some(w) = opt!(d.wi) {
+                        lin!(format!("{p}.DenseReluDense.wi"), *w);
+                    }
+                    if let Some(w) = opt!(d.wi_0) {
+                        lin!(format!("{p}.DenseReluDense.wi_0"), *w);
+                    }
+                    if let Some(w) = opt!(d.wi_1) {
+                        lin!(format!("{p}.DenseReluDense.wi_1"), *w);
+                    }
                     lin!(format!("{p}.DenseReluDense.wo"), d.wo);
                 }
             }
@@ -342,7 +394,11 @@ impl<B: Backend> PeftModel<B> for crate::auto::Seq2SeqModel<B> {
 
     fn hf_module_path(&self, module_path: &str) -> String {
         let strip = |variant: &str| {
-            module_path.strip_prefix(variant).map(|r| r.strip_prefix('.').unwrap_or(r)).unwrap_or(module_path).to_string()
+            module_path
+                .strip_prefix(variant)
+                .map(|r| r.strip_prefix('.').unwrap_or(r))
+                .unwrap_or(module_path)
+                .to_string()
         };
         match self {
             crate::auto::Seq2SeqModel::T5(m) => m.hf_module_path(&strip("T5")),

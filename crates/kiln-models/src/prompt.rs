@@ -17,7 +17,9 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::prelude::*;
-use kiln_peft::prompt::{read_prompt, save_prompt, text_init_ids, PromptEncoder, PromptLearningConfig, PromptMethod};
+use kiln_peft::prompt::{
+    read_prompt, save_prompt, text_init_ids, PromptEncoder, PromptLearningConfig, PromptMethod,
+};
 use kiln_peft::PeftError;
 
 use crate::attention::{ids_tensor, positions_from_mask, rows_f32, KvCache, LayerCache};
@@ -44,28 +46,45 @@ impl<B: Backend> PromptModel<B> {
     /// `get_peft_model`: resolve the config against the model and create a fresh prompt. `TEXT` init needs the
     /// tokenized `prompt_tuning_init_text` (`init_ids`, as the tokenizer gives them, special tokens included);
     /// they are repeated / truncated to `num_virtual_tokens` and their word embeddings copied, as peft does.
-    pub fn inject(model: CausalModel<B>, mut config: PromptLearningConfig, init_ids: Option<&[u32]>) -> Result<Self> {
+    pub fn inject(
+        model: CausalModel<B>,
+        mut config: PromptLearningConfig,
+        init_ids: Option<&[u32]>,
+    ) -> Result<Self> {
         let here = Path::new("<config>");
         let token_dim = token_dim(&model, config.method);
-        config.resolve(here, token_dim, model.n_layer(), model.n_head()).map_err(peft_err)?;
+        config
+            .resolve(here, token_dim, model.n_layer(), model.n_head())
+            .map_err(peft_err)?;
         let device = CausalLm::device(&model);
         let rows = match (config.method, config.prompt_tuning_init.as_str()) {
             (PromptMethod::PromptTuning, "TEXT") => {
-                let ids = init_ids.ok_or_else(|| Error::Input("TEXT init needs the tokenized init text".into()))?;
+                let ids = init_ids.ok_or_else(|| {
+                    Error::Input("TEXT init needs the tokenized init text".into())
+                })?;
                 let ids = text_init_ids(ids, config.num_virtual_tokens);
                 if ids.is_empty() {
-                    return Err(Error::Input("TEXT init: the init text has no tokens".into()));
+                    return Err(Error::Input(
+                        "TEXT init: the init text has no tokens".into(),
+                    ));
                 }
                 let t = ids_tensor::<B>(&[ids], &device);
                 Some(model.input_embeddings(t).squeeze_dim::<2>(0))
             }
             (PromptMethod::PromptTuning, "SAMPLE_VOCAB") => {
-                return Err(Error::Input("prompt_tuning_init SAMPLE_VOCAB is not implemented for new prompts".into()))
+                return Err(Error::Input(
+                    "prompt_tuning_init SAMPLE_VOCAB is not implemented for new prompts".into(),
+                ))
             }
             _ => None,
         };
         let prompt = PromptEncoder::init(&config, rows.map(|r| r.detach()), &device);
-        Ok(Self { model, prompt, config }.freeze(true))
+        Ok(Self {
+            model,
+            prompt,
+            config,
+        }
+        .freeze(true))
     }
 
     /// peft's `PeftModel.from_pretrained` for a prompt adapter directory. `is_trainable` makes the prompt
@@ -73,7 +92,14 @@ impl<B: Backend> PromptModel<B> {
     pub fn from_pretrained(model: CausalModel<B>, dir: &Path, is_trainable: bool) -> Result<Self> {
         let (mut config, t) = read_prompt(dir).map_err(peft_err)?;
         let cfg_path = dir.join(kiln_peft::io::CONFIG_FILE);
-        config.resolve(&cfg_path, token_dim(&model, config.method), model.n_layer(), model.n_head()).map_err(peft_err)?;
+        config
+            .resolve(
+                &cfg_path,
+                token_dim(&model, config.method),
+                model.n_layer(),
+                model.n_head(),
+            )
+            .map_err(peft_err)?;
         if is_trainable && config.prefix_projection {
             return Err(peft_err(PeftError::Unsupported {
                 path: cfg_path,
@@ -93,7 +119,12 @@ impl<B: Backend> PromptModel<B> {
         config.inference_mode = !is_trainable;
         let device = CausalLm::device(&model);
         let rows = Tensor::<B, 2>::from_data(TensorData::new(t.data, t.shape), &device);
-        Ok(Self { model, prompt: PromptEncoder::from_rows(rows), config }.freeze(is_trainable))
+        Ok(Self {
+            model,
+            prompt: PromptEncoder::from_rows(rows),
+            config,
+        }
+        .freeze(is_trainable))
     }
 
     /// Write `adapter_config.json` + `adapter_model.safetensors` as peft's `save_pretrained`.
@@ -103,9 +134,17 @@ impl<B: Backend> PromptModel<B> {
 
     /// Freeze the base model; the prompt requires grad iff `trainable`.
     fn freeze(self, trainable: bool) -> Self {
-        let Self { model, prompt, config } = self;
+        let Self {
+            model,
+            prompt,
+            config,
+        } = self;
         let prompt = if trainable { prompt } else { prompt.no_grad() };
-        Self { model: model.no_grad(), prompt, config }
+        Self {
+            model: model.no_grad(),
+            prompt,
+            config,
+        }
     }
 
     pub fn num_virtual_tokens(&self) -> usize {
@@ -127,7 +166,12 @@ impl<B: Backend> PromptModel<B> {
     /// The prefix as a pre-filled KV cache for `batch` rows.
     pub fn prefix_cache(&self, batch: usize) -> KvCache<B> {
         let mut cache = KvCache::new(self.model.n_layer());
-        for (i, (k, v)) in self.prompt.past_key_values(self.model.n_layer(), self.model.n_head(), batch).into_iter().enumerate() {
+        for (i, (k, v)) in self
+            .prompt
+            .past_key_values(self.model.n_layer(), self.model.n_head(), batch)
+            .into_iter()
+            .enumerate()
+        {
             cache.layers[i] = Some(LayerCache { k, v });
         }
         cache
@@ -140,40 +184,67 @@ impl<B: Backend> PromptModel<B> {
 
     /// Hidden states as `PeftModelForCausalLM.forward` computes them: `[b, n + s, d]` for prompt tuning (virtual
     /// positions first), `[b, s, d]` for prefix tuning. `attention_mask` `[b, s]`, 1 = real token.
-    pub fn hidden(&self, ids: Tensor<B, 2, Int>, attention_mask: Option<&[Vec<u8>]>) -> Tensor<B, 3> {
+    pub fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<&[Vec<u8>]>,
+    ) -> Tensor<B, 3> {
         let [b, s] = ids.dims();
         let n = self.num_virtual_tokens();
         let device = ids.device();
         let ones = vec![vec![1u8; s]; b];
         let mask = attention_mask.unwrap_or(&ones);
-        let ext: Vec<Vec<u8>> = mask.iter().map(|r| [vec![1u8; n], r.clone()].concat()).collect();
+        let ext: Vec<Vec<u8>> = mask
+            .iter()
+            .map(|r| [vec![1u8; n], r.clone()].concat())
+            .collect();
         let gpt2 = matches!(self.model, CausalModel::Gpt2(_));
         let arange = |from: usize, len: usize| {
-            Tensor::<B, 1, Int>::arange(from as i64..(from + len) as i64, &device).unsqueeze::<2>().repeat_dim(0, b)
+            Tensor::<B, 1, Int>::arange(from as i64..(from + len) as i64, &device)
+                .unsqueeze::<2>()
+                .repeat_dim(0, b)
         };
         match self.config.method {
             PromptMethod::PromptTuning => {
-                let embeds = Tensor::cat(vec![self.prompt_rows(b), self.model.input_embeddings(ids)], 1);
-                let positions = if gpt2 { arange(0, n + s) } else { positions_from_mask::<B>(&ext, -1, 0, &device) };
+                let embeds = Tensor::cat(
+                    vec![self.prompt_rows(b), self.model.input_embeddings(ids)],
+                    1,
+                );
+                let positions = if gpt2 {
+                    arange(0, n + s)
+                } else {
+                    positions_from_mask::<B>(&ext, -1, 0, &device)
+                };
                 self.model.hidden_from_embeds(embeds, positions, &ext, None)
             }
             PromptMethod::PrefixTuning => {
                 let mut cache = self.prefix_cache(b);
-                let positions =
-                    if gpt2 { arange(n, s) } else { positions_from_mask::<B>(mask, -1 - n as i64, n as i64, &device) };
+                let positions = if gpt2 {
+                    arange(n, s)
+                } else {
+                    positions_from_mask::<B>(mask, -1 - n as i64, n as i64, &device)
+                };
                 self.model.hidden(ids, positions, &ext, Some(&mut cache))
             }
         }
     }
 
     /// Logits as peft returns them (prompt tuning: `[b, n + s, vocab]`; prefix tuning: `[b, s, vocab]`).
-    pub fn forward(&self, ids: Tensor<B, 2, Int>, attention_mask: Option<&[Vec<u8>]>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<&[Vec<u8>]>,
+    ) -> Tensor<B, 3> {
         self.model.logits(self.hidden(ids, attention_mask))
     }
 
     /// Logits of the real tokens only, `[b, s, vocab]` (what a loss over the input uses; peft labels the virtual
     /// positions -100).
-    pub fn token_logits(&self, ids: Tensor<B, 2, Int>, attention_mask: Option<&[Vec<u8>]>) -> Tensor<B, 3> {
+    pub fn token_logits(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<&[Vec<u8>]>,
+    ) -> Tensor<B, 3> {
         let s = ids.dims()[1];
         let l = self.forward(ids, attention_mask);
         let [b, t, v] = l.dims();
@@ -182,14 +253,21 @@ impl<B: Backend> PromptModel<B> {
 
     /// A decoding session for [`crate::generation::generate`].
     pub fn session(&self) -> PromptSession<'_, B> {
-        PromptSession { m: self, cache: KvCache::new(0), mask: vec![], next_pos: vec![] }
+        PromptSession {
+            m: self,
+            cache: KvCache::new(0),
+            mask: vec![],
+            next_pos: vec![],
+        }
     }
 }
 
 fn token_dim<B: Backend>(model: &CausalModel<B>, method: PromptMethod) -> usize {
     match method {
         // inputs_embeds width (OPT: word_embed_proj_dim)
-        PromptMethod::PromptTuning => model.input_embeddings(ids_tensor::<B>(&[vec![0]], &CausalLm::device(model))).dims()[2],
+        PromptMethod::PromptTuning => model
+            .input_embeddings(ids_tensor::<B>(&[vec![0]], &CausalLm::device(model)))
+            .dims()[2],
         PromptMethod::PrefixTuning => model.hidden_size(),
     }
 }
@@ -231,20 +309,37 @@ impl<B: Backend> DecodeSession for PromptSession<'_, B> {
         let b = rows.len();
         let max = model.max_positions();
         if rows[0].len() + n > max {
-            return Err(Error::Input(format!("prompt of {} + {n} virtual tokens exceeds the model's {max} positions", rows[0].len())));
+            return Err(Error::Input(format!(
+                "prompt of {} + {n} virtual tokens exceeds the model's {max} positions",
+                rows[0].len()
+            )));
         }
         let device = CausalLm::device(model);
-        self.mask = mask.iter().map(|r| [vec![1u8; n], r.clone()].concat()).collect();
+        self.mask = mask
+            .iter()
+            .map(|r| [vec![1u8; n], r.clone()].concat())
+            .collect();
         // Real tokens: cumsum(mask) - 1 after the n virtual positions, padding at 0 (as `generate`).
         let positions = positions_from_mask::<B>(mask, -(n as i64), n as i64, &device);
-        self.next_pos = mask.iter().map(|r| n as i64 + r.iter().map(|&m| m as i64).sum::<i64>()).collect();
+        self.next_pos = mask
+            .iter()
+            .map(|r| n as i64 + r.iter().map(|&m| m as i64).sum::<i64>())
+            .collect();
         let ids = ids_tensor::<B>(rows, &device);
         let h = match self.m.config.method {
             PromptMethod::PromptTuning => {
                 self.cache = KvCache::new(model.n_layer());
-                let virt = Tensor::<B, 1, Int>::arange(0..n as i64, &device).unsqueeze::<2>().repeat_dim(0, b);
-                let embeds = Tensor::cat(vec![self.m.prompt_rows(b), model.input_embeddings(ids)], 1);
-                model.hidden_from_embeds(embeds, Tensor::cat(vec![virt, positions], 1), &self.mask, Some(&mut self.cache))
+                let virt = Tensor::<B, 1, Int>::arange(0..n as i64, &device)
+                    .unsqueeze::<2>()
+                    .repeat_dim(0, b);
+                let embeds =
+                    Tensor::cat(vec![self.m.prompt_rows(b), model.input_embeddings(ids)], 1);
+                model.hidden_from_embeds(
+                    embeds,
+                    Tensor::cat(vec![virt, positions], 1),
+                    &self.mask,
+                    Some(&mut self.cache),
+                )
             }
             PromptMethod::PrefixTuning => {
                 self.cache = self.m.prefix_cache(b);
@@ -258,19 +353,27 @@ impl<B: Backend> DecodeSession for PromptSession<'_, B> {
         let model = &self.m.model;
         let max = model.max_positions() as i64;
         if self.next_pos.iter().any(|&p| p >= max) {
-            return Err(Error::Input(format!("generation reached the model's {max} positions")));
+            return Err(Error::Input(format!(
+                "generation reached the model's {max} positions"
+            )));
         }
         let device = CausalLm::device(model);
         for m in self.mask.iter_mut() {
             m.push(1);
         }
         let n = tokens.len();
-        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(self.next_pos.clone(), [n, 1]), &device);
+        let pos =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(self.next_pos.clone(), [n, 1]), &device);
         for p in self.next_pos.iter_mut() {
             *p += 1;
         }
         let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
-        let h = model.hidden(ids_tensor::<B>(&rows, &device), pos, &self.mask, Some(&mut self.cache));
+        let h = model.hidden(
+            ids_tensor::<B>(&rows, &device),
+            pos,
+            &self.mask,
+            Some(&mut self.cache),
+        );
         Ok(self.last_logits(h))
     }
 
@@ -284,4 +387,3 @@ impl<B: Backend> DecodeSession for PromptSession<'_, B> {
         Ok(())
     }
 }
-

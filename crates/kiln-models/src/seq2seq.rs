@@ -19,7 +19,11 @@ use crate::generation::{DecodeSession, GenerateOutput, GenerationConfig};
 pub trait EncoderDecoder<B: Backend> {
     /// The encoder's final hidden states `[b, s, d]` for `input_ids` `[b, s]` under `attention_mask`
     /// (`[b][s]`, 1 = real token).
-    fn encode(&self, input_ids: Tensor<B, 2, Int>, attention_mask: &[Vec<u8>]) -> Result<Tensor<B, 3>>;
+    fn encode(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: &[Vec<u8>],
+    ) -> Result<Tensor<B, 3>>;
 
     /// Per decoder layer, the cross-attention keys and values `[b, heads, s, head_dim]` of encoder states.
     fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<LayerCache<B>>;
@@ -87,7 +91,10 @@ pub(crate) fn encoder_inputs<B: Backend>(
 pub fn cross_mask<B: Backend>(mask: &[Vec<u8>], device: &B::Device) -> Tensor<B, 4> {
     let n = mask.len();
     let s = mask.first().map_or(0, |r| r.len());
-    let data: Vec<f32> = mask.iter().flat_map(|r| r.iter().map(|&m| if m != 0 { 0.0 } else { MASKED })).collect();
+    let data: Vec<f32> = mask
+        .iter()
+        .flat_map(|r| r.iter().map(|&m| if m != 0 { 0.0 } else { MASKED }))
+        .collect();
     Tensor::from_data(TensorData::new(data, [n, 1, 1, s]), device)
 }
 
@@ -103,15 +110,23 @@ pub fn grouped_attend<B: Backend>(
 ) -> Tensor<B, 4> {
     let [r, h, t, d] = q.dims();
     let n = k.dims()[0];
-    assert!(n > 0 && r % n == 0, "grouped_attend: {r} query rows are not a multiple of {n} items");
+    assert!(
+        n > 0 && r % n == 0,
+        "grouped_attend: {r} query rows are not a multiple of {n} items"
+    );
     if n == r {
         return attend(q, k, v, scale, Some(mask));
     }
     let g = r / n;
-    let q = q.reshape([n, g, h, t, d]).swap_dims(1, 2).reshape([n, h, g * t, d]);
+    let q = q
+        .reshape([n, g, h, t, d])
+        .swap_dims(1, 2)
+        .reshape([n, h, g * t, d]);
     let out = attend(q, k, v, scale, Some(mask));
     let dv = out.dims()[3];
-    out.reshape([n, h, g, t, dv]).swap_dims(1, 2).reshape([r, h, t, dv])
+    out.reshape([n, h, g, t, dv])
+        .swap_dims(1, 2)
+        .reshape([r, h, t, dv])
 }
 
 /// Incremental seq2seq decoding over one encoder pass, for [`crate::generation::generate`].
@@ -138,11 +153,19 @@ impl<'a, B: Backend, M: EncoderDecoder<B>> Seq2SeqSession<'a, B, M> {
     pub fn new(model: &'a M, input_ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Result<Self> {
         let ids = encoder_inputs::<B>(input_ids, attention_mask, &model.device())?;
         let hidden = model.encode(ids, attention_mask)?;
-        Ok(Self::from_encoder_output(model, hidden, attention_mask.to_vec()))
+        Ok(Self::from_encoder_output(
+            model,
+            hidden,
+            attention_mask.to_vec(),
+        ))
     }
 
     /// A session over an encoder output `[batch, s, d]` computed elsewhere, with its mask `[batch][s]`.
-    pub fn from_encoder_output(model: &'a M, encoder_hidden: Tensor<B, 3>, attention_mask: Vec<Vec<u8>>) -> Self {
+    pub fn from_encoder_output(
+        model: &'a M,
+        encoder_hidden: Tensor<B, 3>,
+        attention_mask: Vec<Vec<u8>>,
+    ) -> Self {
         Self {
             model,
             encoder_hidden,
@@ -181,8 +204,17 @@ impl<'a, B: Backend, M: EncoderDecoder<B>> Seq2SeqSession<'a, B, M> {
     }
 
     fn run(&mut self, ids: Tensor<B, 2, Int>) -> Result<Vec<Vec<f32>>> {
-        let mask = self.cross_mask.clone().expect("prefill sets the cross mask");
-        let h = self.model.decode(ids, &self.dec_mask, Some(&mut self.cache), &self.cross, mask)?;
+        let mask = self
+            .cross_mask
+            .clone()
+            .expect("prefill sets the cross mask");
+        let h = self.model.decode(
+            ids,
+            &self.dec_mask,
+            Some(&mut self.cache),
+            &self.cross,
+            mask,
+        )?;
         Ok(self.last_logits(h))
     }
 
@@ -205,7 +237,9 @@ impl<B: Backend, M: EncoderDecoder<B>> DecodeSession for Seq2SeqSession<'_, B, M
             )));
         }
         if mask.len() != rows.len() || mask.iter().zip(rows).any(|(m, r)| m.len() != r.len()) {
-            return Err(Error::Input("decoder rows and their mask differ in shape".into()));
+            return Err(Error::Input(
+                "decoder rows and their mask differ in shape".into(),
+            ));
         }
         let device = self.model.device();
         if self.item_cross.is_none() {
@@ -224,7 +258,11 @@ impl<B: Backend, M: EncoderDecoder<B>> DecodeSession for Seq2SeqSession<'_, B, M
 
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
         if tokens.len() != self.dec_mask.len() {
-            return Err(Error::Input(format!("{} tokens for {} rows", tokens.len(), self.dec_mask.len())));
+            return Err(Error::Input(format!(
+                "{} tokens for {} rows",
+                tokens.len(),
+                self.dec_mask.len()
+            )));
         }
         for m in self.dec_mask.iter_mut() {
             m.push(1);
@@ -262,7 +300,10 @@ impl<B: Backend, M: EncoderDecoder<B>> DecodeSession for Seq2SeqSession<'_, B, M
                 .clone()
                 .unwrap_or_default()
                 .into_iter()
-                .map(|c| LayerCache { k: c.k.select(0, t.clone()), v: c.v.select(0, t.clone()) })
+                .map(|c| LayerCache {
+                    k: c.k.select(0, t.clone()),
+                    v: c.v.select(0, t.clone()),
+                })
                 .collect();
             self.cross_mask = Some(cross_mask::<B>(&self.encoder_mask, &device).select(0, t));
             self.cross_is_items = false;
@@ -288,5 +329,11 @@ pub fn generate<B: Backend, M: EncoderDecoder<B>>(
     })?;
     let mut session = Seq2SeqSession::new(model, input_ids, attention_mask)?;
     let b = input_ids.len();
-    crate::generation::generate(&mut session, &vec![vec![start]; b], &vec![vec![1u8]; b], cfg, on_token)
+    crate::generation::generate(
+        &mut session,
+        &vec![vec![start]; b],
+        &vec![vec![1u8]; b],
+        cfg,
+        on_token,
+    )
 }

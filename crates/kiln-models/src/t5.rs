@@ -68,14 +68,24 @@ impl T5Config {
                 return Err(Error::field(
                     &c.path,
                     "feed_forward_proj",
-                    format!("`{feed_forward_proj}` is not of the form `gated-{{ACT}}` or `{{ACT}}`"),
+                    format!(
+                        "`{feed_forward_proj}` is not of the form `gated-{{ACT}}` or `{{ACT}}`"
+                    ),
                 ))
             }
         };
         // transformers: `gated-gelu` means the tanh approximation (as the original v1.1 checkpoints).
-        let act_name = if feed_forward_proj == "gated-gelu" { "gelu_new" } else { act_name };
+        let act_name = if feed_forward_proj == "gated-gelu" {
+            "gelu_new"
+        } else {
+            act_name
+        };
         let dense_act_fn = Activation::parse(act_name).ok_or_else(|| {
-            Error::field(&c.path, "feed_forward_proj", format!("unsupported activation `{act_name}`"))
+            Error::field(
+                &c.path,
+                "feed_forward_proj",
+                format!("unsupported activation `{act_name}`"),
+            )
         })?;
         let tie = c.bool_or("tie_word_embeddings", true)?;
         let cfg = Self {
@@ -107,10 +117,24 @@ impl T5Config {
         c.check_range("num_decoder_layers", cfg.num_decoder_layers, 1, 1024)?;
         c.check_range("num_heads", cfg.num_heads, 1, 1024)?;
         // The encoder halves the buckets and then keeps half of those exact: at least 4 for a log range.
-        c.check_range("relative_attention_num_buckets", cfg.relative_attention_num_buckets, 4, 1 << 16)?;
-        c.check_range("relative_attention_max_distance", cfg.relative_attention_max_distance, 1, 1 << 24)?;
+        c.check_range(
+            "relative_attention_num_buckets",
+            cfg.relative_attention_num_buckets,
+            4,
+            1 << 16,
+        )?;
+        c.check_range(
+            "relative_attention_max_distance",
+            cfg.relative_attention_max_distance,
+            1,
+            1 << 24,
+        )?;
         if !(cfg.layer_norm_epsilon > 0.0 && cfg.layer_norm_epsilon < 1.0) {
-            return Err(Error::field(&c.path, "layer_norm_epsilon", format!("{} is not in (0, 1)", cfg.layer_norm_epsilon)));
+            return Err(Error::field(
+                &c.path,
+                "layer_norm_epsilon",
+                format!("{} is not in (0, 1)", cfg.layer_norm_epsilon),
+            ));
         }
         Ok(cfg)
     }
@@ -122,7 +146,11 @@ impl T5Config {
     /// Checkpoint keys are the module's paths. Older files also carry the tied copies
     /// `{encoder,decoder}.embed_tokens.weight` (reported unused).
     pub fn load_spec() -> LoadSpec {
-        LoadSpec { remaps: vec![], optional: vec![], transpose_linear: true }
+        LoadSpec {
+            remaps: vec![],
+            optional: vec![],
+            transpose_linear: true,
+        }
     }
 
     /// A randomly initialised model (HF's `_init_weights` distributions). Parameters are lazy: nothing is
@@ -143,7 +171,10 @@ impl T5Config {
             o: lin(inner, d, f * (inner as f64).powf(-0.5)),
             relative_attention_bias: relative.then(|| {
                 EmbeddingConfig::new(self.relative_attention_num_buckets, self.num_heads)
-                    .with_initializer(Initializer::Normal { mean: 0.0, std: f * (d as f64).powf(-0.5) })
+                    .with_initializer(Initializer::Normal {
+                        mean: 0.0,
+                        std: f * (d as f64).powf(-0.5),
+                    })
                     .init(device)
             }),
             n_heads: self.num_heads,
@@ -152,13 +183,25 @@ impl T5Config {
         let ff = || {
             let wi_std = f * (d as f64).powf(-0.5);
             let (wi, wi_0, wi_1) = if self.is_gated_act {
-                (None, Some(lin(d, self.d_ff, wi_std)), Some(lin(d, self.d_ff, wi_std)))
+                (
+                    None,
+                    Some(lin(d, self.d_ff, wi_std)),
+                    Some(lin(d, self.d_ff, wi_std)),
+                )
             } else {
                 (Some(lin(d, self.d_ff, wi_std)), None, None)
             };
-            T5DenseReluDense { wi, wi_0, wi_1, wo: lin(self.d_ff, d, f * (self.d_ff as f64).powf(-0.5)), act: self.dense_act_fn }
+            T5DenseReluDense {
+                wi,
+                wi_0,
+                wi_1,
+                wo: lin(self.d_ff, d, f * (self.d_ff as f64).powf(-0.5)),
+                act: self.dense_act_fn,
+            }
         };
-        let layer = |self_attn: Option<T5Attention<B>>, cross: Option<T5Attention<B>>, dense: Option<T5DenseReluDense<B>>| T5Layer {
+        let layer = |self_attn: Option<T5Attention<B>>,
+                     cross: Option<T5Attention<B>>,
+                     dense: Option<T5DenseReluDense<B>>| T5Layer {
             SelfAttention: self_attn,
             EncDecAttention: cross,
             DenseReluDense: dense,
@@ -181,7 +224,9 @@ impl T5Config {
             max_distance: self.relative_attention_max_distance,
         };
         let emb = |std: f64| {
-            EmbeddingConfig::new(self.vocab_size, d).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device)
+            EmbeddingConfig::new(self.vocab_size, d)
+                .with_initializer(Initializer::Normal { mean: 0.0, std })
+                .init(device)
         };
         T5ForConditionalGeneration {
             shared: emb(f),
@@ -287,7 +332,12 @@ impl<B: Backend> T5DenseReluDense<B> {
 }
 
 /// transformers' `_relative_position_bucket` for one `memory − query` distance (f32 arithmetic, as torch).
-pub fn relative_position_bucket(relative_position: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> usize {
+pub fn relative_position_bucket(
+    relative_position: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
     let mut nb = num_buckets as i64;
     let mut ret = 0i64;
     let mut rp = relative_position;
@@ -316,7 +366,12 @@ impl<B: Backend> T5Attention<B> {
     }
 
     /// Self-attention with additive `bias` (relative positions + mask), appending to `cache` if given.
-    fn self_attend(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+    fn self_attend(
+        &self,
+        x: Tensor<B, 3>,
+        bias: Tensor<B, 4>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
         let q = self.project(&self.q, x.clone());
         let k = self.project(&self.k, x.clone());
         let v = self.project(&self.v, x);
@@ -324,31 +379,47 @@ impl<B: Backend> T5Attention<B> {
             Some((c, layer)) => c.extend(layer, k, v),
             None => (k, v),
         };
-        self.o.forward(merge_heads(attend(q, k, v, None, Some(bias))))
+        self.o
+            .forward(merge_heads(attend(q, k, v, None, Some(bias))))
     }
 
     /// Cross-attention over precomputed encoder keys/values (T5 adds no position bias here).
-    fn cross_attend(&self, x: Tensor<B, 3>, kv: &LayerCache<B>, mask: Tensor<B, 4>) -> Tensor<B, 3> {
+    fn cross_attend(
+        &self,
+        x: Tensor<B, 3>,
+        kv: &LayerCache<B>,
+        mask: Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
         let q = self.project(&self.q, x);
-        self.o.forward(merge_heads(grouped_attend(q, kv.k.clone(), kv.v.clone(), None, mask)))
+        self.o.forward(merge_heads(grouped_attend(
+            q,
+            kv.k.clone(),
+            kv.v.clone(),
+            None,
+            mask,
+        )))
     }
 
     fn kv(&self, enc: Tensor<B, 3>) -> LayerCache<B> {
-        LayerCache { k: self.project(&self.k, enc.clone()), v: self.project(&self.v, enc) }
+        LayerCache {
+            k: self.project(&self.k, enc.clone()),
+            v: self.project(&self.v, enc),
+        }
     }
 }
 
 impl<B: Backend> T5Layer<B> {
     fn self_attention(&self) -> &T5Attention<B> {
-        self.SelfAttention.as_ref().expect("T5 block layer 0 is self-attention")
+        self.SelfAttention
+            .as_ref()
+            .expect("T5 block layer 0 is self-attention")
     }
 }
 
 impl<B: Backend> T5Stack<B> {
     /// The relative position bias `[1, heads, t, past + t]` for queries at `past..past + t`.
     pub fn position_bias(&self, t: usize, past: usize, device: &B::Device) -> Tensor<B, 4> {
-        let emb = self.block[0]
-            .layer[0]
+        let emb = self.block[0].layer[0]
             .self_attention()
             .relative_attention_bias
             .as_ref()
@@ -357,8 +428,12 @@ impl<B: Backend> T5Stack<B> {
         let buckets: Vec<i64> = (0..t)
             .flat_map(|i| {
                 (0..sk).map(move |j| {
-                    relative_position_bucket(j as i64 - (past + i) as i64, !self.is_decoder, self.num_buckets, self.max_distance)
-                        as i64
+                    relative_position_bucket(
+                        j as i64 - (past + i) as i64,
+                        !self.is_decoder,
+                        self.num_buckets,
+                        self.max_distance,
+                    ) as i64
                 })
             })
             .collect();
@@ -377,14 +452,25 @@ impl<B: Backend> T5Stack<B> {
     ) -> Tensor<B, 3> {
         for (i, block) in self.block.iter().enumerate() {
             let l0 = &block.layer[0];
-            x = x.clone() + l0.self_attention().self_attend(l0.layer_norm.forward(x), bias.clone(), cache.as_deref_mut().map(|c| (c, i)));
+            x = x.clone()
+                + l0.self_attention().self_attend(
+                    l0.layer_norm.forward(x),
+                    bias.clone(),
+                    cache.as_deref_mut().map(|c| (c, i)),
+                );
             if let Some((kv, mask)) = &cross {
                 let l1 = &block.layer[1];
-                let attn = l1.EncDecAttention.as_ref().expect("T5 decoder block layer 1 is cross-attention");
+                let attn = l1
+                    .EncDecAttention
+                    .as_ref()
+                    .expect("T5 decoder block layer 1 is cross-attention");
                 x = x.clone() + attn.cross_attend(l1.layer_norm.forward(x), &kv[i], mask.clone());
             }
             let lf = block.layer.last().expect("T5 block has layers");
-            let ff = lf.DenseReluDense.as_ref().expect("T5 block's last layer is the feed-forward");
+            let ff = lf
+                .DenseReluDense
+                .as_ref()
+                .expect("T5 block's last layer is the feed-forward");
             x = x.clone() + ff.forward(lf.layer_norm.forward(x));
         }
         self.final_layer_norm.forward(x)
@@ -393,11 +479,16 @@ impl<B: Backend> T5Stack<B> {
 
 impl<B: Backend> T5ForConditionalGeneration<B> {
     /// `encoder(input_ids, attention_mask).last_hidden_state`: `[b, s, d_model]`.
-    pub fn encoder_forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: &[Vec<u8>]) -> Tensor<B, 3> {
+    pub fn encoder_forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: &[Vec<u8>],
+    ) -> Tensor<B, 3> {
         let device = input_ids.device();
         let s = input_ids.dims()[1];
         let x = self.shared.forward(input_ids);
-        let bias = self.encoder.position_bias(s, 0, &device) + additive_mask::<B>(attention_mask, s, false, &device);
+        let bias = self.encoder.position_bias(s, 0, &device)
+            + additive_mask::<B>(attention_mask, s, false, &device);
         self.encoder.forward(x, bias, None, None)
     }
 
@@ -417,7 +508,11 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
 }
 
 impl<B: Backend> EncoderDecoder<B> for T5ForConditionalGeneration<B> {
-    fn encode(&self, input_ids: Tensor<B, 2, Int>, attention_mask: &[Vec<u8>]) -> Result<Tensor<B, 3>> {
+    fn encode(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: &[Vec<u8>],
+    ) -> Result<Tensor<B, 3>> {
         Ok(self.encoder_forward(input_ids, attention_mask))
     }
 
@@ -425,7 +520,13 @@ impl<B: Backend> EncoderDecoder<B> for T5ForConditionalGeneration<B> {
         self.decoder
             .block
             .iter()
-            .map(|b| b.layer[1].EncDecAttention.as_ref().expect("T5 decoder cross-attention").kv(encoder_hidden.clone()))
+            .map(|b| {
+                b.layer[1]
+                    .EncDecAttention
+                    .as_ref()
+                    .expect("T5 decoder cross-attention")
+                    .kv(encoder_hidden.clone())
+            })
             .collect()
     }
 
@@ -445,16 +546,26 @@ impl<B: Backend> EncoderDecoder<B> for T5ForConditionalGeneration<B> {
         let [r, t] = ids.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
         if self_mask.len() != r || self_mask.iter().any(|m| m.len() != past + t) {
-            return Err(Error::Input(format!("decoder mask must be {r} rows of {} (cached + new tokens)", past + t)));
+            return Err(Error::Input(format!(
+                "decoder mask must be {r} rows of {} (cached + new tokens)",
+                past + t
+            )));
         }
         let x = self.shared.forward(ids);
-        let bias = self.decoder.position_bias(t, past, &device) + additive_mask::<B>(self_mask, t, true, &device);
-        Ok(self.decoder.forward(x, bias, Some((cross, cross_mask)), cache))
+        let bias = self.decoder.position_bias(t, past, &device)
+            + additive_mask::<B>(self_mask, t, true, &device);
+        Ok(self
+            .decoder
+            .forward(x, bias, Some((cross, cross_mask)), cache))
     }
 
     fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let d = hidden.dims()[2];
-        let h = if self.scale_decoder_outputs { hidden.mul_scalar((d as f64).powf(-0.5)) } else { hidden };
+        let h = if self.scale_decoder_outputs {
+            hidden.mul_scalar((d as f64).powf(-0.5))
+        } else {
+            hidden
+        };
         match &self.lm_head {
             Some(head) => head.forward(h),
             None => h.matmul(self.shared.weight.val().transpose().unsqueeze::<3>()),
@@ -468,17 +579,26 @@ impl<B: Backend> EncoderDecoder<B> for T5ForConditionalGeneration<B> {
 
 /// Load a T5 checkpoint directory (`config.json` + safetensors weights). The LM head is untied exactly when
 /// the weight files contain `lm_head.weight`.
-pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(T5Config, T5ForConditionalGeneration<B>, LoadReport)> {
+pub fn load<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(T5Config, T5ForConditionalGeneration<B>, LoadReport)> {
     let raw = RawConfig::load(&dir.join("config.json"))?;
     let mt = raw.model_type()?;
     if mt != "t5" {
-        return Err(Error::UnsupportedArchitecture { path: raw.path.clone(), model_type: mt, supported: "t5 here".into() });
+        return Err(Error::UnsupportedArchitecture {
+            path: raw.path.clone(),
+            model_type: mt,
+            supported: "t5 here".into(),
+        });
     }
     let mut cfg = T5Config::from_raw(&raw)?;
     let files = crate::weights::weight_files(dir)?;
     let mut has_lm_head = false;
     for f in &files {
-        has_lm_head |= crate::weights::inspect_safetensors(f)?.iter().any(|t| t.name == "lm_head.weight");
+        has_lm_head |= crate::weights::inspect_safetensors(f)?
+            .iter()
+            .any(|t| t.name == "lm_head.weight");
     }
     cfg.untied_lm_head = has_lm_head;
     let mut model = cfg.init::<B>(device);

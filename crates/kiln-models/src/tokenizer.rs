@@ -53,7 +53,10 @@ impl Tokenizer {
         if wp.is_file() {
             return Self::from_wordpiece_vocab(&wp, Self::do_lower_case(dir)?);
         }
-        Err(Error::MissingFile { path: json, hint: " (nor vocab.json + merges.txt, nor vocab.txt)".into() })
+        Err(Error::MissingFile {
+            path: json,
+            hint: " (nor vocab.json + merges.txt, nor vocab.txt)".into(),
+        })
     }
 
     /// `do_lower_case` from `tokenizer_config.json` when there is one, else true (uncased BERT's default).
@@ -63,8 +66,10 @@ impl Tokenizer {
             return Ok(true);
         }
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| Error::Json { path: p.clone(), source })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: p.clone(),
+            source,
+        })?;
         match v.get("do_lower_case") {
             None | Some(serde_json::Value::Null) => Ok(true),
             Some(serde_json::Value::Bool(b)) => Ok(*b),
@@ -78,51 +83,94 @@ impl Tokenizer {
 
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let err = |e: tokenizers::Error| Error::Tokenizer { path: path.to_path_buf(), msg: e.to_string() };
+        let err = |e: tokenizers::Error| Error::Tokenizer {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        };
         let mut inner = HfTokenizer::from_bytes(&bytes).map_err(err)?;
         // Drop the file's own padding/truncation (all-MiniLM-L6-v2's pads and cuts to 128): kiln pads batches
         // itself and truncates only when asked (`max_len`).
         inner.with_padding(None);
         inner.with_truncation(None).map_err(err)?;
-        Ok(Self { inner, path: path.to_path_buf(), truncating: Default::default() })
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+            truncating: Default::default(),
+        })
     }
 
     /// GPT-2's byte-level BPE from `vocab.json` and `merges.txt` (no special-token post-processing, as GPT-2).
     pub fn from_bpe_files(vocab: &Path, merges: &Path) -> Result<Self> {
-        let err = |msg: String| Error::Tokenizer { path: vocab.to_path_buf(), msg };
+        let err = |msg: String| Error::Tokenizer {
+            path: vocab.to_path_buf(),
+            msg,
+        };
         let v = vocab.to_str().ok_or_else(|| err("non-UTF-8 path".into()))?;
-        let m = merges.to_str().ok_or_else(|| err("non-UTF-8 path".into()))?;
+        let m = merges
+            .to_str()
+            .ok_or_else(|| err("non-UTF-8 path".into()))?;
         for p in [vocab, merges] {
             if !p.is_file() {
-                return Err(Error::MissingFile { path: p.to_path_buf(), hint: String::new() });
+                return Err(Error::MissingFile {
+                    path: p.to_path_buf(),
+                    hint: String::new(),
+                });
             }
         }
-        let bpe = BPE::from_file(v, m).build().map_err(|e| err(format!("with {}: {e}", merges.display())))?;
+        let bpe = BPE::from_file(v, m)
+            .build()
+            .map_err(|e| err(format!("with {}: {e}", merges.display())))?;
         let mut inner = HfTokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevel::default()));
-        let mut t = Self { inner, path: vocab.to_path_buf(), truncating: Default::default() };
+        let mut t = Self {
+            inner,
+            path: vocab.to_path_buf(),
+            truncating: Default::default(),
+        };
         if let Some(id) = t.inner.token_to_id("<|endoftext|>") {
             let _ = id;
-            t.inner.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
+            t.inner
+                .add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
         }
         Ok(t)
     }
 
     /// BERT's WordPiece pipeline from `vocab.txt` alone (as `BertTokenizerFast` builds it).
     pub fn from_wordpiece_vocab(vocab: &Path, lowercase: bool) -> Result<Self> {
-        let err = |msg: String| Error::Tokenizer { path: vocab.to_path_buf(), msg };
+        let err = |msg: String| Error::Tokenizer {
+            path: vocab.to_path_buf(),
+            msg,
+        };
         let v = vocab.to_str().ok_or_else(|| err("non-UTF-8 path".into()))?;
         if !vocab.is_file() {
-            return Err(Error::MissingFile { path: vocab.to_path_buf(), hint: String::new() });
+            return Err(Error::MissingFile {
+                path: vocab.to_path_buf(),
+                hint: String::new(),
+            });
         }
-        let wp = WordPiece::from_file(v).unk_token("[UNK]".into()).build().map_err(|e| err(e.to_string()))?;
+        let wp = WordPiece::from_file(v)
+            .unk_token("[UNK]".into())
+            .build()
+            .map_err(|e| err(e.to_string()))?;
         let mut inner = HfTokenizer::new(wp);
-        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| err(format!("vocabulary has no `{t}`")));
+        let id = |t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| err(format!("vocabulary has no `{t}`")))
+        };
         let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
-        inner.with_normalizer(Some(BertNormalizer::new(true, true, Some(lowercase), lowercase)));
+        inner.with_normalizer(Some(BertNormalizer::new(
+            true,
+            true,
+            Some(lowercase),
+            lowercase,
+        )));
         inner.with_pre_tokenizer(Some(BertPreTokenizer));
-        inner.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+        inner.with_post_processor(Some(BertProcessing::new(
+            ("[SEP]".into(), sep),
+            ("[CLS]".into(), cls),
+        )));
         inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
         let specials: Vec<_> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
             .iter()
@@ -130,11 +178,18 @@ impl Tokenizer {
             .map(|t| tokenizers::AddedToken::from(*t, true))
             .collect();
         inner.add_special_tokens(&specials);
-        Ok(Self { inner, path: vocab.to_path_buf(), truncating: Default::default() })
+        Ok(Self {
+            inner,
+            path: vocab.to_path_buf(),
+            truncating: Default::default(),
+        })
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {
-        Error::Tokenizer { path: self.path.clone(), msg: msg.to_string() }
+        Error::Tokenizer {
+            path: self.path.clone(),
+            msg: msg.to_string(),
+        }
     }
 
     /// Encode one text with the tokenizer's special tokens; cut to `max_len` tokens when given.
@@ -147,17 +202,32 @@ impl Tokenizer {
         self.encode_inner(tokenizers::EncodeInput::Dual(a.into(), b.into()), max_len)
     }
 
-    fn encode_inner(&self, input: tokenizers::EncodeInput, max_len: Option<usize>) -> Result<Encoding> {
+    fn encode_inner(
+        &self,
+        input: tokenizers::EncodeInput,
+        max_len: Option<usize>,
+    ) -> Result<Encoding> {
         // `inner` never pads or truncates (see `from_file`). Most inputs fit: encode with it directly and only
         // use a truncating copy (built once per limit and cached) when the input is too long.
-        let enc = self.inner.encode(input.clone(), true).map_err(|e| self.err(e))?;
+        let enc = self
+            .inner
+            .encode(input.clone(), true)
+            .map_err(|e| self.err(e))?;
         match max_len {
             Some(m) if enc.get_ids().len() > m => {
                 let tok = self.truncating(m)?;
                 let enc = tok.encode(input, true).map_err(|e| self.err(e))?;
-                Ok(Encoding { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec(), truncated: true })
+                Ok(Encoding {
+                    ids: enc.get_ids().to_vec(),
+                    type_ids: enc.get_type_ids().to_vec(),
+                    truncated: true,
+                })
             }
-            _ => Ok(Encoding { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec(), truncated: false }),
+            _ => Ok(Encoding {
+                ids: enc.get_ids().to_vec(),
+                type_ids: enc.get_type_ids().to_vec(),
+                truncated: false,
+            }),
         }
     }
 
@@ -181,11 +251,18 @@ impl Tokenizer {
 
     /// Encode without special tokens (for continuation text and prompt pieces).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, false).map_err(|e| self.err(e))?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(|e| self.err(e))?
+            .get_ids()
+            .to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| self.err(e))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| self.err(e))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use burn::prelude::*;
-use burn::store::{ApplyError, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot, TensorSnapshotError};
+use burn::store::{
+    ApplyError, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot,
+    TensorSnapshotError,
+};
 use burn::tensor::{DType, TensorData};
 
 use crate::error::{Error, Result};
@@ -57,7 +60,9 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     for pickle in ["pytorch_model.bin", "pytorch_model.bin.index.json"] {
         if dir.join(pickle).is_file() {
-            return Err(Error::Pickle { path: dir.join(pickle) });
+            return Err(Error::Pickle {
+                path: dir.join(pickle),
+            });
         }
     }
     Err(Error::MissingFile {
@@ -69,8 +74,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// The shard files named in a `model.safetensors.index.json`, each checked to exist.
 pub fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| Error::Json { path: index.to_path_buf(), source })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: index.to_path_buf(),
+        source,
+    })?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -78,11 +85,15 @@ pub fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut files = BTreeSet::new();
     for (key, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| Error::field(index, &format!("weight_map.{key}"), "expected a file name"))?;
+        let file = file.as_str().ok_or_else(|| {
+            Error::field(index, &format!("weight_map.{key}"), "expected a file name")
+        })?;
         if file.contains("..") || file.starts_with('/') {
-            return Err(Error::field(index, &format!("weight_map.{key}"), format!("unsafe shard path `{file}`")));
+            return Err(Error::field(
+                index,
+                &format!("weight_map.{key}"),
+                format!("unsafe shard path `{file}`"),
+            ));
         }
         files.insert(file.to_string());
     }
@@ -90,7 +101,10 @@ pub fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
     for f in files {
         let p = dir.join(&f);
         if !p.is_file() {
-            return Err(Error::MissingFile { path: p, hint: format!(" (shard named by {})", index.display()) });
+            return Err(Error::MissingFile {
+                path: p,
+                hint: format!(" (shard named by {})", index.display()),
+            });
         }
         out.push(p);
     }
@@ -111,23 +125,33 @@ pub struct TensorInfo {
 /// Validate a safetensors file's header against its size; return the tensors it declares.
 pub fn inspect_safetensors(path: &Path) -> Result<Vec<TensorInfo>> {
     use std::io::Read;
-    let bad = |msg: String| Error::Safetensors { path: path.to_path_buf(), msg };
+    let bad = |msg: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut len8 = [0u8; 8];
-    f.read_exact(&mut len8).map_err(|_| bad(format!("file is {file_len} bytes, too short for a header")))?;
+    f.read_exact(&mut len8)
+        .map_err(|_| bad(format!("file is {file_len} bytes, too short for a header")))?;
     let header_len = u64::from_le_bytes(len8);
     if header_len > file_len.saturating_sub(8) || header_len > 100_000_000 {
-        return Err(bad(format!("header claims {header_len} bytes but the file has {file_len}")));
+        return Err(bad(format!(
+            "header claims {header_len} bytes but the file has {file_len}"
+        )));
     }
     let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header).map_err(|e| bad(format!("reading header: {e}")))?;
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("reading header: {e}")))?;
     check_header(path, file_len, &header)
 }
 
 /// [`inspect_safetensors`] on a file's bytes held in memory (`path` only names it in errors).
 pub fn inspect_safetensors_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<TensorInfo>> {
-    let bad = |msg: String| Error::Safetensors { path: path.to_path_buf(), msg };
+    let bad = |msg: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
     let file_len = bytes.len() as u64;
     let len8: [u8; 8] = bytes
         .get(..8)
@@ -135,18 +159,25 @@ pub fn inspect_safetensors_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<Tensor
         .ok_or_else(|| bad(format!("file is {file_len} bytes, too short for a header")))?;
     let header_len = u64::from_le_bytes(len8);
     if header_len > file_len.saturating_sub(8) || header_len > 100_000_000 {
-        return Err(bad(format!("header claims {header_len} bytes but the file has {file_len}")));
+        return Err(bad(format!(
+            "header claims {header_len} bytes but the file has {file_len}"
+        )));
     }
     check_header(path, file_len, &bytes[8..8 + header_len as usize])
 }
 
 /// Validate a header (`header.len()` bytes after the 8-byte length) against the file's total length.
 fn check_header(path: &Path, file_len: u64, header: &[u8]) -> Result<Vec<TensorInfo>> {
-    let bad = |msg: String| Error::Safetensors { path: path.to_path_buf(), msg };
+    let bad = |msg: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
     let header_len = header.len() as u64;
-    let v: serde_json::Value =
-        serde_json::from_slice(header).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let v: serde_json::Value = serde_json::from_slice(header)
+        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("header is not a JSON object".into()))?;
     let data_len = file_len - 8 - header_len;
     let mut out = Vec::new();
     let mut spans = Vec::new();
@@ -154,11 +185,18 @@ fn check_header(path: &Path, file_len: u64, header: &[u8]) -> Result<Vec<TensorI
         if name == "__metadata__" {
             continue;
         }
-        let dtype = t.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad(format!("tensor `{name}`: no dtype")))?;
+        let dtype = t
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| bad(format!("tensor `{name}`: no dtype")))?;
         let shape: Vec<usize> = t
             .get("shape")
             .and_then(|s| s.as_array())
-            .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>())
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_u64().map(|x| x as usize))
+                    .collect::<Option<Vec<_>>>()
+            })
             .ok_or_else(|| bad(format!("tensor `{name}`: bad shape")))?;
         let offs = t
             .get("data_offsets")
@@ -188,7 +226,13 @@ fn check_header(path: &Path, file_len: u64, header: &[u8]) -> Result<Vec<TensorI
         }
         spans.push((offs[0], offs[1]));
         let base = 8 + header_len;
-        out.push(TensorInfo { name: name.clone(), dtype: dtype.to_string(), shape, start: base + offs[0], end: base + offs[1] });
+        out.push(TensorInfo {
+            name: name.clone(),
+            dtype: dtype.to_string(),
+            shape,
+            start: base + offs[0],
+            end: base + offs[1],
+        });
     }
     spans.sort();
     for w in spans.windows(2) {
@@ -230,7 +274,11 @@ impl ModuleAdapter for HfAdapter {
         let is_half = matches!(s.dtype, DType::F16 | DType::BF16 | DType::F64);
         let is_linear_weight = self.transpose_linear
             && s.module_type().as_deref() == Some("Struct:PeftLinear")
-            && s.path_stack.as_ref().and_then(|p| p.last()).map(String::as_str) == Some("weight")
+            && s.path_stack
+                .as_ref()
+                .and_then(|p| p.last())
+                .map(String::as_str)
+                == Some("weight")
             && s.shape.num_dims() == 2;
         if !is_half && !is_linear_weight {
             return s.clone();
@@ -238,7 +286,11 @@ impl ModuleAdapter for HfAdapter {
         let data = s.clone_data_fn();
         let dims = s.shape.to_vec();
         // Never panic in here: burn-store applies adapters inside an unsafe in-place module map.
-        let shape = if is_linear_weight { vec![dims[1], dims[0]] } else { dims };
+        let shape = if is_linear_weight {
+            vec![dims[1], dims[0]]
+        } else {
+            dims
+        };
         let dtype = if is_half { DType::F32 } else { s.dtype };
         let f = Rc::new(move || {
             let mut d: TensorData = data()?;
@@ -322,7 +374,11 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
                 key = re.replace_all(&key, to.as_str()).into_owned();
             }
             if params.contains(&key) {
-                return Err(Error::Dtype { path: file.clone(), key: info.name.clone(), dtype: info.dtype.clone() });
+                return Err(Error::Dtype {
+                    path: file.clone(),
+                    key: info.name.clone(),
+                    dtype: info.dtype.clone(),
+                });
             }
         }
         // One lazily read snapshot per tensor: each is read from the file (pread) only when burn-store applies
@@ -330,15 +386,24 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
         // file would add the checkpoint's size again to the resident set while loading.
         let mut snapshots = Vec::with_capacity(infos.len());
         for info in &infos {
-            let Some(dtype) = burn_dtype(&info.dtype) else { continue };
+            let Some(dtype) = burn_dtype(&info.dtype) else {
+                continue;
+            };
             let mut key = info.name.clone();
             for (re, to) in &remaps {
                 key = re.replace_all(&key, to.as_str()).into_owned();
             }
-            let (path, start, len, shape) = (file.clone(), info.start, (info.end - info.start) as usize, info.shape.clone());
+            let (path, start, len, shape) = (
+                file.clone(),
+                info.start,
+                (info.end - info.start) as usize,
+                info.shape.clone(),
+            );
             let read = Rc::new(move || {
                 use std::io::{Read, Seek, SeekFrom};
-                let io = |e: std::io::Error| TensorSnapshotError::IoError(format!("{}: {e}", path.display()));
+                let io = |e: std::io::Error| {
+                    TensorSnapshotError::IoError(format!("{}: {e}", path.display()))
+                };
                 let mut f = std::fs::File::open(&path).map_err(io)?;
                 f.seek(SeekFrom::Start(start)).map_err(io)?;
                 let mut bytes = vec![0u8; len];
@@ -354,22 +419,33 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
                 burn::module::ParamId::new(),
             ));
         }
-        let adapter: Box<dyn ModuleAdapter> = Box::new(HfAdapter { transpose_linear: spec.transpose_linear });
+        let adapter: Box<dyn ModuleAdapter> = Box::new(HfAdapter {
+            transpose_linear: spec.transpose_linear,
+        });
         let res = model.apply(snapshots, None, Some(adapter), false);
         for e in &res.errors {
             return Err(match e {
-                ApplyError::ShapeMismatch { path, expected, found } => Error::ShapeMismatch {
+                ApplyError::ShapeMismatch {
+                    path,
+                    expected,
+                    found,
+                } => Error::ShapeMismatch {
                     path: file.clone(),
                     key: path.clone(),
                     expected: expected.to_vec(),
                     found: found.to_vec(),
                 },
-                ApplyError::DTypeMismatch { path, found, .. } => {
-                    Error::Dtype { path: file.clone(), key: path.clone(), dtype: format!("{found:?}") }
-                }
-                ApplyError::AdapterError { path, message } | ApplyError::LoadError { path, message } => {
-                    Error::Tensor { path: file.clone(), key: path.clone(), msg: message.clone() }
-                }
+                ApplyError::DTypeMismatch { path, found, .. } => Error::Dtype {
+                    path: file.clone(),
+                    key: path.clone(),
+                    dtype: format!("{found:?}"),
+                },
+                ApplyError::AdapterError { path, message }
+                | ApplyError::LoadError { path, message } => Error::Tensor {
+                    path: file.clone(),
+                    key: path.clone(),
+                    msg: message.clone(),
+                },
             });
         }
         applied.extend(res.applied.iter().cloned());
@@ -392,10 +468,18 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
         })
         .collect();
     let missing = missing_all.unwrap_or_default();
-    let (initialised, missing): (Vec<String>, Vec<String>) =
-        missing.into_iter().partition(|p| optional.iter().any(|r| r.is_match(p)));
+    let (initialised, missing): (Vec<String>, Vec<String>) = missing
+        .into_iter()
+        .partition(|p| optional.iter().any(|r| r.is_match(p)));
     if !missing.is_empty() {
-        return Err(Error::MissingKeys { path: first, keys: missing });
+        return Err(Error::MissingKeys {
+            path: first,
+            keys: missing,
+        });
     }
-    Ok(LoadReport { applied: applied.len(), unused, initialised })
+    Ok(LoadReport {
+        applied: applied.len(),
+        unused,
+        initialised,
+    })
 }

@@ -62,7 +62,8 @@ impl Default for AdapterConfig {
 impl AdapterConfig {
     /// The bottleneck width for a layer of width `hidden`.
     pub fn bottleneck(&self, hidden: usize) -> usize {
-        self.size.unwrap_or_else(|| (hidden / self.reduction_factor.unwrap_or(16).max(1)).max(1))
+        self.size
+            .unwrap_or_else(|| (hidden / self.reduction_factor.unwrap_or(16).max(1)).max(1))
     }
 
     pub fn init<B: Backend>(&self, hidden: usize, device: &B::Device) -> Adapter<B> {
@@ -74,7 +75,12 @@ impl AdapterConfig {
             bias: Some(Initializer::Zeros.init([hidden], device)),
             lora: Vec::new(),
         };
-        Adapter { adapter_down: down, adapter_up: up, activation: self.activation, residual: self.residual }
+        Adapter {
+            adapter_down: down,
+            adapter_up: up,
+            activation: self.activation,
+            residual: self.residual,
+        }
     }
 }
 
@@ -99,7 +105,11 @@ impl<B: Backend> Adapter<B> {
             AdapterActivation::Tanh => h.tanh(),
         };
         let h = self.adapter_up.forward(h);
-        if self.residual { x + h } else { h }
+        if self.residual {
+            x + h
+        } else {
+            h
+        }
     }
 
     /// Parameters of this adapter.
@@ -109,10 +119,12 @@ impl<B: Backend> Adapter<B> {
 }
 
 /// Apply an optional adapter.
-pub fn maybe_adapt<B: Backend, const D: usize>(adapter: &Option<Adapter<B>>, x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn maybe_adapt<B: Backend, const D: usize>(
+    adapter: &Option<Adapter<B>>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
     match adapter {
         Some(a) => a.forward(x),
         None => x,
     }
 }
-

@@ -19,7 +19,9 @@ pub fn default_target_modules(model_type: &str) -> Option<&'static [&'static str
         "gpt2" => &["c_attn"],
         "opt" => &["q_proj", "v_proj"],
         "bert" | "roberta" | "xlm-roberta" | "electra" => &["query", "value"],
-        "llama" | "mistral" | "qwen2" | "qwen3" | "gemma" | "gemma2" | "gpt_neo" | "gptj" => &["q_proj", "v_proj"],
+        "llama" | "mistral" | "qwen2" | "qwen3" | "gemma" | "gemma2" | "gpt_neo" | "gptj" => {
+            &["q_proj", "v_proj"]
+        }
         _ => return None,
     })
 }
@@ -134,7 +136,9 @@ pub struct LoraConfig {
 }
 
 /// `null` reads as the default (old configs write `"rank_pattern": null`).
-fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
@@ -213,10 +217,17 @@ const BASE_MUTATING_INITS: &[&str] = &["pissa", "olora", "corda", "loftq", "lora
 impl LoraConfig {
     /// A config with rank `r` and `lora_alpha`, other fields at peft's defaults.
     pub fn new(r: usize, lora_alpha: f64) -> Self {
-        Self { r, lora_alpha, ..Default::default() }
+        Self {
+            r,
+            lora_alpha,
+            ..Default::default()
+        }
     }
 
-    pub fn with_target_modules<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+    pub fn with_target_modules<S: Into<String>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Self {
         self.target_modules = Some(Targets::List(names.into_iter().map(Into::into).collect()));
         self
     }
@@ -248,12 +259,25 @@ impl LoraConfig {
 
     /// Parse `adapter_config.json` text (unknown keys are kept in [`Self::other`]) and [`Self::validate`] it.
     pub fn from_json(path: &Path, text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text).map_err(|source| PeftError::Json { path: path.into(), source })?;
-        let found = v.get("peft_type").and_then(Value::as_str).unwrap_or("<missing>");
+        let v: Value = serde_json::from_str(text).map_err(|source| PeftError::Json {
+            path: path.into(),
+            source,
+        })?;
+        let found = v
+            .get("peft_type")
+            .and_then(Value::as_str)
+            .unwrap_or("<missing>");
         if found != "LORA" {
-            return Err(PeftError::WrongPeftType { path: path.into(), found: found.into(), expected: "LORA".into() });
+            return Err(PeftError::WrongPeftType {
+                path: path.into(),
+                found: found.into(),
+                expected: "LORA".into(),
+            });
         }
-        let cfg: LoraConfig = Self::deserialize(v).map_err(|source| PeftError::Json { path: path.into(), source })?;
+        let cfg: LoraConfig = Self::deserialize(v).map_err(|source| PeftError::Json {
+            path: path.into(),
+            source,
+        })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -284,9 +308,19 @@ impl LoraConfig {
     /// peft would reject. `path` names the file in errors.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let unsupported = |field: &str, msg: &str| {
-            Err(PeftError::Unsupported { path: path.into(), field: field.into(), msg: msg.into() })
+            Err(PeftError::Unsupported {
+                path: path.into(),
+                field: field.into(),
+                msg: msg.into(),
+            })
         };
-        let bad = |field: &str, msg: String| Err(PeftError::Config { path: path.into(), field: field.into(), msg });
+        let bad = |field: &str, msg: String| {
+            Err(PeftError::Config {
+                path: path.into(),
+                field: field.into(),
+                msg,
+            })
+        };
         if self.peft_type != "LORA" {
             return Err(PeftError::WrongPeftType {
                 path: path.into(),
@@ -301,10 +335,16 @@ impl LoraConfig {
             return bad("rank_pattern", format!("rank of `{k}` must be positive"));
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
-            return bad("lora_dropout", format!("{} is not a probability in [0, 1)", self.lora_dropout));
+            return bad(
+                "lora_dropout",
+                format!("{} is not a probability in [0, 1)", self.lora_dropout),
+            );
         }
         if self.use_dora {
-            return unsupported("use_dora", "DoRA (weight-decomposed LoRA) is not implemented");
+            return unsupported(
+                "use_dora",
+                "DoRA (weight-decomposed LoRA) is not implemented",
+            );
         }
         if self.lora_bias {
             return unsupported("lora_bias", "a bias on lora_B is not implemented");
@@ -314,7 +354,9 @@ impl LoraConfig {
             if BASE_MUTATING_INITS.iter().any(|p| m.starts_with(p)) {
                 return unsupported(
                     "init_lora_weights",
-                    &format!("`{m}` rewrites the base weights; convert the adapter to plain LoRA first"),
+                    &format!(
+                        "`{m}` rewrites the base weights; convert the adapter to plain LoRA first"
+                    ),
                 );
             }
         }
@@ -331,10 +373,16 @@ impl LoraConfig {
         }
         if matches!(self.target_modules, Some(Targets::Regex(_))) {
             if self.layers_to_transform.is_some() {
-                return bad("layers_to_transform", "cannot be used when `target_modules` is a regex".into());
+                return bad(
+                    "layers_to_transform",
+                    "cannot be used when `target_modules` is a regex".into(),
+                );
             }
             if self.layers_pattern.is_some() {
-                return bad("layers_pattern", "cannot be used when `target_modules` is a regex".into());
+                return bad(
+                    "layers_pattern",
+                    "cannot be used when `target_modules` is a regex".into(),
+                );
             }
         }
         if self.layers_pattern.is_some() && self.layers_to_transform.is_none() {
@@ -348,11 +396,15 @@ impl LoraConfig {
         match &self.init_lora_weights {
             InitLoraWeights::Bool(true) => Ok(LoraInit::Kaiming),
             InitLoraWeights::Bool(false) => Ok(LoraInit::Random),
-            InitLoraWeights::Method(m) if m.eq_ignore_ascii_case("gaussian") => Ok(LoraInit::Gaussian),
+            InitLoraWeights::Method(m) if m.eq_ignore_ascii_case("gaussian") => {
+                Ok(LoraInit::Gaussian)
+            }
             InitLoraWeights::Method(m) => Err(PeftError::Unsupported {
                 path: "<LoraConfig>".into(),
                 field: "init_lora_weights".into(),
-                msg: format!("initialisation `{m}` is not implemented (use true, false or \"gaussian\")"),
+                msg: format!(
+                    "initialisation `{m}` is not implemented (use true, false or \"gaussian\")"
+                ),
             }),
         }
     }
@@ -373,7 +425,8 @@ impl LoraConfig {
 fn sorted(v: Value) -> Value {
     match v {
         Value::Object(m) => {
-            let mut entries: Vec<(String, Value)> = m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+            let mut entries: Vec<(String, Value)> =
+                m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
             Value::Object(entries.into_iter().collect())
         }
@@ -398,7 +451,12 @@ fn fullmatch(field: &str, pattern: &str) -> Result<regex::Regex> {
 
 /// A list entry matches the path itself or its last dotted components.
 fn list_match(names: &[String], key: &str) -> bool {
-    names.iter().any(|n| key == n || (key.len() > n.len() && key.ends_with(n.as_str()) && key[..key.len() - n.len()].ends_with('.')))
+    names.iter().any(|n| {
+        key == n
+            || (key.len() > n.len()
+                && key.ends_with(n.as_str())
+                && key[..key.len() - n.len()].ends_with('.'))
+    })
 }
 
 enum Compiled {
@@ -439,15 +497,26 @@ pub struct TargetMatcher {
 impl TargetMatcher {
     /// `linears`: the model's linear module paths (for `"all-linear"`); `output_layers`: the head(s) `"all-linear"`
     /// leaves out.
-    pub fn new(cfg: &LoraConfig, model_type: &str, linears: &[String], output_layers: &[String]) -> Result<Self> {
+    pub fn new(
+        cfg: &LoraConfig,
+        model_type: &str,
+        linears: &[String],
+        output_layers: &[String],
+    ) -> Result<Self> {
         let targets = match &cfg.target_modules {
-            Some(t) if t.is_all_linear() => {
-                Targets::List(linears.iter().filter(|p| !output_layers.contains(p)).cloned().collect())
-            }
+            Some(t) if t.is_all_linear() => Targets::List(
+                linears
+                    .iter()
+                    .filter(|p| !output_layers.contains(p))
+                    .cloned()
+                    .collect(),
+            ),
             Some(t) => t.clone(),
             None => Targets::List(
                 default_target_modules(model_type)
-                    .ok_or_else(|| PeftError::NoDefaultTargets { model_type: model_type.into() })?
+                    .ok_or_else(|| PeftError::NoDefaultTargets {
+                        model_type: model_type.into(),
+                    })?
                     .iter()
                     .map(|s| s.to_string())
                     .collect(),
@@ -457,11 +526,21 @@ impl TargetMatcher {
             Some(t) => t.describe(),
             None => targets.describe(),
         };
-        let exclude = cfg.exclude_modules.as_ref().map(|t| Compiled::new("exclude_modules", t)).transpose()?;
+        let exclude = cfg
+            .exclude_modules
+            .as_ref()
+            .map(|t| Compiled::new("exclude_modules", t))
+            .transpose()?;
         let modules_to_save = cfg
             .resolved_modules_to_save()
             .iter()
-            .map(|m| regex("modules_to_save", m, &format!(r"^(?:^|.*\.)(?:{m})(?:$|\..*)")))
+            .map(|m| {
+                regex(
+                    "modules_to_save",
+                    m,
+                    &format!(r"^(?:^|.*\.)(?:{m})(?:$|\..*)"),
+                )
+            })
             .collect::<Result<_>>()?;
         let layers = match (&cfg.layers_to_transform, &targets) {
             (Some(idx), Targets::List(_)) => {
@@ -476,10 +555,20 @@ impl TargetMatcher {
                     Some(Targets::List(v)) => v.clone(),
                 };
                 let res = if pats.is_empty() {
-                    vec![regex("layers_to_transform", "", r"^.*?\.[^.]*\.(?P<idx>\d+)\.")?]
+                    vec![regex(
+                        "layers_to_transform",
+                        "",
+                        r"^.*?\.[^.]*\.(?P<idx>\d+)\.",
+                    )?]
                 } else {
                     pats.iter()
-                        .map(|p| regex("layers_pattern", p, &format!(r"^(?:^|.*?\.)(?:{p})\.(?P<idx>\d+)\.")))
+                        .map(|p| {
+                            regex(
+                                "layers_pattern",
+                                p,
+                                &format!(r"^(?:^|.*?\.)(?:{p})\.(?P<idx>\d+)\."),
+                            )
+                        })
                         .collect::<Result<_>>()?
                 };
                 // peft: an empty list means "no restriction".
@@ -488,10 +577,16 @@ impl TargetMatcher {
             _ => None,
         };
         let pattern = |field: &str, k: &str| regex(field, k, &format!(r"^(.*\.)?(?:{k})$"));
-        let rank_pattern =
-            cfg.rank_pattern.iter().map(|(k, &r)| Ok((pattern("rank_pattern", k)?, r))).collect::<Result<_>>()?;
-        let alpha_pattern =
-            cfg.alpha_pattern.iter().map(|(k, &a)| Ok((pattern("alpha_pattern", k)?, a))).collect::<Result<_>>()?;
+        let rank_pattern = cfg
+            .rank_pattern
+            .iter()
+            .map(|(k, &r)| Ok((pattern("rank_pattern", k)?, r)))
+            .collect::<Result<_>>()?;
+        let alpha_pattern = cfg
+            .alpha_pattern
+            .iter()
+            .map(|(k, &a)| Ok((pattern("alpha_pattern", k)?, a)))
+            .collect::<Result<_>>()?;
         Ok(Self {
             targets: Compiled::new("target_modules", &targets)?,
             targets_desc,
@@ -519,7 +614,10 @@ impl TargetMatcher {
         match &self.layers {
             None => true,
             Some((idx, res)) => {
-                let layer = res.iter().find_map(|r| r.captures(path)).and_then(|c| c["idx"].parse::<usize>().ok());
+                let layer = res
+                    .iter()
+                    .find_map(|r| r.captures(path))
+                    .and_then(|c| c["idx"].parse::<usize>().ok());
                 layer.is_some_and(|l| idx.contains(&l))
             }
         }
@@ -527,8 +625,16 @@ impl TargetMatcher {
 
     /// `(r, lora_alpha)` for the module at `path` after `rank_pattern` / `alpha_pattern`.
     pub fn rank_alpha(&self, path: &str) -> (usize, f64) {
-        let r = self.rank_pattern.iter().find(|(re, _)| re.is_match(path)).map_or(self.r, |(_, r)| *r);
-        let a = self.alpha_pattern.iter().find(|(re, _)| re.is_match(path)).map_or(self.alpha, |(_, a)| *a);
+        let r = self
+            .rank_pattern
+            .iter()
+            .find(|(re, _)| re.is_match(path))
+            .map_or(self.r, |(_, r)| *r);
+        let a = self
+            .alpha_pattern
+            .iter()
+            .find(|(re, _)| re.is_match(path))
+            .map_or(self.alpha, |(_, a)| *a);
         (r, a)
     }
 
@@ -541,12 +647,16 @@ impl TargetMatcher {
 /// peft's `modules_to_save` rule: a module is saved (and trained) when its path ends with one of the names
 /// (a plain suffix test, as `key.endswith(name)`).
 pub fn is_module_to_save(names: &[String], module_path: &str) -> bool {
-    names.iter().any(|n| !n.is_empty() && module_path.ends_with(n.as_str()))
+    names
+        .iter()
+        .any(|n| !n.is_empty() && module_path.ends_with(n.as_str()))
 }
 
 /// Every prefix module path of a parameter path `a.b.c.weight`: `a`, `a.b`, `a.b.c`.
 pub(crate) fn module_prefixes(param_path: &str) -> impl Iterator<Item = &str> {
-    param_path.match_indices('.').map(move |(i, _)| &param_path[..i])
+    param_path
+        .match_indices('.')
+        .map(move |(i, _)| &param_path[..i])
 }
 
 #[cfg(test)]
@@ -583,11 +693,20 @@ mod tests {
     #[test]
     fn target_matching_follows_peft() {
         let base = LoraConfig::default;
-        let c = LoraConfig { target_modules: list(&["q_proj", "c_attn", "query", "q"]), ..base() };
+        let c = LoraConfig {
+            target_modules: list(&["q_proj", "c_attn", "query", "q"]),
+            ..base()
+        };
         assert_eq!(matches(c), [1, 1, 0, 1, 1, 0, 0, 0, 1, 1]);
-        let c = LoraConfig { target_modules: re(r".*decoder.*(SelfAttention|EncDecAttention)\.q"), ..base() };
+        let c = LoraConfig {
+            target_modules: re(r".*decoder.*(SelfAttention|EncDecAttention)\.q"),
+            ..base()
+        };
         assert_eq!(matches(c), [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        let c = LoraConfig { target_modules: re(r".*\.(q_proj|fc1)"), ..base() };
+        let c = LoraConfig {
+            target_modules: re(r".*\.(q_proj|fc1)"),
+            ..base()
+        };
         assert_eq!(matches(c), [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]);
         let c = LoraConfig {
             target_modules: list(&["q_proj", "fc1", "dense"]),
@@ -595,7 +714,11 @@ mod tests {
             ..base()
         };
         assert_eq!(matches(c), [1, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
-        let c = LoraConfig { target_modules: list(&["q_proj", "fc1"]), exclude_modules: re(r".*layers\.0\..*"), ..base() };
+        let c = LoraConfig {
+            target_modules: list(&["q_proj", "fc1"]),
+            exclude_modules: re(r".*layers\.0\..*"),
+            ..base()
+        };
         assert_eq!(matches(c), [0, 1, 1, 0, 0, 0, 0, 0, 0, 0]);
         let c = LoraConfig {
             target_modules: list(&["q_proj", "fc1", "c_attn", "q"]),
@@ -618,16 +741,34 @@ mod tests {
         assert_eq!(matches(c), [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
         // Default targets by model type; none for an unknown type.
         let m = TargetMatcher::new(&base(), "gpt2", &[], &[]).unwrap();
-        assert!(m.is_target("transformer.h.3.attn.c_attn") && !m.is_target("transformer.h.3.attn.c_proj"));
-        assert!(matches!(TargetMatcher::new(&base(), "mamba", &[], &[]), Err(PeftError::NoDefaultTargets { .. })));
+        assert!(
+            m.is_target("transformer.h.3.attn.c_attn")
+                && !m.is_target("transformer.h.3.attn.c_proj")
+        );
+        assert!(matches!(
+            TargetMatcher::new(&base(), "mamba", &[], &[]),
+            Err(PeftError::NoDefaultTargets { .. })
+        ));
         // all-linear: every linear but the output layers.
-        let lin = ["a.q".to_string(), "a.k".to_string(), "classifier".to_string()];
-        let c = LoraConfig { target_modules: re("ALL-LINEAR"), ..base() };
+        let lin = [
+            "a.q".to_string(),
+            "a.k".to_string(),
+            "classifier".to_string(),
+        ];
+        let c = LoraConfig {
+            target_modules: re("ALL-LINEAR"),
+            ..base()
+        };
         let m = TargetMatcher::new(&c, "bert", &lin, &["classifier".to_string()]).unwrap();
         assert!(m.is_target("a.q") && m.is_target("a.k") && !m.is_target("classifier"));
         // A bad regex is a typed error naming the field.
-        let c = LoraConfig { target_modules: re("(unclosed"), ..base() };
-        assert!(matches!(TargetMatcher::new(&c, "opt", &[], &[]), Err(PeftError::Regex { field, .. }) if field == "target_modules"));
+        let c = LoraConfig {
+            target_modules: re("(unclosed"),
+            ..base()
+        };
+        assert!(
+            matches!(TargetMatcher::new(&c, "opt", &[], &[]), Err(PeftError::Regex { field, .. }) if field == "target_modules")
+        );
     }
 
     /// peft's `get_pattern_key` (`(.*\.)?(key)$`, first key in order wins).
@@ -637,8 +778,16 @@ mod tests {
             r: 4,
             lora_alpha: 8.0,
             target_modules: list(&["q_proj", "fc1"]),
-            rank_pattern: [("layers.1.self_attn.q_proj".to_string(), 2), ("q_proj".to_string(), 16)].into(),
-            alpha_pattern: [("fc.".to_string(), 32.0), ("^model.decoder.layers.0.self_attn.q_proj".to_string(), 1.0)].into(),
+            rank_pattern: [
+                ("layers.1.self_attn.q_proj".to_string(), 2),
+                ("q_proj".to_string(), 16),
+            ]
+            .into(),
+            alpha_pattern: [
+                ("fc.".to_string(), 32.0),
+                ("^model.decoder.layers.0.self_attn.q_proj".to_string(), 1.0),
+            ]
+            .into(),
             ..Default::default()
         };
         let m = TargetMatcher::new(&c, "opt", &[], &[]).unwrap();
@@ -660,8 +809,15 @@ mod tests {
         assert_eq!(c.init().unwrap(), LoraInit::Gaussian);
         assert_eq!(c.other["some_future_key"], serde_json::json!({"x": 1}));
         let out = c.to_json();
-        assert!(out.contains("\"lora_alpha\": 8,") && !out.contains("peft_version"), "{out}");
-        let keys: Vec<&str> = out.lines().filter(|l| l.starts_with("  \"")).map(|l| l.split('"').nth(1).unwrap()).collect();
+        assert!(
+            out.contains("\"lora_alpha\": 8,") && !out.contains("peft_version"),
+            "{out}"
+        );
+        let keys: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("  \""))
+            .map(|l| l.split('"').nth(1).unwrap())
+            .collect();
         let mut sorted_keys = keys.clone();
         sorted_keys.sort();
         assert_eq!(keys, sorted_keys, "keys sorted as peft writes them");
@@ -670,25 +826,66 @@ mod tests {
         c2.other.remove("peft_version");
         assert_eq!(back, c2);
         // Minimal valid config.
-        let c = LoraConfig::from_json(Path::new("m.json"), r#"{"peft_type": "LORA", "target_modules": ["q"]}"#).unwrap();
-        assert_eq!((c.r, c.lora_alpha, c.lora_dropout, c.bias), (8, 8.0, 0.0, Bias::None));
+        let c = LoraConfig::from_json(
+            Path::new("m.json"),
+            r#"{"peft_type": "LORA", "target_modules": ["q"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.r, c.lora_alpha, c.lora_dropout, c.bias),
+            (8, 8.0, 0.0, Bias::None)
+        );
     }
 
     #[test]
     fn config_errors_name_the_problem() {
         let p = Path::new("adapter_config.json");
-        let e = LoraConfig::from_json(p, r#"{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 8}"#).unwrap_err();
-        assert!(matches!(&e, PeftError::WrongPeftType { found, .. } if found == "PROMPT_TUNING"), "{e}");
+        let e = LoraConfig::from_json(
+            p,
+            r#"{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 8}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, PeftError::WrongPeftType { found, .. } if found == "PROMPT_TUNING"),
+            "{e}"
+        );
         let e = LoraConfig::from_json(p, r#"{"peft_type": "LORA", "use_dora": true}"#).unwrap_err();
-        assert!(matches!(&e, PeftError::Unsupported { field, .. } if field == "use_dora"), "{e}");
-        let e = LoraConfig::from_json(p, r#"{"peft_type": "LORA", "target_parameters": ["experts.w"]}"#).unwrap_err();
-        assert!(matches!(&e, PeftError::Unsupported { field, .. } if field == "target_parameters"), "{e}");
-        let e = LoraConfig::from_json(p, r#"{"peft_type": "LORA", "init_lora_weights": "pissa_niter_4"}"#).unwrap_err();
-        assert!(matches!(&e, PeftError::Unsupported { field, .. } if field == "init_lora_weights"), "{e}");
+        assert!(
+            matches!(&e, PeftError::Unsupported { field, .. } if field == "use_dora"),
+            "{e}"
+        );
+        let e = LoraConfig::from_json(
+            p,
+            r#"{"peft_type": "LORA", "target_parameters": ["experts.w"]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, PeftError::Unsupported { field, .. } if field == "target_parameters"),
+            "{e}"
+        );
+        let e = LoraConfig::from_json(
+            p,
+            r#"{"peft_type": "LORA", "init_lora_weights": "pissa_niter_4"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, PeftError::Unsupported { field, .. } if field == "init_lora_weights"),
+            "{e}"
+        );
         let e = LoraConfig::from_json(p, r#"{"peft_type": "LORA", "r": 0}"#).unwrap_err();
-        assert!(matches!(&e, PeftError::Config { field, .. } if field == "r"), "{e}");
-        let e = LoraConfig::from_json(p, r#"{"peft_type": "LORA", "target_modules": ".*q", "layers_to_transform": [0]}"#).unwrap_err();
-        assert!(matches!(&e, PeftError::Config { field, .. } if field == "layers_to_transform"), "{e}");
+        assert!(
+            matches!(&e, PeftError::Config { field, .. } if field == "r"),
+            "{e}"
+        );
+        let e = LoraConfig::from_json(
+            p,
+            r#"{"peft_type": "LORA", "target_modules": ".*q", "layers_to_transform": [0]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, PeftError::Config { field, .. } if field == "layers_to_transform"),
+            "{e}"
+        );
         let e = LoraConfig::from_json(p, r#"{"peft_type": "LORA", "r": "four"}"#).unwrap_err();
         assert!(matches!(&e, PeftError::Json { .. }), "{e}");
     }

@@ -35,8 +35,16 @@ impl<B: Backend, F: Fn(&str) -> bool> ModuleMapper<B> for Freezer<F> {
 
 /// Keep gradients only for parameters whose dotted path (`bert.encoder.layer.0.output.adapter…`) the
 /// predicate accepts. Returns the model and its (trainable, total) parameter counts.
-pub fn freeze_except<B: Backend, M: Module<B>>(model: M, trainable: impl Fn(&str) -> bool) -> (M, usize, usize) {
-    let mut f = Freezer { path: Vec::new(), trainable, kept: 0, frozen: 0 };
+pub fn freeze_except<B: Backend, M: Module<B>>(
+    model: M,
+    trainable: impl Fn(&str) -> bool,
+) -> (M, usize, usize) {
+    let mut f = Freezer {
+        path: Vec::new(),
+        trainable,
+        kept: 0,
+        frozen: 0,
+    };
     let model = model.map(&mut f);
     (model, f.kept, f.kept + f.frozen)
 }
@@ -44,7 +52,11 @@ pub fn freeze_except<B: Backend, M: Module<B>>(model: M, trainable: impl Fn(&str
 /// peft's `print_trainable_parameters` line: `trainable params: 294,912 || all params: 124,734,720 ||
 /// trainable%: 0.2364`.
 pub fn trainable_summary(trainable: usize, total: usize) -> String {
-    crate::lora::ParamCount { trainable, all: total }.to_string()
+    crate::lora::ParamCount {
+        trainable,
+        all: total,
+    }
+    .to_string()
 }
 
 #[cfg(test)]

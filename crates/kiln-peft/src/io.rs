@@ -16,7 +16,9 @@ use crate::config::{is_module_to_save, module_prefixes, Bias, LoraConfig};
 use crate::error::{PeftError, Result};
 use crate::linear::LoraInit;
 use crate::lora::LoraModel;
-use crate::model::{base_params, map_base_params, read_base_params, BaseParam, ParamAction, PeftModel};
+use crate::model::{
+    base_params, map_base_params, read_base_params, BaseParam, ParamAction, PeftModel,
+};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -61,8 +63,10 @@ impl RawTensor {
 /// Read every tensor of a safetensors file as f32 (F16, BF16 and F64 are converted).
 pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, RawTensor>> {
     let bytes = std::fs::read(path).map_err(|e| PeftError::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| PeftError::Safetensors { path: path.into(), msg: e.to_string() })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| PeftError::Safetensors {
+        path: path.into(),
+        msg: e.to_string(),
+    })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let dtype = match view.dtype() {
@@ -70,14 +74,23 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, RawTensor>> {
             Dtype::F16 => DType::F16,
             Dtype::BF16 => DType::BF16,
             Dtype::F64 => DType::F64,
-            other => return Err(PeftError::Dtype { path: path.into(), key: name, dtype: format!("{other:?}") }),
+            other => {
+                return Err(PeftError::Dtype {
+                    path: path.into(),
+                    key: name,
+                    dtype: format!("{other:?}"),
+                })
+            }
         };
         let shape = view.shape().to_vec();
         let data = TensorData::from_bytes_vec(view.data().to_vec(), shape.clone(), dtype);
-        let data = data.convert::<f32>().to_vec::<f32>().map_err(|e| PeftError::Safetensors {
-            path: path.into(),
-            msg: format!("tensor `{name}`: {e:?}"),
-        })?;
+        let data = data
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| PeftError::Safetensors {
+                path: path.into(),
+                msg: format!("tensor `{name}`: {e:?}"),
+            })?;
         out.insert(name, RawTensor::new(shape, data));
     }
     Ok(out)
@@ -87,19 +100,32 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, RawTensor>> {
 pub fn write_tensors(path: &Path, tensors: &BTreeMap<String, RawTensor>) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(k, t)| (k.clone(), t.shape.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.shape.clone(),
+                t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views = bytes
         .iter()
         .map(|(k, s, b)| {
             TensorView::new(Dtype::F32, s.clone(), b)
                 .map(|v| (k.clone(), v))
-                .map_err(|e| PeftError::Safetensors { path: path.into(), msg: e.to_string() })
+                .map_err(|e| PeftError::Safetensors {
+                    path: path.into(),
+                    msg: e.to_string(),
+                })
         })
         .collect::<Result<Vec<_>>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::tensor::serialize_to_file(views, Some(meta), path)
-        .map_err(|e| PeftError::Safetensors { path: path.into(), msg: e.to_string() })
+    safetensors::tensor::serialize_to_file(views, Some(meta), path).map_err(|e| {
+        PeftError::Safetensors {
+            path: path.into(),
+            msg: e.to_string(),
+        }
+    })
 }
 
 /// The checkpoint key of a base parameter: `<module>.base_layer.<name>` when LoRA wraps the module.
@@ -118,9 +144,10 @@ fn tensor_raw<B: Backend>(t: Tensor<B, 2>) -> RawTensor {
 impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
     /// The tensors peft's `get_peft_model_state_dict` returns for adapter `name`, in peft's layouts.
     pub fn adapter_state_dict(&self, name: &str) -> Result<BTreeMap<String, RawTensor>> {
-        let cfg = self
-            .config(name)
-            .ok_or_else(|| PeftError::UnknownAdapter { name: name.into(), have: self.adapter_names().join(", ") })?;
+        let cfg = self.config(name).ok_or_else(|| PeftError::UnknownAdapter {
+            name: name.into(),
+            have: self.adapter_names().join(", "),
+        })?;
         let mut out = BTreeMap::new();
         let mut wrapped = HashSet::new();
         self.model.visit_linears_ref(&mut |path, l| {
@@ -128,14 +155,22 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
                 wrapped.insert(path.to_string());
             }
             if let Some(a) = l.adapter(name) {
-                out.insert(format!("{KEY_PREFIX}{path}.lora_A.weight"), tensor_raw(a.lora_a.val().transpose()));
-                out.insert(format!("{KEY_PREFIX}{path}.lora_B.weight"), tensor_raw(a.lora_b.val().transpose()));
+                out.insert(
+                    format!("{KEY_PREFIX}{path}.lora_A.weight"),
+                    tensor_raw(a.lora_a.val().transpose()),
+                );
+                out.insert(
+                    format!("{KEY_PREFIX}{path}.lora_B.weight"),
+                    tensor_raw(a.lora_b.val().transpose()),
+                );
             }
         });
         let mts = cfg.modules_to_save.clone().unwrap_or_default();
         let conv1d = self.model.conv1d();
         let bias = cfg.bias;
-        let in_mts = |p: &BaseParam| !mts.is_empty() && module_prefixes(&p.path).any(|m| is_module_to_save(&mts, m));
+        let in_mts = |p: &BaseParam| {
+            !mts.is_empty() && module_prefixes(&p.path).any(|m| is_module_to_save(&mts, m))
+        };
         let want_bias = |p: &BaseParam| {
             p.name == "bias"
                 && match bias {
@@ -147,7 +182,11 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
         for (p, data) in read_base_params(&self.model, &mut |p| want_bias(p) || in_mts(p)) {
             let raw = RawTensor::from_data(data);
             if in_mts(&p) {
-                let raw = if p.linear_weight && !conv1d { raw.t() } else { raw };
+                let raw = if p.linear_weight && !conv1d {
+                    raw.t()
+                } else {
+                    raw
+                };
                 out.insert(format!("{KEY_PREFIX}{}", p.path), raw);
             } else {
                 out.insert(base_key(&p, &wrapped), raw);
@@ -160,7 +199,10 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
     /// `adapter_model.safetensors`).
     pub fn save_adapter(&self, name: &str, dir: &Path) -> Result<()> {
         let tensors = self.adapter_state_dict(name)?;
-        let mut cfg = self.config(name).expect("checked by adapter_state_dict").clone();
+        let mut cfg = self
+            .config(name)
+            .expect("checked by adapter_state_dict")
+            .clone();
         cfg.inference_mode = true;
         std::fs::create_dir_all(dir).map_err(|e| PeftError::io(dir, e))?;
         cfg.save(&dir.join(CONFIG_FILE))?;
@@ -170,7 +212,11 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
     /// peft's `save_pretrained`: adapter `default` in `dir`, every other adapter in `dir/<name>`.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         for name in self.adapter_names() {
-            let d = if name == "default" { dir.to_path_buf() } else { dir.join(name) };
+            let d = if name == "default" {
+                dir.to_path_buf()
+            } else {
+                dir.join(name)
+            };
             self.save_adapter(name, &d)?;
         }
         Ok(())
@@ -205,20 +251,38 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
         // What the model expects: LoRA tensors of the planned layers (peft layout) and base parameters.
         let mut lora_expected: BTreeMap<String, (usize, Vec<usize>)> = BTreeMap::new();
         for (i, p) in plan.iter().enumerate() {
-            lora_expected.insert(format!("{KEY_PREFIX}{}.lora_A.weight", p.path), (i, vec![p.r, p.d_in]));
-            lora_expected.insert(format!("{KEY_PREFIX}{}.lora_B.weight", p.path), (i, vec![p.d_out, p.r]));
+            lora_expected.insert(
+                format!("{KEY_PREFIX}{}.lora_A.weight", p.path),
+                (i, vec![p.r, p.d_in]),
+            );
+            lora_expected.insert(
+                format!("{KEY_PREFIX}{}.lora_B.weight", p.path),
+                (i, vec![p.d_out, p.r]),
+            );
         }
-        let linears: HashSet<String> = crate::model::linear_paths(&self.model).into_iter().collect();
-        let base: HashMap<String, BaseParam> = base_params(&self.model).into_iter().map(|p| (p.path.clone(), p)).collect();
+        let linears: HashSet<String> = crate::model::linear_paths(&self.model)
+            .into_iter()
+            .collect();
+        let base: HashMap<String, BaseParam> = base_params(&self.model)
+            .into_iter()
+            .map(|p| (p.path.clone(), p))
+            .collect();
         let conv1d = self.model.conv1d();
         let mut lora_values: HashMap<String, RawTensor> = HashMap::new();
         let mut base_values: HashMap<String, RawTensor> = HashMap::new();
         for (key, t) in file {
             let rel = key.strip_prefix(KEY_PREFIX).unwrap_or(&key).to_string();
             let full = format!("{KEY_PREFIX}{rel}");
-            if let Some(module) = rel.strip_suffix(".lora_A.weight").or_else(|| rel.strip_suffix(".lora_B.weight")) {
+            if let Some(module) = rel
+                .strip_suffix(".lora_A.weight")
+                .or_else(|| rel.strip_suffix(".lora_B.weight"))
+            {
                 let Some((_, expected)) = lora_expected.get(&full) else {
-                    let err = if linears.contains(module) { untargeted } else { missing };
+                    let err = if linears.contains(module) {
+                        untargeted
+                    } else {
+                        missing
+                    };
                     return Err(err(&weights, &key, module));
                 };
                 if &t.shape != expected {
@@ -232,23 +296,47 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
                             found: t.shape[r_dim],
                         });
                     }
-                    return Err(PeftError::ShapeMismatch { path: weights, key, expected: expected.clone(), found: t.shape });
+                    return Err(PeftError::ShapeMismatch {
+                        path: weights,
+                        key,
+                        expected: expected.clone(),
+                        found: t.shape,
+                    });
                 }
                 lora_values.insert(full, t);
                 continue;
             }
             let last = rel.rsplit('.').next().unwrap_or_default();
             if last.starts_with("lora_") || rel.contains(".lora_") {
-                return Err(PeftError::UnsupportedKey { path: weights, key, kind: "LoRA tensor of a kind other than lora_A/lora_B (DoRA, embedding LoRA, …)".into() });
+                return Err(PeftError::UnsupportedKey {
+                    path: weights,
+                    key,
+                    kind:
+                        "LoRA tensor of a kind other than lora_A/lora_B (DoRA, embedding LoRA, …)"
+                            .into(),
+                });
             }
             let param_path = rel.replace(".base_layer.", ".");
             let Some(p) = base.get(&param_path) else {
-                let module = param_path.rsplit_once('.').map_or(param_path.as_str(), |(m, _)| m).to_string();
+                let module = param_path
+                    .rsplit_once('.')
+                    .map_or(param_path.as_str(), |(m, _)| m)
+                    .to_string();
                 return Err(missing(&weights, &key, &module));
             };
-            let t = if p.linear_weight && !conv1d && t.shape.len() == 2 { t.t() } else { t };
+            let t = if p.linear_weight && !conv1d && t.shape.len() == 2 {
+                t.t()
+            } else {
+                t
+            };
             if t.shape != p.shape {
-                let hf_shape = |s: &[usize]| if p.linear_weight && !conv1d { vec![s[1], s[0]] } else { s.to_vec() };
+                let hf_shape = |s: &[usize]| {
+                    if p.linear_weight && !conv1d {
+                        vec![s[1], s[0]]
+                    } else {
+                        s.to_vec()
+                    }
+                };
                 return Err(PeftError::ShapeMismatch {
                     path: weights,
                     key,
@@ -259,7 +347,10 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
             base_values.insert(param_path, t);
         }
         if let Some(k) = lora_expected.keys().find(|k| !lora_values.contains_key(*k)) {
-            return Err(PeftError::MissingKey { path: weights, key: k.clone() });
+            return Err(PeftError::MissingKey {
+                path: weights,
+                key: k.clone(),
+            });
         }
 
         // All checked: attach and fill.
@@ -285,13 +376,22 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
 
     /// Directory of adapter `name` under a [`Self::save_pretrained`] directory.
     pub fn adapter_dir(dir: &Path, name: &str) -> PathBuf {
-        if name == "default" { dir.to_path_buf() } else { dir.join(name) }
+        if name == "default" {
+            dir.to_path_buf()
+        } else {
+            dir.join(name)
+        }
     }
 
     /// Mark `name` trainable (or not) after loading; see [`LoraModel::mark_trainable`].
     pub fn set_trainable(&mut self, name: &str, trainable: bool) -> Result<()> {
         let have = self.adapter_names().join(", ");
-        let cfg = self.config_mut(name).ok_or_else(|| PeftError::UnknownAdapter { name: name.into(), have })?;
+        let cfg = self
+            .config_mut(name)
+            .ok_or_else(|| PeftError::UnknownAdapter {
+                name: name.into(),
+                have,
+            })?;
         cfg.inference_mode = !trainable;
         self.mark_trainable();
         Ok(())
@@ -299,11 +399,19 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
 }
 
 fn missing(path: &Path, key: &str, module: &str) -> PeftError {
-    PeftError::MissingModule { path: path.into(), key: key.into(), module: module.into() }
+    PeftError::MissingModule {
+        path: path.into(),
+        key: key.into(),
+        module: module.into(),
+    }
 }
 
 fn untargeted(path: &Path, key: &str, module: &str) -> PeftError {
-    PeftError::UntargetedModule { path: path.into(), key: key.into(), module: module.into() }
+    PeftError::UntargetedModule {
+        path: path.into(),
+        key: key.into(),
+        module: module.into(),
+    }
 }
 
 /// A parameter with a new value (kiln layout), keeping its id and require-grad flag.

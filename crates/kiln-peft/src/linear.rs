@@ -76,7 +76,13 @@ impl<B: Backend> LoraLayer<B> {
         };
         let (a_init, b_init) = match init {
             LoraInit::Kaiming => (uniform(d_in), Initializer::Zeros),
-            LoraInit::Gaussian => (Initializer::Normal { mean: 0.0, std: 1.0 / r as f64 }, Initializer::Zeros),
+            LoraInit::Gaussian => (
+                Initializer::Normal {
+                    mean: 0.0,
+                    std: 1.0 / r as f64,
+                },
+                Initializer::Zeros,
+            ),
             LoraInit::Random => (uniform(d_in), uniform(r)),
             LoraInit::Zeros => (Initializer::Zeros, Initializer::Zeros),
         };
@@ -98,7 +104,10 @@ impl<B: Backend> LoraLayer<B> {
 
     /// `scale · A B`, `[d_in, d_out]` (the transpose of peft's `get_delta_weight`).
     pub fn delta_weight(&self) -> Tensor<B, 2> {
-        self.lora_a.val().matmul(self.lora_b.val()).mul_scalar(self.scale)
+        self.lora_a
+            .val()
+            .matmul(self.lora_b.val())
+            .mul_scalar(self.scale)
     }
 
     /// The number of parameters (A and B).
@@ -114,7 +123,11 @@ impl<B: Backend> PeftLinear<B> {
         let init = Initializer::Uniform { min: -k, max: k };
         let weight = init.init_with([d_in, d_out], Some(d_in), Some(d_out), device);
         let bias = bias.then(|| init.init_with([d_out], Some(d_in), Some(d_out), device));
-        Self { weight, bias, lora: Vec::new() }
+        Self {
+            weight,
+            bias,
+            lora: Vec::new(),
+        }
     }
 
     /// A layer initialised from a normal distribution with standard deviation `std` (as HF's
@@ -122,7 +135,11 @@ impl<B: Backend> PeftLinear<B> {
     pub fn new_normal(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> Self {
         let weight = Initializer::Normal { mean: 0.0, std }.init([d_in, d_out], device);
         let bias = bias.then(|| Initializer::Zeros.init([d_out], device));
-        Self { weight, bias, lora: Vec::new() }
+        Self {
+            weight,
+            bias,
+            lora: Vec::new(),
+        }
     }
 
     pub fn d_in(&self) -> usize {
@@ -194,7 +211,13 @@ impl<B: Backend> PeftLinear<B> {
     /// Merge adapter `adapter` into the weight (`W += scale · A B`); a no-op if it is absent or merged already.
     /// Returns whether a merge happened.
     pub fn merge_adapter(&mut self, adapter: &str) -> bool {
-        let Some(i) = self.lora.iter().position(|l| l.adapter == adapter && !l.merged) else { return false };
+        let Some(i) = self
+            .lora
+            .iter()
+            .position(|l| l.adapter == adapter && !l.merged)
+        else {
+            return false;
+        };
         let delta = self.lora[i].delta_weight();
         self.add_to_weight(delta);
         self.lora[i].merged = true;
@@ -203,7 +226,13 @@ impl<B: Backend> PeftLinear<B> {
 
     /// Undo [`Self::merge_adapter`] (`W -= scale · A B`). Returns whether anything was unmerged.
     pub fn unmerge_adapter(&mut self, adapter: &str) -> bool {
-        let Some(i) = self.lora.iter().position(|l| l.adapter == adapter && l.merged) else { return false };
+        let Some(i) = self
+            .lora
+            .iter()
+            .position(|l| l.adapter == adapter && l.merged)
+        else {
+            return false;
+        };
         let delta = self.lora[i].delta_weight().neg();
         self.add_to_weight(delta);
         self.lora[i].merged = false;
@@ -241,38 +270,85 @@ mod tests {
         let mut l = PeftLinear::<B>::new(6, 5, true, &dev);
         let x = Tensor::<B, 2>::random([4, 6], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
         let plain = vals(l.forward(x.clone()));
-        assert_eq!(plain, vals(linear(x.clone(), l.weight.val(), l.bias.as_ref().map(|b| b.val()))));
+        assert_eq!(
+            plain,
+            vals(linear(
+                x.clone(),
+                l.weight.val(),
+                l.bias.as_ref().map(|b| b.val())
+            ))
+        );
 
         // Kaiming init: B = 0, so the branch is a no-op.
-        l.add_lora(LoraLayer::new("default", 6, 5, 2, 4.0, 0.0, LoraInit::Kaiming, &dev));
+        l.add_lora(LoraLayer::new(
+            "default",
+            6,
+            5,
+            2,
+            4.0,
+            0.0,
+            LoraInit::Kaiming,
+            &dev,
+        ));
         assert_eq!(vals(l.forward(x.clone())), plain);
         assert!(vals(l.lora[0].lora_b.val()).iter().all(|&v| v == 0.0));
         let a = vals(l.lora[0].lora_a.val());
         assert!(a.iter().all(|v| v.abs() <= 1.0 / 6f32.sqrt()) && a.iter().any(|&v| v != 0.0));
 
         // Random init: a real branch; by hand x W + b + 4 (x A) B.
-        l.add_lora(LoraLayer::new("default", 6, 5, 2, 4.0, 0.0, LoraInit::Random, &dev));
+        l.add_lora(LoraLayer::new(
+            "default",
+            6,
+            5,
+            2,
+            4.0,
+            0.0,
+            LoraInit::Random,
+            &dev,
+        ));
         assert_eq!(l.lora.len(), 1, "same name replaces");
         let la = &l.lora[0];
         let want = linear(x.clone(), l.weight.val(), l.bias.as_ref().map(|b| b.val()))
-            + x.clone().matmul(la.lora_a.val()).matmul(la.lora_b.val()).mul_scalar(4.0);
+            + x.clone()
+                .matmul(la.lora_a.val())
+                .matmul(la.lora_b.val())
+                .mul_scalar(4.0);
         let got = vals(l.forward(x.clone()));
-        let d = got.iter().zip(vals(want)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let d = got
+            .iter()
+            .zip(vals(want))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(d < 1e-5, "{d}");
         assert!(got.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-3));
 
         let w0 = vals(l.weight.val());
         assert!(l.merge_adapter("default") && l.is_merged() && !l.merge_adapter("default"));
         let merged = vals(l.forward(x.clone()));
-        let d = got.iter().zip(&merged).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let d = got
+            .iter()
+            .zip(&merged)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(d < 1e-5, "merged vs unmerged {d}");
         assert!(l.unmerge_adapter("default") && !l.is_merged());
-        let d = w0.iter().zip(vals(l.weight.val())).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let d = w0
+            .iter()
+            .zip(vals(l.weight.val()))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(d < 1e-6, "unmerge restores W: {d}");
 
         // Inactive adapters are skipped; removal gives the plain layer back.
         l.lora[0].active = false;
-        assert_eq!(vals(l.forward(x.clone())), vals(linear(x.clone(), l.weight.val(), l.bias.as_ref().map(|b| b.val()))));
+        assert_eq!(
+            vals(l.forward(x.clone())),
+            vals(linear(
+                x.clone(),
+                l.weight.val(),
+                l.bias.as_ref().map(|b| b.val())
+            ))
+        );
         assert!(l.remove_adapter("default").is_some() && l.lora.is_empty());
     }
 

@@ -48,7 +48,11 @@ pub struct ParamCount {
 
 impl fmt::Display for ParamCount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pct = if self.all == 0 { 0.0 } else { 100.0 * self.trainable as f64 / self.all as f64 };
+        let pct = if self.all == 0 {
+            0.0
+        } else {
+            100.0 * self.trainable as f64 / self.all as f64
+        };
         write!(
             f,
             "trainable params: {} || all params: {} || trainable%: {:.4}",
@@ -62,13 +66,23 @@ impl fmt::Display for ParamCount {
 /// `{:,d}`.
 fn thousands(n: usize) -> String {
     let digits: Vec<char> = n.to_string().chars().collect();
-    digits.rchunks(3).rev().map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join(",")
+    digits
+        .rchunks(3)
+        .rev()
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
     /// A model with no adapter (its forward pass is the base model's, bit for bit).
     pub fn new(model: M) -> Self {
-        Self { model, adapters: Vec::new(), active: None, _b: PhantomData }
+        Self {
+            model,
+            adapters: Vec::new(),
+            active: None,
+            _b: PhantomData,
+        }
     }
 
     /// peft's `get_peft_model`: attach adapter `default`, freeze everything else.
@@ -92,7 +106,11 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
 
     /// Resolve a config against the model (default targets, `"all-linear"`, task heads, `fan_in_fan_out`), as
     /// peft records it in the saved config, and list the layers it targets with their rank and scale.
-    pub fn plan(&self, name: &str, mut config: LoraConfig) -> Result<(LoraConfig, Vec<PlannedLayer>)> {
+    pub fn plan(
+        &self,
+        name: &str,
+        mut config: LoraConfig,
+    ) -> Result<(LoraConfig, Vec<PlannedLayer>)> {
         if self.adapters.iter().any(|(n, _)| n == name) {
             return Err(PeftError::DuplicateAdapter(name.into()));
         }
@@ -104,22 +122,44 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
         self.model.visit_linears_ref(&mut |path, l| {
             if matcher.is_target(path) {
                 let (r, alpha) = matcher.rank_alpha(path);
-                plan.push(PlannedLayer { path: path.into(), d_in: l.d_in(), d_out: l.d_out(), r, scale: config.scale_for(r, alpha) });
+                plan.push(PlannedLayer {
+                    path: path.into(),
+                    d_in: l.d_in(),
+                    d_out: l.d_out(),
+                    r,
+                    scale: config.scale_for(r, alpha),
+                });
             }
         });
         if plan.is_empty() {
-            let examples = linears.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
-            return Err(PeftError::NoTargetMatched { targets: matcher.describe().into(), model_type, examples });
+            let examples = linears
+                .iter()
+                .take(4)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(PeftError::NoTargetMatched {
+                targets: matcher.describe().into(),
+                model_type,
+                examples,
+            });
         }
         // What peft writes back into the config.
         match &config.target_modules {
             None => {
                 let defaults = crate::config::default_target_modules(&model_type).unwrap_or(&[]);
-                config.target_modules = Some(Targets::List(defaults.iter().map(|s| s.to_string()).collect()));
+                config.target_modules = Some(Targets::List(
+                    defaults.iter().map(|s| s.to_string()).collect(),
+                ));
             }
             Some(t) if t.is_all_linear() => {
-                config.target_modules =
-                    Some(Targets::List(linears.iter().filter(|p| !heads.contains(p)).cloned().collect()));
+                config.target_modules = Some(Targets::List(
+                    linears
+                        .iter()
+                        .filter(|p| !heads.contains(p))
+                        .cloned()
+                        .collect(),
+                ));
             }
             _ => {}
         }
@@ -132,14 +172,29 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
     }
 
     /// Attach planned layers (no checks).
-    pub(crate) fn attach(&mut self, name: &str, config: LoraConfig, plan: &[PlannedLayer], init: LoraInit) {
+    pub(crate) fn attach(
+        &mut self,
+        name: &str,
+        config: LoraConfig,
+        plan: &[PlannedLayer],
+        init: LoraInit,
+    ) {
         let active = self.active.is_none();
         let dropout = config.lora_dropout;
         let mut i = 0;
         self.model.visit_linears(&mut |path, l| {
             if plan.get(i).is_some_and(|p| p.path == path) {
                 let p = &plan[i];
-                let mut layer = LoraLayer::new(name, p.d_in, p.d_out, p.r, p.scale, dropout, init, &l.weight.device());
+                let mut layer = LoraLayer::new(
+                    name,
+                    p.d_in,
+                    p.d_out,
+                    p.r,
+                    p.scale,
+                    dropout,
+                    init,
+                    &l.weight.device(),
+                );
                 layer.active = active;
                 l.add_lora(layer);
                 i += 1;
@@ -164,16 +219,25 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
 
     /// An adapter's config as peft would save it.
     pub fn config(&self, name: &str) -> Option<&LoraConfig> {
-        self.adapters.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+        self.adapters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
     }
 
     pub(crate) fn config_mut(&mut self, name: &str) -> Option<&mut LoraConfig> {
-        self.adapters.iter_mut().find(|(n, _)| n == name).map(|(_, c)| c)
+        self.adapters
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
     }
 
     fn check_name(&self, name: &str) -> Result<()> {
         if self.config(name).is_none() {
-            return Err(PeftError::UnknownAdapter { name: name.into(), have: self.adapter_names().join(", ") });
+            return Err(PeftError::UnknownAdapter {
+                name: name.into(),
+                have: self.adapter_names().join(", "),
+            });
         }
         Ok(())
     }
@@ -249,11 +313,18 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
     /// changes adapters.
     pub fn mark_trainable(&mut self) {
         let active = self.active.clone();
-        let cfg = active.as_deref().and_then(|a| self.config(a)).filter(|c| !c.inference_mode).cloned();
+        let cfg = active
+            .as_deref()
+            .and_then(|a| self.config(a))
+            .filter(|c| !c.inference_mode)
+            .cloned();
         let wrapped = self.lora_wrapped();
         let model = self.model.clone();
         self.model = map_base_params(model, &mut |p| {
-            ParamAction::RequireGrad(cfg.as_ref().is_some_and(|c| Self::base_trainable(c, &wrapped, p)))
+            ParamAction::RequireGrad(
+                cfg.as_ref()
+                    .is_some_and(|c| Self::base_trainable(c, &wrapped, p)),
+            )
         });
         let train_lora = cfg.is_some();
         self.model.visit_linears(&mut |_, l| {
@@ -279,7 +350,11 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
         });
         for (name, cfg) in &self.adapters {
             let lora = lora_by_adapter.get(name).copied().unwrap_or(0);
-            let mts: usize = base.iter().filter(|p| Self::in_modules_to_save(cfg, p)).map(BaseParam::numel).sum();
+            let mts: usize = base
+                .iter()
+                .filter(|p| Self::in_modules_to_save(cfg, p))
+                .map(BaseParam::numel)
+                .sum();
             all += lora + mts;
             if self.active.as_deref() == Some(name.as_str()) && !cfg.inference_mode {
                 let bias: usize = base
@@ -297,15 +372,22 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
     /// Merge the active adapter into the base weights (`W += scale · A B`); its branch is then skipped, so the
     /// outputs stay the same up to rounding. Returns the number of layers merged.
     pub fn merge(&mut self) -> usize {
-        let Some(name) = self.active.clone() else { return 0 };
+        let Some(name) = self.active.clone() else {
+            return 0;
+        };
         let mut n = 0;
-        self.model.visit_linears(&mut |_, l| n += usize::from(l.merge_adapter(&name)));
+        self.model
+            .visit_linears(&mut |_, l| n += usize::from(l.merge_adapter(&name)));
         n
     }
 
     /// Undo [`Self::merge`] for every merged adapter. Returns the number of layers unmerged.
     pub fn unmerge(&mut self) -> usize {
-        let names = self.adapters.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        let names = self
+            .adapters
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect::<Vec<_>>();
         let mut n = 0;
         self.model.visit_linears(&mut |_, l| {
             for name in &names {
@@ -336,10 +418,22 @@ mod tests {
 
     #[test]
     fn counts_print_as_peft_prints_them() {
-        let c = ParamCount { trainable: 1024, all: 41344 };
-        assert_eq!(c.to_string(), "trainable params: 1,024 || all params: 41,344 || trainable%: 2.4768");
-        let c = ParamCount { trainable: 294_912, all: 124_734_720 };
-        assert_eq!(c.to_string(), "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364");
+        let c = ParamCount {
+            trainable: 1024,
+            all: 41344,
+        };
+        assert_eq!(
+            c.to_string(),
+            "trainable params: 1,024 || all params: 41,344 || trainable%: 2.4768"
+        );
+        let c = ParamCount {
+            trainable: 294_912,
+            all: 124_734_720,
+        };
+        assert_eq!(
+            c.to_string(),
+            "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364"
+        );
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000_000), "1,000,000");

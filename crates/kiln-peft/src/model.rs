@@ -85,7 +85,13 @@ pub enum ParamAction {
     Replace(TensorData),
 }
 
-const NORMS: &[&str] = &["Struct:LayerNorm", "Struct:RmsNorm", "Struct:GroupNorm", "Struct:BatchNorm", "Struct:InstanceNorm"];
+const NORMS: &[&str] = &[
+    "Struct:LayerNorm",
+    "Struct:RmsNorm",
+    "Struct:GroupNorm",
+    "Struct:BatchNorm",
+    "Struct:InstanceNorm",
+];
 
 /// Tracks the module path during a burn visit/map.
 struct PathStack<'m, B: Backend, M: PeftModel<B>> {
@@ -96,7 +102,11 @@ struct PathStack<'m, B: Backend, M: PeftModel<B>> {
 
 impl<'m, B: Backend, M: PeftModel<B>> PathStack<'m, B, M> {
     fn new(model: &'m M) -> Self {
-        Self { model, stack: Vec::new(), _b: std::marker::PhantomData }
+        Self {
+            model,
+            stack: Vec::new(),
+            _b: std::marker::PhantomData,
+        }
     }
 
     fn enter(&mut self, name: &str, container: &str) {
@@ -109,20 +119,39 @@ impl<'m, B: Backend, M: PeftModel<B>> PathStack<'m, B, M> {
 
     /// The current parameter, or `None` inside a LoRA branch.
     fn current(&self, shape: Vec<usize>) -> Option<BaseParam> {
-        if self.stack.iter().any(|(n, c)| n == "lora" && c == "Struct:PeftLinear") {
+        if self
+            .stack
+            .iter()
+            .any(|(n, c)| n == "lora" && c == "Struct:PeftLinear")
+        {
             return None;
         }
         let (name, container) = self.stack.last()?;
-        let module_burn = self.stack[..self.stack.len() - 1].iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(".");
+        let module_burn = self.stack[..self.stack.len() - 1]
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(".");
         let module = self.model.hf_module_path(&module_burn);
         let name = match (name.as_str(), NORMS.contains(&container.as_str())) {
             ("gamma", true) => "weight".to_string(),
             ("beta", true) => "bias".to_string(),
             (n, _) => n.to_string(),
         };
-        let linear_weight = container == "Struct:PeftLinear" && name == "weight" && shape.len() == 2;
-        let path = if module.is_empty() { name.clone() } else { format!("{module}.{name}") };
-        Some(BaseParam { path, module, name, shape, linear_weight })
+        let linear_weight =
+            container == "Struct:PeftLinear" && name == "weight" && shape.len() == 2;
+        let path = if module.is_empty() {
+            name.clone()
+        } else {
+            format!("{module}.{name}")
+        };
+        Some(BaseParam {
+            path,
+            module,
+            name,
+            shape,
+            linear_weight,
+        })
     }
 }
 
@@ -149,7 +178,11 @@ impl<B: Backend, M: PeftModel<B>> ModuleVisitor<B> for Reader<'_, '_, B, M> {
 
 /// Every float parameter of the model outside LoRA branches, with Hugging Face names, in module order.
 pub fn base_params<B: Backend, M: PeftModel<B>>(model: &M) -> Vec<BaseParam> {
-    let mut r = Reader { at: PathStack::new(model), want: &mut |_| false, out: Vec::new() };
+    let mut r = Reader {
+        at: PathStack::new(model),
+        want: &mut |_| false,
+        out: Vec::new(),
+    };
     model.visit(&mut r);
     r.out.into_iter().map(|(p, _)| p).collect()
 }
@@ -159,9 +192,16 @@ pub fn read_base_params<B: Backend, M: PeftModel<B>>(
     model: &M,
     want: &mut dyn FnMut(&BaseParam) -> bool,
 ) -> Vec<(BaseParam, TensorData)> {
-    let mut r = Reader { at: PathStack::new(model), want, out: Vec::new() };
+    let mut r = Reader {
+        at: PathStack::new(model),
+        want,
+        out: Vec::new(),
+    };
     model.visit(&mut r);
-    r.out.into_iter().filter_map(|(p, d)| d.map(|d| (p, d))).collect()
+    r.out
+        .into_iter()
+        .filter_map(|(p, d)| d.map(|d| (p, d)))
+        .collect()
 }
 
 struct Mapper<'m, 'f, B: Backend, M: PeftModel<B>> {
@@ -177,7 +217,9 @@ impl<B: Backend, M: PeftModel<B>> ModuleMapper<B> for Mapper<'_, '_, B, M> {
         self.at.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let Some(p) = self.at.current(param.dims().to_vec()) else { return param };
+        let Some(p) = self.at.current(param.dims().to_vec()) else {
+            return param;
+        };
         match (self.f)(&p) {
             ParamAction::Keep => param,
             ParamAction::RequireGrad(rg) => param.set_require_grad(rg),
@@ -192,9 +234,15 @@ impl<B: Backend, M: PeftModel<B>> ModuleMapper<B> for Mapper<'_, '_, B, M> {
 }
 
 /// Apply `f` to every base parameter (LoRA branches are left alone).
-pub fn map_base_params<B: Backend, M: PeftModel<B>>(model: M, f: &mut dyn FnMut(&BaseParam) -> ParamAction) -> M {
+pub fn map_base_params<B: Backend, M: PeftModel<B>>(
+    model: M,
+    f: &mut dyn FnMut(&BaseParam) -> ParamAction,
+) -> M {
     // The mapper borrows a copy for path translation (cheap: burn tensors are reference-counted).
     let view = model.clone();
-    let mut m = Mapper { at: PathStack::new(&view), f };
+    let mut m = Mapper {
+        at: PathStack::new(&view),
+        f,
+    };
     model.map(&mut m)
 }

@@ -119,11 +119,22 @@ impl PromptLearningConfig {
 
     /// Parse `adapter_config.json` text; another `peft_type` is `WrongPeftType`.
     pub fn from_json(path: &Path, text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text).map_err(|source| PeftError::Json { path: path.into(), source })?;
+        let v: Value = serde_json::from_str(text).map_err(|source| PeftError::Json {
+            path: path.into(),
+            source,
+        })?;
         let Value::Object(mut m) = v else {
-            return Err(PeftError::Config { path: path.into(), field: "<root>".into(), msg: "not a JSON object".into() });
+            return Err(PeftError::Config {
+                path: path.into(),
+                field: "<root>".into(),
+                msg: "not a JSON object".into(),
+            });
         };
-        let found = m.get("peft_type").and_then(Value::as_str).unwrap_or("<missing>").to_string();
+        let found = m
+            .get("peft_type")
+            .and_then(Value::as_str)
+            .unwrap_or("<missing>")
+            .to_string();
         let method = match found.as_str() {
             "PROMPT_TUNING" => PromptMethod::PromptTuning,
             "PREFIX_TUNING" => PromptMethod::PrefixTuning,
@@ -137,23 +148,43 @@ impl PromptLearningConfig {
         };
         m.remove("peft_type");
         m.remove("peft_version");
-        let bad = |field: &str, msg: &str| PeftError::Config { path: path.into(), field: field.into(), msg: msg.into() };
+        let bad = |field: &str, msg: &str| PeftError::Config {
+            path: path.into(),
+            field: field.into(),
+            msg: msg.into(),
+        };
         let mut take = |k: &str| m.remove(k).filter(|v| !v.is_null());
         let opt_usize = |v: Option<Value>, k: &str| -> Result<Option<usize>> {
-            v.map(|v| v.as_u64().map(|x| x as usize).ok_or_else(|| bad(k, "expected a non-negative integer"))).transpose()
+            v.map(|v| {
+                v.as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| bad(k, "expected a non-negative integer"))
+            })
+            .transpose()
         };
         let opt_str = |v: Option<Value>, k: &str| -> Result<Option<String>> {
-            v.map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(k, "expected a string"))).transpose()
+            v.map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad(k, "expected a string"))
+            })
+            .transpose()
         };
         let task_type = opt_str(take("task_type"), "task_type")?;
         let num_virtual_tokens = opt_usize(take("num_virtual_tokens"), "num_virtual_tokens")?
             .ok_or_else(|| bad("num_virtual_tokens", "missing"))?;
         let token_dim = opt_usize(take("token_dim"), "token_dim")?;
-        let num_transformer_submodules = opt_usize(take("num_transformer_submodules"), "num_transformer_submodules")?;
+        let num_transformer_submodules = opt_usize(
+            take("num_transformer_submodules"),
+            "num_transformer_submodules",
+        )?;
         let num_attention_heads = opt_usize(take("num_attention_heads"), "num_attention_heads")?;
         let num_layers = opt_usize(take("num_layers"), "num_layers")?;
-        let inference_mode = take("inference_mode").and_then(|v| v.as_bool()).unwrap_or(false);
-        let base_model_name_or_path = opt_str(take("base_model_name_or_path"), "base_model_name_or_path")?;
+        let inference_mode = take("inference_mode")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let base_model_name_or_path =
+            opt_str(take("base_model_name_or_path"), "base_model_name_or_path")?;
         let revision = opt_str(take("revision"), "revision")?;
         let mut cfg = Self::new(method, num_virtual_tokens);
         cfg.task_type = task_type;
@@ -166,14 +197,20 @@ impl PromptLearningConfig {
         cfg.revision = revision;
         match method {
             PromptMethod::PromptTuning => {
-                cfg.prompt_tuning_init = opt_str(take("prompt_tuning_init"), "prompt_tuning_init")?.unwrap_or("RANDOM".into());
-                cfg.prompt_tuning_init_text = opt_str(take("prompt_tuning_init_text"), "prompt_tuning_init_text")?;
-                cfg.tokenizer_name_or_path = opt_str(take("tokenizer_name_or_path"), "tokenizer_name_or_path")?;
+                cfg.prompt_tuning_init = opt_str(take("prompt_tuning_init"), "prompt_tuning_init")?
+                    .unwrap_or("RANDOM".into());
+                cfg.prompt_tuning_init_text =
+                    opt_str(take("prompt_tuning_init_text"), "prompt_tuning_init_text")?;
+                cfg.tokenizer_name_or_path =
+                    opt_str(take("tokenizer_name_or_path"), "tokenizer_name_or_path")?;
                 m.remove("tokenizer_kwargs");
             }
             PromptMethod::PrefixTuning => {
-                cfg.prefix_projection = take("prefix_projection").and_then(|v| v.as_bool()).unwrap_or(false);
-                cfg.encoder_hidden_size = opt_usize(take("encoder_hidden_size"), "encoder_hidden_size")?;
+                cfg.prefix_projection = take("prefix_projection")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false);
+                cfg.encoder_hidden_size =
+                    opt_usize(take("encoder_hidden_size"), "encoder_hidden_size")?;
                 cfg.init_weights = opt_str(take("init_weights"), "init_weights")?;
             }
         }
@@ -196,24 +233,54 @@ impl PromptLearningConfig {
     /// What kiln cannot run: encoder-decoder layouts (`num_transformer_submodules` 2), other task types,
     /// `modules_to_save`.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let unsupported =
-            |field: &str, msg: &str| Err(PeftError::Unsupported { path: path.into(), field: field.into(), msg: msg.into() });
+        let unsupported = |field: &str, msg: &str| {
+            Err(PeftError::Unsupported {
+                path: path.into(),
+                field: field.into(),
+                msg: msg.into(),
+            })
+        };
         if self.num_virtual_tokens == 0 {
-            return Err(PeftError::Config { path: path.into(), field: "num_virtual_tokens".into(), msg: "must be > 0".into() });
+            return Err(PeftError::Config {
+                path: path.into(),
+                field: "num_virtual_tokens".into(),
+                msg: "must be > 0".into(),
+            });
         }
         if self.num_transformer_submodules.unwrap_or(1) != 1 {
-            return unsupported("num_transformer_submodules", "only decoder-only models (1 submodule) are supported");
+            return unsupported(
+                "num_transformer_submodules",
+                "only decoder-only models (1 submodule) are supported",
+            );
         }
         if let Some(t) = &self.task_type {
             if t != "CAUSAL_LM" {
-                return unsupported("task_type", &format!("`{t}`: prompt learning is implemented for CAUSAL_LM only"));
+                return unsupported(
+                    "task_type",
+                    &format!("`{t}`: prompt learning is implemented for CAUSAL_LM only"),
+                );
             }
         }
-        if self.other.get("modules_to_save").is_some_and(|v| !v.is_null()) {
-            return unsupported("modules_to_save", "not supported with prompt learning in kiln");
+        if self
+            .other
+            .get("modules_to_save")
+            .is_some_and(|v| !v.is_null())
+        {
+            return unsupported(
+                "modules_to_save",
+                "not supported with prompt learning in kiln",
+            );
         }
-        if self.method == PromptMethod::PromptTuning && !matches!(self.prompt_tuning_init.as_str(), "RANDOM" | "TEXT" | "SAMPLE_VOCAB") {
-            return unsupported("prompt_tuning_init", &format!("`{}`", self.prompt_tuning_init));
+        if self.method == PromptMethod::PromptTuning
+            && !matches!(
+                self.prompt_tuning_init.as_str(),
+                "RANDOM" | "TEXT" | "SAMPLE_VOCAB"
+            )
+        {
+            return unsupported(
+                "prompt_tuning_init",
+                &format!("`{}`", self.prompt_tuning_init),
+            );
         }
         if self.init_weights.as_deref().is_some_and(|w| w != "zero") {
             return unsupported("init_weights", "expected null or \"zero\"");
@@ -231,10 +298,16 @@ impl PromptLearningConfig {
         put("task_type", json!(self.task_type));
         put("num_virtual_tokens", json!(self.num_virtual_tokens));
         put("token_dim", json!(self.token_dim));
-        put("num_transformer_submodules", json!(self.num_transformer_submodules));
+        put(
+            "num_transformer_submodules",
+            json!(self.num_transformer_submodules),
+        );
         put("num_attention_heads", json!(self.num_attention_heads));
         put("num_layers", json!(self.num_layers));
-        put("base_model_name_or_path", json!(self.base_model_name_or_path));
+        put(
+            "base_model_name_or_path",
+            json!(self.base_model_name_or_path),
+        );
         put("revision", json!(self.revision));
         put("inference_mode", json!(self.inference_mode));
         put("auto_mapping", Value::Null);
@@ -242,7 +315,10 @@ impl PromptLearningConfig {
         match self.method {
             PromptMethod::PromptTuning => {
                 put("prompt_tuning_init", json!(self.prompt_tuning_init));
-                put("prompt_tuning_init_text", json!(self.prompt_tuning_init_text));
+                put(
+                    "prompt_tuning_init_text",
+                    json!(self.prompt_tuning_init_text),
+                );
                 put("tokenizer_name_or_path", json!(self.tokenizer_name_or_path));
                 put("tokenizer_kwargs", Value::Null);
             }
@@ -260,20 +336,32 @@ impl PromptLearningConfig {
 
     /// Fill `token_dim`, `num_layers`, `num_attention_heads` (and `encoder_hidden_size`) from the model, and check
     /// values already set against it.
-    pub fn resolve(&mut self, path: &Path, token_dim: usize, num_layers: usize, num_heads: usize) -> Result<()> {
+    pub fn resolve(
+        &mut self,
+        path: &Path,
+        token_dim: usize,
+        num_layers: usize,
+        num_heads: usize,
+    ) -> Result<()> {
         let check = |field: &str, have: Option<usize>, model: usize| -> Result<usize> {
             match have {
                 Some(h) if h != model => Err(PeftError::Config {
                     path: path.into(),
                     field: field.into(),
-                    msg: format!("{h}, but the base model has {model} (an adapter for another model?)"),
+                    msg: format!(
+                        "{h}, but the base model has {model} (an adapter for another model?)"
+                    ),
                 }),
                 _ => Ok(model),
             }
         };
         self.token_dim = Some(check("token_dim", self.token_dim, token_dim)?);
         self.num_layers = Some(check("num_layers", self.num_layers, num_layers)?);
-        self.num_attention_heads = Some(check("num_attention_heads", self.num_attention_heads, num_heads)?);
+        self.num_attention_heads = Some(check(
+            "num_attention_heads",
+            self.num_attention_heads,
+            num_heads,
+        )?);
         self.num_transformer_submodules.get_or_insert(1);
         if self.method == PromptMethod::PrefixTuning && self.encoder_hidden_size.is_none() {
             self.encoder_hidden_size = Some(token_dim);
@@ -293,7 +381,12 @@ impl PromptLearningConfig {
 
 /// The init token ids of `TEXT` init: the tokenized text repeated / truncated to `n` (peft's `PromptEmbedding`).
 pub fn text_init_ids(tokenized: &[u32], n: usize) -> Vec<u32> {
-    tokenized.iter().copied().cycle().take(if tokenized.is_empty() { 0 } else { n }).collect()
+    tokenized
+        .iter()
+        .copied()
+        .cycle()
+        .take(if tokenized.is_empty() { 0 } else { n })
+        .collect()
 }
 
 /// peft's `PrefixEncoder.transform`: `Linear → tanh → Linear` (weights `[in, out]`).
@@ -315,7 +408,11 @@ impl<B: Backend> PromptEncoder<B> {
     /// A fresh encoder for a resolved config: N(0, 1) rows (torch's `nn.Embedding` init), zeros for prefix tuning's
     /// `init_weights = "zero"`, and `Linear`s initialised U(±1/√in) as torch's. `text_rows` (TEXT / SAMPLE_VOCAB
     /// init) replaces the rows of a prompt-tuning embedding.
-    pub fn init(cfg: &PromptLearningConfig, text_rows: Option<Tensor<B, 2>>, device: &B::Device) -> Self {
+    pub fn init(
+        cfg: &PromptLearningConfig,
+        text_rows: Option<Tensor<B, 2>>,
+        device: &B::Device,
+    ) -> Self {
         let n = cfg.num_virtual_tokens;
         let d = cfg.token_dim.expect("resolved config");
         let zero = cfg.init_weights.as_deref() == Some("zero");
@@ -328,7 +425,13 @@ impl<B: Backend> PromptEncoder<B> {
                     fc2.weight = Param::from_tensor(Tensor::zeros([h, out], device));
                     fc2.bias = Some(Param::from_tensor(Tensor::zeros([out], device)));
                 }
-                (d, Some(PrefixMlp { fc1: LinearConfig::new(d, h).init(device), fc2 }))
+                (
+                    d,
+                    Some(PrefixMlp {
+                        fc1: LinearConfig::new(d, h).init(device),
+                        fc2,
+                    }),
+                )
             }
             _ => (cfg.row_width(), None),
         };
@@ -337,12 +440,18 @@ impl<B: Backend> PromptEncoder<B> {
             None if zero && transform.is_none() => Tensor::zeros([n, width], device),
             None => Tensor::random([n, width], Distribution::Normal(0.0, 1.0), device),
         };
-        Self { embedding: Param::from_tensor(emb), transform }
+        Self {
+            embedding: Param::from_tensor(emb),
+            transform,
+        }
     }
 
     /// An encoder holding saved rows (`prompt_embeddings`), no projection.
     pub fn from_rows(rows: Tensor<B, 2>) -> Self {
-        Self { embedding: Param::from_tensor(rows), transform: None }
+        Self {
+            embedding: Param::from_tensor(rows),
+            transform: None,
+        }
     }
 
     /// What the model consumes (and what peft saves as `prompt_embeddings`): the embedding rows, or the
@@ -351,20 +460,33 @@ impl<B: Backend> PromptEncoder<B> {
         let e = self.embedding.val();
         match &self.transform {
             None => e,
-            Some(t) => t.fc2.forward(burn::tensor::activation::tanh(t.fc1.forward(e))),
+            Some(t) => t
+                .fc2
+                .forward(burn::tensor::activation::tanh(t.fc1.forward(e))),
         }
     }
 
     /// Prefix tuning: per layer, keys and values `[batch, heads, n, head_dim]` (peft's `get_prompt`: view
     /// `[n, num_layers·2, heads, head_dim]`, layer `l` keys at `2l`, values at `2l + 1`).
-    pub fn past_key_values(&self, num_layers: usize, heads: usize, batch: usize) -> Vec<(Tensor<B, 4>, Tensor<B, 4>)> {
+    pub fn past_key_values(
+        &self,
+        num_layers: usize,
+        heads: usize,
+        batch: usize,
+    ) -> Vec<(Tensor<B, 4>, Tensor<B, 4>)> {
         let out = self.output();
         let [n, w] = out.dims();
         let hd = w / (num_layers * 2 * heads);
-        let kv = out.reshape([n, num_layers * 2, heads, hd]).permute([1, 2, 0, 3]); // [2L, H, n, hd]
+        let kv = out
+            .reshape([n, num_layers * 2, heads, hd])
+            .permute([1, 2, 0, 3]); // [2L, H, n, hd]
         (0..num_layers)
             .map(|l| {
-                let pick = |i: usize| kv.clone().slice([i..i + 1, 0..heads, 0..n, 0..hd]).repeat_dim(0, batch);
+                let pick = |i: usize| {
+                    kv.clone()
+                        .slice([i..i + 1, 0..heads, 0..n, 0..hd])
+                        .repeat_dim(0, batch)
+                };
                 (pick(2 * l), pick(2 * l + 1))
             })
             .collect()
@@ -372,7 +494,11 @@ impl<B: Backend> PromptEncoder<B> {
 }
 
 /// Write `adapter_config.json` and `adapter_model.safetensors` (`prompt_embeddings` = [`PromptEncoder::output`]).
-pub fn save_prompt<B: Backend>(dir: &Path, cfg: &PromptLearningConfig, encoder: &PromptEncoder<B>) -> Result<()> {
+pub fn save_prompt<B: Backend>(
+    dir: &Path,
+    cfg: &PromptLearningConfig,
+    encoder: &PromptEncoder<B>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| PeftError::io(dir, e))?;
     let mut cfg = cfg.clone();
     cfg.inference_mode = true;
@@ -380,7 +506,11 @@ pub fn save_prompt<B: Backend>(dir: &Path, cfg: &PromptLearningConfig, encoder: 
     std::fs::write(&cfg_path, cfg.to_json()).map_err(|e| PeftError::io(&cfg_path, e))?;
     let out = encoder.output();
     let shape = out.dims().to_vec();
-    let data: Vec<f32> = out.into_data().convert::<f32>().to_vec().expect("f32 prompt");
+    let data: Vec<f32> = out
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 prompt");
     let mut t = BTreeMap::new();
     t.insert(PROMPT_KEY.to_string(), RawTensor::new(shape, data));
     write_tensors(&dir.join(WEIGHTS_FILE), &t)
@@ -392,9 +522,18 @@ pub fn read_prompt(dir: &Path) -> Result<(PromptLearningConfig, RawTensor)> {
     let cfg = PromptLearningConfig::load(&dir.join(CONFIG_FILE))?;
     let path = dir.join(WEIGHTS_FILE);
     let mut file = read_tensors(&path)?;
-    let t = file.remove(PROMPT_KEY).ok_or_else(|| PeftError::MissingKey { path: path.clone(), key: PROMPT_KEY.into() })?;
+    let t = file
+        .remove(PROMPT_KEY)
+        .ok_or_else(|| PeftError::MissingKey {
+            path: path.clone(),
+            key: PROMPT_KEY.into(),
+        })?;
     if let Some(k) = file.keys().next() {
-        return Err(PeftError::UnsupportedKey { path, key: k.clone(), kind: "tensor other than `prompt_embeddings`".into() });
+        return Err(PeftError::UnsupportedKey {
+            path,
+            key: k.clone(),
+            kind: "tensor other than `prompt_embeddings`".into(),
+        });
     }
     Ok((cfg, t))
 }

@@ -12,7 +12,11 @@ pub enum Error {
         Some(c) => format!("The last good checkpoint is {}", c.display()),
         None => "No checkpoint had been written yet".to_string(),
     })]
-    NonFinite { step: usize, loss: f64, checkpoint: Option<PathBuf> },
+    NonFinite {
+        step: usize,
+        loss: f64,
+        checkpoint: Option<PathBuf>,
+    },
     #[error(transparent)]
     Model(#[from] kiln_models::Error),
     #[error(transparent)]

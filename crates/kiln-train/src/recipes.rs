@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 use kiln_data::{
-    load_cnndm, load_sst2, tokenize_sentiment, tokenize_seq2seq, BatchOptions, Batcher, LoadOptions, PromptTemplate,
-    Seq2SeqLengths, Split,
+    load_cnndm, load_sst2, tokenize_sentiment, tokenize_seq2seq, BatchOptions, Batcher,
+    LoadOptions, PromptTemplate, Seq2SeqLengths, Split,
 };
 use kiln_models::auto::{resolve_model, CausalPipeline, Seq2SeqPipeline};
 use kiln_models::bert;
@@ -55,7 +55,10 @@ pub struct RecipeArgs {
 }
 
 fn load_opts(max: Option<usize>) -> LoadOptions {
-    LoadOptions { max_samples: max, ..Default::default() }
+    LoadOptions {
+        max_samples: max,
+        ..Default::default()
+    }
 }
 
 fn write_json(path: &std::path::Path, v: &Value) -> Result<()> {
@@ -64,7 +67,11 @@ fn write_json(path: &std::path::Path, v: &Value) -> Result<()> {
 }
 
 /// Run a recipe; returns its summary (also written to `out_dir/summary.json`).
-pub fn run_recipe<B: AutodiffBackend>(name: &str, a: &RecipeArgs, device: &B::Device) -> Result<Value> {
+pub fn run_recipe<B: AutodiffBackend>(
+    name: &str,
+    a: &RecipeArgs,
+    device: &B::Device,
+) -> Result<Value> {
     crate::trainer::check_out_dir(&a.out_dir)?;
     let summary = match name {
         "t5-prompt-sst2" => t5_prompt_sst2::<B>(a, device)?,
@@ -77,7 +84,12 @@ pub fn run_recipe<B: AutodiffBackend>(name: &str, a: &RecipeArgs, device: &B::De
         "bart-cnndm" => bart_cnndm::<B>(a, device, false)?,
         "bart-lora-cnndm" => bart_cnndm::<B>(a, device, true)?,
         "bart-lora-vs-full" => lora_vs_full::<B>(a, device)?,
-        other => return Err(Error::Config(format!("unknown recipe `{other}` (known: {})", RECIPES.join(", ")))),
+        other => {
+            return Err(Error::Config(format!(
+                "unknown recipe `{other}` (known: {})",
+                RECIPES.join(", ")
+            )))
+        }
     };
     write_json(&a.out_dir.join("summary.json"), &summary)?;
     Ok(summary)
@@ -104,21 +116,39 @@ fn train_config(a: &RecipeArgs, epochs: usize, lr: f64, optimizer: OptimizerKind
 /// Prompt-based full fine-tuning of t5-small on SST-2, scored by generation accuracy.
 fn t5_prompt_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
     let model_spec = a.model.clone().unwrap_or_else(|| "t5-small".into());
-    let data = a.dataset.clone().unwrap_or_else(|| "stanfordnlp/sst2".into());
+    let data = a
+        .dataset
+        .clone()
+        .unwrap_or_else(|| "stanfordnlp/sst2".into());
     let pipe = Seq2SeqPipeline::<B>::load(&model_spec, device)?;
     let prompt = PromptTemplate::default();
-    let train_ex = prompt.apply(&load_sst2(&data, Split::Train, &load_opts(a.max_samples))?.examples);
-    let eval_ex = prompt.apply(&load_sst2(&data, Split::Validation, &load_opts(a.max_eval_samples))?.examples);
-    let lengths = Seq2SeqLengths { max_source_len: Some(64), max_target_len: Some(8) };
+    let train_ex =
+        prompt.apply(&load_sst2(&data, Split::Train, &load_opts(a.max_samples))?.examples);
+    let eval_ex = prompt
+        .apply(&load_sst2(&data, Split::Validation, &load_opts(a.max_eval_samples))?.examples);
+    let lengths = Seq2SeqLengths {
+        max_source_len: Some(64),
+        max_target_len: Some(8),
+    };
     let pad = pipe.generation.pad_token_id.unwrap_or(0);
     let bs = a.batch_size.unwrap_or(16);
     let train_b = Batcher::new(
         tokenize_seq2seq(&pipe.tokenizer, &train_ex, lengths)?.features,
-        BatchOptions { batch_size: bs, pad_id: pad, shuffle: true, seed: a.seed.unwrap_or(42), ..Default::default() },
+        BatchOptions {
+            batch_size: bs,
+            pad_id: pad,
+            shuffle: true,
+            seed: a.seed.unwrap_or(42),
+            ..Default::default()
+        },
     )?;
     let eval_b = Batcher::new(
         tokenize_seq2seq(&pipe.tokenizer, &eval_ex, lengths)?.features,
-        BatchOptions { batch_size: bs, pad_id: pad, ..Default::default() },
+        BatchOptions {
+            batch_size: bs,
+            pad_id: pad,
+            ..Default::default()
+        },
     )?;
     let mut generation = pipe.generation.clone();
     generation.max_new_tokens = Some(4);
@@ -147,9 +177,19 @@ fn t5_prompt_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Res
 /// BERT sequence classification on SST-2 (Adam 2e-5, as the seed's BERT run): with `adapters`, bottleneck
 /// adapters of size 64 in every layer and the backbone frozen (the seed's experiment); else full
 /// fine-tuning.
-fn bert_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device, adapters: bool) -> Result<Value> {
-    let model_spec = a.model.clone().unwrap_or_else(|| "bert-base-uncased".into());
-    let data = a.dataset.clone().unwrap_or_else(|| "stanfordnlp/sst2".into());
+fn bert_sst2<B: AutodiffBackend>(
+    a: &RecipeArgs,
+    device: &B::Device,
+    adapters: bool,
+) -> Result<Value> {
+    let model_spec = a
+        .model
+        .clone()
+        .unwrap_or_else(|| "bert-base-uncased".into());
+    let data = a
+        .dataset
+        .clone()
+        .unwrap_or_else(|| "stanfordnlp/sst2".into());
     let dir = resolve_model(&model_spec)?;
     let (_, model, load) = bert::load_for_classification::<B>(&dir, device)?;
     let tok = Tokenizer::from_dir(&dir)?;
@@ -159,9 +199,22 @@ fn bert_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device, adapters: b
     let eval_ex = load_sst2(&data, Split::Validation, &load_opts(a.max_eval_samples))?.examples;
     let train_b = Batcher::new(
         tokenize_sentiment(&tok, &train_ex, Some(64))?.features,
-        BatchOptions { batch_size: bs, pad_id: pad, shuffle: true, seed: a.seed.unwrap_or(42), ..Default::default() },
+        BatchOptions {
+            batch_size: bs,
+            pad_id: pad,
+            shuffle: true,
+            seed: a.seed.unwrap_or(42),
+            ..Default::default()
+        },
     )?;
-    let eval_b = Batcher::new(tokenize_sentiment(&tok, &eval_ex, Some(64))?.features, BatchOptions { batch_size: bs, pad_id: pad, ..Default::default() })?;
+    let eval_b = Batcher::new(
+        tokenize_sentiment(&tok, &eval_ex, Some(64))?.features,
+        BatchOptions {
+            batch_size: bs,
+            pad_id: pad,
+            ..Default::default()
+        },
+    )?;
     let task = Classification { eval: eval_b };
     let (model, trainable, total) = if adapters {
         let cfg = kiln_peft::AdapterConfig {
@@ -191,7 +244,11 @@ fn bert_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device, adapters: b
 fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
 }
 
 fn reset_peak_rss() {
@@ -214,7 +271,10 @@ fn bart_lora_config(base: &str) -> kiln_peft::LoraConfig {
 fn lora_vs_full<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
     let mut rows = Vec::new();
     for (name, lora) in [("lora", true), ("full", false)] {
-        let sub = RecipeArgs { out_dir: a.out_dir.join(name), ..a.clone() };
+        let sub = RecipeArgs {
+            out_dir: a.out_dir.join(name),
+            ..a.clone()
+        };
         crate::trainer::check_out_dir(&sub.out_dir)?;
         reset_peak_rss();
         let t = std::time::Instant::now();
@@ -234,7 +294,9 @@ fn lora_vs_full<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Resul
             "| {} | {:.1} | {} | {} | {} | {} | {} | {} |\n",
             r["method"].as_str().unwrap_or(""),
             r["wall_seconds"].as_f64().unwrap_or(0.0),
-            r["peak_rss_bytes"].as_u64().map_or("—".into(), |b| format!("{:.0}", b as f64 / 1048576.0)),
+            r["peak_rss_bytes"]
+                .as_u64()
+                .map_or("—".into(), |b| format!("{:.0}", b as f64 / 1048576.0)),
             r["trainable_params"],
             f("rouge1"),
             f("rouge2"),
@@ -250,26 +312,53 @@ fn lora_vs_full<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Resul
 /// BART summarization on CNN/DailyMail, full fine-tuning or LoRA (the adapter is saved in the PEFT format
 /// under `out/adapter`), scored by ROUGE on generated summaries.
 fn bart_cnndm<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device, lora: bool) -> Result<Value> {
-    let model_spec = a.model.clone().unwrap_or_else(|| "facebook/bart-base".into());
-    let data = a.dataset.clone().unwrap_or_else(|| "abisee/cnn_dailymail".into());
+    let model_spec = a
+        .model
+        .clone()
+        .unwrap_or_else(|| "facebook/bart-base".into());
+    let data = a
+        .dataset
+        .clone()
+        .unwrap_or_else(|| "abisee/cnn_dailymail".into());
     let pipe = Seq2SeqPipeline::<B>::load(&model_spec, device)?;
     // The hub dataset has configs (3.0.0 is the seed's); a local directory or file is taken as it is.
     let config = (!std::path::Path::new(&data).exists()).then(|| "3.0.0".to_string());
-    let opts = |m| LoadOptions { max_samples: m, config: config.clone(), ..Default::default() };
+    let opts = |m| LoadOptions {
+        max_samples: m,
+        config: config.clone(),
+        ..Default::default()
+    };
     let train_raw = load_cnndm(&data, Split::Train, &opts(a.max_samples.or(Some(5000))))?.examples;
     let eval_raw = load_cnndm(&data, Split::Validation, &opts(a.max_eval_samples))?.examples;
     let train_ex: Vec<_> = train_raw.iter().map(|e| e.to_seq2seq("")).collect();
     let eval_ex: Vec<_> = eval_raw.iter().map(|e| e.to_seq2seq("")).collect();
     let max_src = pipe.max_source_positions.unwrap_or(1024).min(1024);
     let max_tgt = pipe.max_source_positions.unwrap_or(128).min(128);
-    let lengths = Seq2SeqLengths { max_source_len: Some(max_src), max_target_len: Some(max_tgt) };
+    let lengths = Seq2SeqLengths {
+        max_source_len: Some(max_src),
+        max_target_len: Some(max_tgt),
+    };
     let pad = pipe.generation.pad_token_id.unwrap_or(1);
     let bs = a.batch_size.unwrap_or(4);
     let train_b = Batcher::new(
         tokenize_seq2seq(&pipe.tokenizer, &train_ex, lengths)?.features,
-        BatchOptions { batch_size: bs, pad_id: pad, shuffle: true, group_by_length: true, seed: a.seed.unwrap_or(42), ..Default::default() },
+        BatchOptions {
+            batch_size: bs,
+            pad_id: pad,
+            shuffle: true,
+            group_by_length: true,
+            seed: a.seed.unwrap_or(42),
+            ..Default::default()
+        },
     )?;
-    let eval_b = Batcher::new(tokenize_seq2seq(&pipe.tokenizer, &eval_ex, lengths)?.features, BatchOptions { batch_size: bs, pad_id: pad, ..Default::default() })?;
+    let eval_b = Batcher::new(
+        tokenize_seq2seq(&pipe.tokenizer, &eval_ex, lengths)?.features,
+        BatchOptions {
+            batch_size: bs,
+            pad_id: pad,
+            ..Default::default()
+        },
+    )?;
     let mut generation = pipe.generation.clone();
     if generation.max_new_tokens.is_none() {
         generation.max_new_tokens = Some(max_tgt - 1);
@@ -285,7 +374,8 @@ fn bart_cnndm<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device, lora: bool
         predictions_path: Some(a.out_dir.join("predictions.jsonl")),
     };
     let (model, mut lora_model, trainable, total) = if lora {
-        let lm = kiln_peft::LoraModel::inject(pipe.model, bart_lora_config(&model_spec)).map_err(|e| Error::Config(e.to_string()))?;
+        let lm = kiln_peft::LoraModel::inject(pipe.model, bart_lora_config(&model_spec))
+            .map_err(|e| Error::Config(e.to_string()))?;
         let c = lm.trainable_parameters();
         let model = lm.model.clone();
         (model, Some(lm), c.trainable, c.all)
@@ -298,13 +388,15 @@ fn bart_cnndm<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device, lora: bool
     let final_eval = crate::trainer::Task::<B>::evaluate(&task, &model.valid())?;
     if let Some(lm) = lora_model.as_mut() {
         lm.model = model.clone();
-        lm.save_pretrained(&a.out_dir.join("adapter")).map_err(|e| Error::Io(e.to_string()))?;
+        lm.save_pretrained(&a.out_dir.join("adapter"))
+            .map_err(|e| Error::Io(e.to_string()))?;
     }
     let bars: Vec<(String, f64)> = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
         .iter()
         .map(|k| (k.to_string(), final_eval.get(k).unwrap_or(0.0)))
         .collect();
-    crate::chart::bar_chart(&a.out_dir.join("rouge.png"), "ROUGE (F)", &bars).map_err(|e| Error::Io(e.to_string()))?;
+    crate::chart::bar_chart(&a.out_dir.join("rouge.png"), "ROUGE (F)", &bars)
+        .map_err(|e| Error::Io(e.to_string()))?;
     // Three examples beside their ground truth, as the notebook shows them.
     let preds: Vec<Value> = std::fs::read_to_string(a.out_dir.join("predictions.jsonl"))
         .unwrap_or_default()
@@ -329,34 +421,67 @@ fn bart_cnndm<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device, lora: bool
 }
 
 fn sentiment_label(l: i64) -> &'static str {
-    if l == 1 { "positive" } else { "negative" }
+    if l == 1 {
+        "positive"
+    } else {
+        "negative"
+    }
 }
 
 /// Prompt tuning of OPT on SST-2 (peft's PROMPT_TUNING, TEXT init, 8 virtual tokens): the model is
 /// frozen, only the virtual token embeddings train on `Input: {sentence}\nOutput: {label}` texts; accuracy by
 /// label likelihood. The prompt is saved in the PEFT format under `out/adapter`.
 fn prompt_tuning_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
-    let model_spec = a.model.clone().unwrap_or_else(|| "facebook/opt-125m".into());
-    let data = a.dataset.clone().unwrap_or_else(|| "stanfordnlp/sst2".into());
+    let model_spec = a
+        .model
+        .clone()
+        .unwrap_or_else(|| "facebook/opt-125m".into());
+    let data = a
+        .dataset
+        .clone()
+        .unwrap_or_else(|| "stanfordnlp/sst2".into());
     let pipe = CausalPipeline::<B>::load(&model_spec, device)?;
     let train_ex = load_sst2(&data, Split::Train, &load_opts(a.max_samples))?.examples;
     let eval_ex = load_sst2(&data, Split::Validation, &load_opts(a.max_eval_samples))?.examples;
     let text = |s: &str, l: i64| format!("Input: {s}\nOutput: {}", sentiment_label(l));
-    let texts: Vec<String> = train_ex.iter().filter(|e| e.label >= 0).map(|e| text(&e.sentence, e.label)).collect();
+    let texts: Vec<String> = train_ex
+        .iter()
+        .filter(|e| e.label >= 0)
+        .map(|e| text(&e.sentence, e.label))
+        .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let pad = pipe.generation.pad_token_id.or(pipe.generation.eos_token_id.first().copied()).unwrap_or(0);
+    let pad = pipe
+        .generation
+        .pad_token_id
+        .or(pipe.generation.eos_token_id.first().copied())
+        .unwrap_or(0);
     let bs = a.batch_size.unwrap_or(8);
     let train_b = Batcher::new(
         kiln_data::tokenize_texts(&pipe.tokenizer, &refs, Some(96))?.features,
-        BatchOptions { batch_size: bs, pad_id: pad, shuffle: true, seed: a.seed.unwrap_or(42), ..Default::default() },
+        BatchOptions {
+            batch_size: bs,
+            pad_id: pad,
+            shuffle: true,
+            seed: a.seed.unwrap_or(42),
+            ..Default::default()
+        },
     )?;
     let labels = ["negative", "positive"];
-    let label_ids = labels.iter().map(|l| pipe.tokenizer.encode_plain(&format!(" {l}"))).collect::<kiln_models::Result<Vec<_>>>()?;
+    let label_ids = labels
+        .iter()
+        .map(|l| pipe.tokenizer.encode_plain(&format!(" {l}")))
+        .collect::<kiln_models::Result<Vec<_>>>()?;
     let mut eval = Vec::new();
     for e in eval_ex.iter().filter(|e| e.label >= 0) {
-        let mut ids = pipe.tokenizer.encode(&format!("Input: {}\nOutput:", e.sentence), Some(96))?.ids;
+        let mut ids = pipe
+            .tokenizer
+            .encode(&format!("Input: {}\nOutput:", e.sentence), Some(96))?
+            .ids;
         ids.truncate(96);
-        eval.push(crate::tasks::LabelledPrompt { prompt_ids: ids, label: e.label as usize });
+        eval.push(crate::tasks::LabelledPrompt {
+            prompt_ids: ids,
+            label: e.label as usize,
+        });
     }
     let mut pcfg = kiln_peft::prompt::PromptLearningConfig::prompt_tuning(8);
     pcfg.prompt_tuning_init = "TEXT".into();
@@ -385,29 +510,54 @@ fn prompt_tuning_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) ->
 /// In-context learning with OPT: the notebook's three examples (or `k` from train), accuracy by label
 /// likelihood on the validation split. No training.
 fn opt_icl_sst2<B: burn::prelude::Backend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
-    let model_spec = a.model.clone().unwrap_or_else(|| "facebook/opt-125m".into());
-    let data = a.dataset.clone().unwrap_or_else(|| "stanfordnlp/sst2".into());
+    let model_spec = a
+        .model
+        .clone()
+        .unwrap_or_else(|| "facebook/opt-125m".into());
+    let data = a
+        .dataset
+        .clone()
+        .unwrap_or_else(|| "stanfordnlp/sst2".into());
     let pipe = CausalPipeline::<B>::load(&model_spec, device)?;
     let train = load_sst2(&data, Split::Train, &load_opts(Some(3)))?.examples;
-    let examples: Vec<Example> = train.iter().map(|e| Example { input: e.sentence.clone(), output: sentiment_label(e.label).into() }).collect();
+    let examples: Vec<Example> = train
+        .iter()
+        .map(|e| Example {
+            input: e.sentence.clone(),
+            output: sentiment_label(e.label).into(),
+        })
+        .collect();
     let eval = load_sst2(&data, Split::Validation, &load_opts(a.max_eval_samples))?.examples;
     let t = IclTemplate::default();
     let labels = ["negative", "positive"];
     let mut correct = 0;
     let mut rows = Vec::new();
     for e in &eval {
-        let pred = kiln_models::icl::classify(&pipe.model, &pipe.tokenizer, &t, &examples, &e.sentence, &labels)? as i64;
+        let pred = kiln_models::icl::classify(
+            &pipe.model,
+            &pipe.tokenizer,
+            &t,
+            &examples,
+            &e.sentence,
+            &labels,
+        )? as i64;
         correct += (pred == e.label) as usize;
         rows.push(json!({"sentence": e.sentence, "label": e.label, "prediction": pred}));
     }
     let acc = correct as f64 / eval.len().max(1) as f64;
     std::fs::write(
         a.out_dir.join("predictions.jsonl"),
-        rows.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n") + "\n",
+        rows.iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
     )
     .map_err(|e| Error::Io(e.to_string()))?;
-    Ok(json!({"recipe": "opt-icl-sst2", "model": model_spec, "dataset": data, "k": examples.len(),
-              "prompt_example": t.prompt(&examples, "…"), "accuracy": acc, "eval_examples": eval.len()}))
+    Ok(
+        json!({"recipe": "opt-icl-sst2", "model": model_spec, "dataset": data, "k": examples.len(),
+              "prompt_example": t.prompt(&examples, "…"), "accuracy": acc, "eval_examples": eval.len()}),
+    )
 }
 
 /// GPT-2 generation with the notebook's decoding settings: greedy, beam search and sampling.
@@ -416,17 +566,49 @@ fn gpt2_generate<B: burn::prelude::Backend>(a: &RecipeArgs, device: &B::Device) 
     let pipe = CausalPipeline::<B>::load(&model_spec, device)?;
     let prompt = "I enjoy walking with my cute dog";
     let (ids, mask) = pipe.encode_left_padded(&[prompt])?;
-    let base = GenerationConfig { max_new_tokens: Some(40), seed: a.seed.unwrap_or(0), ..pipe.generation.clone() };
+    let base = GenerationConfig {
+        max_new_tokens: Some(40),
+        seed: a.seed.unwrap_or(0),
+        ..pipe.generation.clone()
+    };
     let modes = [
         ("greedy", GenerationConfig { ..base.clone() }),
-        ("beam", GenerationConfig { num_beams: 5, no_repeat_ngram_size: 2, early_stopping: kiln_models::generation::EarlyStopping::True, ..base.clone() }),
-        ("sampling", GenerationConfig { do_sample: true, top_k: 50, top_p: 0.95, temperature: 0.7, ..base.clone() }),
+        (
+            "beam",
+            GenerationConfig {
+                num_beams: 5,
+                no_repeat_ngram_size: 2,
+                early_stopping: kiln_models::generation::EarlyStopping::True,
+                ..base.clone()
+            },
+        ),
+        (
+            "sampling",
+            GenerationConfig {
+                do_sample: true,
+                top_k: 50,
+                top_p: 0.95,
+                temperature: 0.7,
+                ..base.clone()
+            },
+        ),
     ];
     let mut out = serde_json::Map::new();
     for (name, cfg) in modes {
-        let g = kiln_models::generation::generate(&mut kiln_models::causal::CausalSession::new(&pipe.model), &ids, &mask, &cfg, None)?;
-        let text = pipe.tokenizer.decode(&g.sequences[0][g.prompt_len..], true)?;
-        out.insert(name.into(), json!({"ids": g.sequences[0][g.prompt_len..], "text": format!("{prompt}{text}")}));
+        let g = kiln_models::generation::generate(
+            &mut kiln_models::causal::CausalSession::new(&pipe.model),
+            &ids,
+            &mask,
+            &cfg,
+            None,
+        )?;
+        let text = pipe
+            .tokenizer
+            .decode(&g.sequences[0][g.prompt_len..], true)?;
+        out.insert(
+            name.into(),
+            json!({"ids": g.sequences[0][g.prompt_len..], "text": format!("{prompt}{text}")}),
+        );
     }
     Ok(json!({"recipe": "gpt2-generate", "model": model_spec, "prompt": prompt, "outputs": out}))
 }
@@ -438,8 +620,14 @@ fn t0_zero_shot<B: burn::prelude::Backend>(a: &RecipeArgs, device: &B::Device) -
     let context = "The Eiffel Tower was completed in 1889 and is 330 metres tall.";
     let question = "When was the Eiffel Tower completed?";
     let prompt = format!("context: {context} question: {question}");
-    let cfg = GenerationConfig { num_beams: 5, max_new_tokens: None, max_length: 50, ..pipe.generation.clone() };
+    let cfg = GenerationConfig {
+        num_beams: 5,
+        max_new_tokens: None,
+        max_length: 50,
+        ..pipe.generation.clone()
+    };
     let answer = pipe.generate_text(&[&prompt], Some(1024), &cfg)?;
-    Ok(json!({"recipe": "t0-zero-shot", "model": model_spec, "prompt": prompt, "answer": answer[0]}))
+    Ok(
+        json!({"recipe": "t0-zero-shot", "model": model_spec, "prompt": prompt, "answer": answer[0]}),
+    )
 }
-

@@ -30,7 +30,9 @@ fn bert_batch(b: &Batch) -> BertBatch {
 fn class_labels(b: &Batch) -> Result<&[i64]> {
     match &b.labels {
         Labels::Class(l) => Ok(l),
-        _ => Err(Error::Config("classification batches need class labels".into())),
+        _ => Err(Error::Config(
+            "classification batches need class labels".into(),
+        )),
     }
 }
 
@@ -54,22 +56,35 @@ impl<B: AutodiffBackend> Task<B> for Classification {
         Ok(class_cross_entropy(logits, class_labels(batch)?))
     }
 
-    fn evaluate(&self, model: &<Self::Model as AutodiffModule<B>>::InnerModule) -> Result<EvalResult> {
+    fn evaluate(
+        &self,
+        model: &<Self::Model as AutodiffModule<B>>::InnerModule,
+    ) -> Result<EvalResult> {
         let (mut correct, mut n, mut loss_sum) = (0usize, 0usize, 0f64);
         for (_, batch) in self.eval.epoch(0) {
             let labels = class_labels(&batch)?;
             let logits = model.forward_batch(&bert_batch(&batch))?;
-            loss_sum += class_cross_entropy(logits.clone(), labels).into_scalar().elem::<f64>() * labels.len() as f64;
+            loss_sum += class_cross_entropy(logits.clone(), labels)
+                .into_scalar()
+                .elem::<f64>()
+                * labels.len() as f64;
             let preds = kiln_models::attention::rows_f32(logits);
             for (p, &l) in preds.iter().zip(labels) {
-                let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as i64).unwrap_or(0);
+                let best = p
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i as i64)
+                    .unwrap_or(0);
                 correct += (best == l) as usize;
                 n += 1;
             }
         }
         let mut r = EvalResult::default();
-        r.metrics.insert("accuracy".into(), json!(correct as f64 / n.max(1) as f64));
-        r.metrics.insert("eval_loss".into(), json!(loss_sum / n.max(1) as f64));
+        r.metrics
+            .insert("accuracy".into(), json!(correct as f64 / n.max(1) as f64));
+        r.metrics
+            .insert("eval_loss".into(), json!(loss_sum / n.max(1) as f64));
         r.metrics.insert("examples".into(), json!(n));
         Ok(r)
     }
@@ -101,25 +116,49 @@ pub struct Seq2Seq {
 }
 
 impl Seq2Seq {
-    fn teacher_forced<B: Backend>(&self, model: &Seq2SeqModel<B>, batch: &Batch) -> Result<Tensor<B, 1>> {
+    fn teacher_forced<B: Backend>(
+        &self,
+        model: &Seq2SeqModel<B>,
+        batch: &Batch,
+    ) -> Result<Tensor<B, 1>> {
         let device = EncoderDecoder::<B>::device(model);
         let labels = token_labels(batch)?;
         let dec = batch
             .decoder_input_ids(self.decoder_start_id, self.pad_id)
             .ok_or_else(|| Error::Config("no decoder inputs".into()))?;
-        let hidden = model.encode(ids_tensor::<B>(&batch.input_ids, &device), &batch.attention_mask)?;
-        let logits = model.decoder_logits(ids_tensor::<B>(&dec, &device), hidden, &batch.attention_mask)?;
+        let hidden = model.encode(
+            ids_tensor::<B>(&batch.input_ids, &device),
+            &batch.attention_mask,
+        )?;
+        let logits = model.decoder_logits(
+            ids_tensor::<B>(&dec, &device),
+            hidden,
+            &batch.attention_mask,
+        )?;
         Ok(token_cross_entropy(logits, labels))
     }
 
     /// Generate for every evaluation example; returns (predictions, references, mean loss).
-    pub fn predict<B: Backend>(&self, model: &Seq2SeqModel<B>) -> Result<(Vec<String>, Vec<String>, f64)> {
+    pub fn predict<B: Backend>(
+        &self,
+        model: &Seq2SeqModel<B>,
+    ) -> Result<(Vec<String>, Vec<String>, f64)> {
         let (mut preds, mut refs, mut loss_sum, mut n) = (Vec::new(), Vec::new(), 0f64, 0usize);
         for (_, batch) in self.eval.epoch(0) {
             let labels = token_labels(&batch)?;
-            loss_sum += self.teacher_forced(model, &batch)?.into_scalar().elem::<f64>() * batch.len() as f64;
+            loss_sum += self
+                .teacher_forced(model, &batch)?
+                .into_scalar()
+                .elem::<f64>()
+                * batch.len() as f64;
             n += batch.len();
-            let out = kiln_models::seq2seq::generate(model, &batch.input_ids, &batch.attention_mask, &self.generation, None)?;
+            let out = kiln_models::seq2seq::generate(
+                model,
+                &batch.input_ids,
+                &batch.attention_mask,
+                &self.generation,
+                None,
+            )?;
             for s in &out.sequences {
                 preds.push(self.tokenizer.decode(s, true)?.trim().to_string());
             }
@@ -139,20 +178,31 @@ impl<B: AutodiffBackend> Task<B> for Seq2Seq {
         self.teacher_forced(model, batch)
     }
 
-    fn evaluate(&self, model: &<Self::Model as AutodiffModule<B>>::InnerModule) -> Result<EvalResult> {
+    fn evaluate(
+        &self,
+        model: &<Self::Model as AutodiffModule<B>>::InnerModule,
+    ) -> Result<EvalResult> {
         let (preds, refs, loss) = self.predict(model)?;
         let mut r = EvalResult::default();
         r.metrics.insert("eval_loss".into(), json!(loss));
         r.metrics.insert("examples".into(), json!(preds.len()));
         match self.metric {
             Seq2SeqMetric::Accuracy => {
-                let correct = preds.iter().zip(&refs).filter(|(p, r)| p.to_lowercase() == r.to_lowercase()).count();
-                r.metrics.insert("accuracy".into(), json!(correct as f64 / preds.len().max(1) as f64));
+                let correct = preds
+                    .iter()
+                    .zip(&refs)
+                    .filter(|(p, r)| p.to_lowercase() == r.to_lowercase())
+                    .count();
+                r.metrics.insert(
+                    "accuracy".into(),
+                    json!(correct as f64 / preds.len().max(1) as f64),
+                );
             }
             Seq2SeqMetric::Rouge => {
                 let scorer = RougeScorer::new(["rouge1", "rouge2", "rougeL", "rougeLsum"], true)?
                     .sentence_split(SentenceSplit::SentencesIfNoNewline);
-                let pairs: Vec<(String, String)> = refs.iter().cloned().zip(preds.iter().cloned()).collect();
+                let pairs: Vec<(String, String)> =
+                    refs.iter().cloned().zip(preds.iter().cloned()).collect();
                 let mean = mean_by_type(&scorer.score_batch(&pairs));
                 for (t, s) in mean.iter() {
                     r.metrics.insert(t.name().to_string(), json!(s.fmeasure));
@@ -165,7 +215,8 @@ impl<B: AutodiffBackend> Task<B> for Seq2Seq {
                 .zip(&refs)
                 .map(|(p, r)| json!({"prediction": p, "reference": r}).to_string())
                 .collect();
-            std::fs::write(p, lines.join("\n") + "\n").map_err(|e| Error::Io(format!("{}: {e}", p.display())))?;
+            std::fs::write(p, lines.join("\n") + "\n")
+                .map_err(|e| Error::Io(format!("{}: {e}", p.display())))?;
         }
         Ok(r)
     }
@@ -195,7 +246,11 @@ pub struct PromptCausal {
 
 impl PromptCausal {
     /// Summed log-probability of each label after `prompt_ids`.
-    fn label_scores<B: Backend>(&self, model: &kiln_models::prompt::PromptModel<B>, prompt_ids: &[u32]) -> Vec<f64> {
+    fn label_scores<B: Backend>(
+        &self,
+        model: &kiln_models::prompt::PromptModel<B>,
+        prompt_ids: &[u32],
+    ) -> Vec<f64> {
         let device = kiln_models::causal::CausalLm::device(&model.model);
         self.label_ids
             .iter()
@@ -210,7 +265,9 @@ impl PromptCausal {
                     .convert::<f32>()
                     .to_vec()
                     .expect("f32");
-                (0..lab.len()).map(|i| lp[(prompt_ids.len() - 1 + i) * v + lab[i] as usize] as f64).sum()
+                (0..lab.len())
+                    .map(|i| lp[(prompt_ids.len() - 1 + i) * v + lab[i] as usize] as f64)
+                    .sum()
             })
             .collect()
     }
@@ -221,19 +278,37 @@ impl<B: AutodiffBackend> Task<B> for PromptCausal {
 
     fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>> {
         let device = kiln_models::causal::CausalLm::device(&model.model);
-        let logits = model.token_logits(ids_tensor::<B>(&batch.input_ids, &device), Some(&batch.attention_mask));
-        Ok(crate::loss::causal_lm_loss(logits, &batch.input_ids, &batch.attention_mask))
+        let logits = model.token_logits(
+            ids_tensor::<B>(&batch.input_ids, &device),
+            Some(&batch.attention_mask),
+        );
+        Ok(crate::loss::causal_lm_loss(
+            logits,
+            &batch.input_ids,
+            &batch.attention_mask,
+        ))
     }
 
-    fn evaluate(&self, model: &<Self::Model as AutodiffModule<B>>::InnerModule) -> Result<EvalResult> {
+    fn evaluate(
+        &self,
+        model: &<Self::Model as AutodiffModule<B>>::InnerModule,
+    ) -> Result<EvalResult> {
         let mut correct = 0usize;
         for e in &self.eval {
             let s = self.label_scores(model, &e.prompt_ids);
-            let best = s.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+            let best = s
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                .unwrap_or(0);
             correct += (best == e.label) as usize;
         }
         let mut r = EvalResult::default();
-        r.metrics.insert("accuracy".into(), json!(correct as f64 / self.eval.len().max(1) as f64));
+        r.metrics.insert(
+            "accuracy".into(),
+            json!(correct as f64 / self.eval.len().max(1) as f64),
+        );
         r.metrics.insert("examples".into(), json!(self.eval.len()));
         Ok(r)
     }

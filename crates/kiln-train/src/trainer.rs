@@ -84,13 +84,19 @@ impl TrainConfig {
             return bad("epochs must be at least 1".into());
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return bad(format!("learning rate must be positive, got {}", self.learning_rate));
+            return bad(format!(
+                "learning rate must be positive, got {}",
+                self.learning_rate
+            ));
         }
         if self.grad_accum == 0 {
             return bad("gradient accumulation steps must be at least 1".into());
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
-            return bad(format!("warmup_ratio must be in [0, 1), got {}", self.warmup_ratio));
+            return bad(format!(
+                "warmup_ratio must be in [0, 1), got {}",
+                self.warmup_ratio
+            ));
         }
         if self.max_grad_norm.is_some_and(|n| !(n > 0.0)) {
             return bad("max_grad_norm must be positive".into());
@@ -117,7 +123,10 @@ pub trait Task<B: AutodiffBackend> {
     /// Mean loss of the batch (a scalar).
     fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>>;
     /// Evaluate the inference copy of the model (no autodiff).
-    fn evaluate(&self, model: &<Self::Model as AutodiffModule<B>>::InnerModule) -> Result<EvalResult>;
+    fn evaluate(
+        &self,
+        model: &<Self::Model as AutodiffModule<B>>::InnerModule,
+    ) -> Result<EvalResult>;
     /// The metric that decides the best checkpoint, and whether higher is better.
     fn primary_metric(&self) -> (&str, bool);
 }
@@ -127,7 +136,8 @@ pub fn linear_schedule(base: f64, step: usize, warmup: usize, total: usize) -> f
     if step < warmup {
         base * step as f64 / warmup.max(1) as f64
     } else {
-        base * ((total.saturating_sub(step)) as f64 / total.saturating_sub(warmup).max(1) as f64).max(0.0)
+        base * ((total.saturating_sub(step)) as f64 / total.saturating_sub(warmup).max(1) as f64)
+            .max(0.0)
     }
 }
 
@@ -182,8 +192,12 @@ fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B> + Clone, O: Optimize
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     let rec = Rec::new();
-    model.clone().save_file(tmp.join("model"), &rec).map_err(|e| io(&tmp, e))?;
-    rec.record(optim.to_record(), tmp.join("optimizer")).map_err(|e| io(&tmp, e))?;
+    model
+        .clone()
+        .save_file(tmp.join("model"), &rec)
+        .map_err(|e| io(&tmp, e))?;
+    rec.record(optim.to_record(), tmp.join("optimizer"))
+        .map_err(|e| io(&tmp, e))?;
     let st = serde_json::to_string(state).map_err(|e| io(&tmp, e))?;
     std::fs::write(tmp.join("state.json"), st).map_err(|e| io(&tmp, e))?;
     if fin.exists() {
@@ -214,9 +228,11 @@ fn count_params<B: Backend, M: Module<B>>(m: &M) -> usize {
 
 /// Check the output directory is writable before any work.
 pub fn check_out_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, format!("cannot create output directory: {e}")))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| io(dir, format!("cannot create output directory: {e}")))?;
     let probe = dir.join(".kiln-write-test");
-    std::fs::write(&probe, b"ok").map_err(|e| io(dir, format!("output directory is not writable: {e}")))?;
+    std::fs::write(&probe, b"ok")
+        .map_err(|e| io(dir, format!("output directory is not writable: {e}")))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
@@ -232,21 +248,41 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
     cfg.validate()?;
     match cfg.optimizer {
         OptimizerKind::AdamW => {
-            let mut c = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).with_epsilon(cfg.adam_epsilon as f32);
+            let mut c = AdamWConfig::new()
+                .with_weight_decay(cfg.weight_decay as f32)
+                .with_epsilon(cfg.adam_epsilon as f32);
             if let Some(n) = cfg.max_grad_norm {
-                c = c.with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(n)));
+                c = c
+                    .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(n)));
             }
-            run(task, model, batcher, cfg, c.init::<B, T::Model>(), trainable_params)
+            run(
+                task,
+                model,
+                batcher,
+                cfg,
+                c.init::<B, T::Model>(),
+                trainable_params,
+            )
         }
         OptimizerKind::Adam => {
             let mut c = AdamConfig::new().with_epsilon(cfg.adam_epsilon as f32);
             if cfg.weight_decay > 0.0 {
-                c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(cfg.weight_decay as f32)));
+                c = c.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(
+                    cfg.weight_decay as f32,
+                )));
             }
             if let Some(n) = cfg.max_grad_norm {
-                c = c.with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(n)));
+                c = c
+                    .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(n)));
             }
-            run(task, model, batcher, cfg, c.init::<B, T::Model>(), trainable_params)
+            run(
+                task,
+                model,
+                batcher,
+                cfg,
+                c.init::<B, T::Model>(),
+                trainable_params,
+            )
         }
     }
 }
@@ -260,21 +296,31 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
     trainable_params: usize,
 ) -> Result<(T::Model, TrainReport)> {
     check_out_dir(&cfg.out_dir)?;
-    let device = model.devices().into_iter().next().ok_or_else(|| Error::Config("model has no device".into()))?;
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Config("model has no device".into()))?;
     let per_epoch = batcher.num_batches();
     if per_epoch == 0 {
         return Err(Error::Config("no training batches".into()));
     }
     let steps_per_epoch = per_epoch.div_ceil(cfg.grad_accum);
     let total_steps = steps_per_epoch * cfg.epochs;
-    let warmup = cfg.warmup_steps.unwrap_or((cfg.warmup_ratio * total_steps as f64).ceil() as usize);
+    let warmup = cfg
+        .warmup_steps
+        .unwrap_or((cfg.warmup_ratio * total_steps as f64).ceil() as usize);
     let mut state = TrainState::default();
     let mut resumed_from = None;
     if cfg.resume {
         if let Some(ck) = latest_checkpoint(&cfg.out_dir) {
             let rec = Rec::new();
-            model = model.load_file(ck.join("model"), &rec, &device).map_err(|e| io(&ck, e))?;
-            let orec = rec.load(ck.join("optimizer"), &device).map_err(|e| io(&ck, e))?;
+            model = model
+                .load_file(ck.join("model"), &rec, &device)
+                .map_err(|e| io(&ck, e))?;
+            let orec = rec
+                .load(ck.join("optimizer"), &device)
+                .map_err(|e| io(&ck, e))?;
             optim = optim.load_record(orec);
             let text = std::fs::read_to_string(ck.join("state.json")).map_err(|e| io(&ck, e))?;
             state = serde_json::from_str(&text).map_err(|e| io(&ck, e))?;
@@ -295,10 +341,14 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
     let t0 = Instant::now();
     let mut examples = 0usize;
     let bar = if cfg.progress {
-        let b = indicatif::ProgressBar::new((total_steps.min(cfg.max_steps.unwrap_or(usize::MAX))) as u64);
+        let b = indicatif::ProgressBar::new(
+            (total_steps.min(cfg.max_steps.unwrap_or(usize::MAX))) as u64,
+        );
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("template"),
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("template"),
         );
         b.set_position(state.step as u64);
         b
@@ -307,23 +357,41 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
     };
     let mut done = cfg.max_steps.is_some_and(|m| state.step >= m);
     'epochs: for epoch in state.position.epoch..cfg.epochs as u64 {
-        let start = if epoch == state.position.epoch { state.position } else { Position { epoch, batch: 0 } };
+        let start = if epoch == state.position.epoch {
+            state.position
+        } else {
+            Position { epoch, batch: 0 }
+        };
         let mut batches = batcher.iter_from(start);
         let mut accum = GradientsAccumulator::<T::Model>::new();
         let mut in_accum = 0usize;
         let mut accum_loss = 0f64;
         while !done {
-            let Some((_, batch)) = batches.next() else { break };
+            let Some((_, batch)) = batches.next() else {
+                break;
+            };
             let pos_batch = batches.position();
             // Seed per step so dropout masks depend only on (seed, step): resume is exact.
-            B::seed(&device, cfg.seed.wrapping_add((state.step * cfg.grad_accum + in_accum) as u64));
+            B::seed(
+                &device,
+                cfg.seed
+                    .wrapping_add((state.step * cfg.grad_accum + in_accum) as u64),
+            );
             let loss = task.loss(&model, &batch)?;
             let value: f64 = loss.clone().into_scalar().elem::<f64>();
             if !value.is_finite() {
                 bar.abandon();
-                return Err(Error::NonFinite { step: state.step, loss: value, checkpoint: latest_checkpoint(&cfg.out_dir) });
+                return Err(Error::NonFinite {
+                    step: state.step,
+                    loss: value,
+                    checkpoint: latest_checkpoint(&cfg.out_dir),
+                });
             }
-            let loss = if cfg.grad_accum > 1 { loss.div_scalar(cfg.grad_accum as f64) } else { loss };
+            let loss = if cfg.grad_accum > 1 {
+                loss.div_scalar(cfg.grad_accum as f64)
+            } else {
+                loss
+            };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             accum.accumulate(&model, grads);
             in_accum += 1;
@@ -353,7 +421,10 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             }
         }
         if state.position.epoch == epoch && !done {
-            state.position = Position { epoch: epoch + 1, batch: 0 };
+            state.position = Position {
+                epoch: epoch + 1,
+                batch: 0,
+            };
         }
         let epoch_finished = state.position.epoch > epoch;
         if epoch_finished && cfg.eval_each_epoch {
@@ -362,7 +433,13 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             if let Some(m) = ev.get(metric_name) {
                 let better = match state.best_metric {
                     None => true,
-                    Some(b) => if higher_better { m > b } else { m < b },
+                    Some(b) => {
+                        if higher_better {
+                            m > b
+                        } else {
+                            m < b
+                        }
+                    }
                 };
                 if better {
                     state.best_metric = Some(m);
@@ -380,7 +457,10 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
         }
     }
     bar.finish_and_clear();
-    let series = vec![("train loss".to_string(), state.losses.iter().map(|&(s, l)| (s as f64, l)).collect())];
+    let series = vec![(
+        "train loss".to_string(),
+        state.losses.iter().map(|&(s, l)| (s as f64, l)).collect(),
+    )];
     if !state.losses.is_empty() {
         crate::chart::line_chart(&cfg.out_dir.join("loss.png"), "training loss", &series)
             .map_err(|e| Error::Io(e.to_string()))?;
@@ -395,7 +475,10 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
         out_dir: cfg.out_dir.clone(),
         state,
     };
-    std::fs::write(cfg.out_dir.join("train_report.json"), serde_json::to_string_pretty(&report).unwrap_or_default())
-        .map_err(|e| io(&cfg.out_dir, e))?;
+    std::fs::write(
+        cfg.out_dir.join("train_report.json"),
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    )
+    .map_err(|e| io(&cfg.out_dir, e))?;
     Ok((model, report))
 }

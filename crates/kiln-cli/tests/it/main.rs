@@ -9,8 +9,16 @@ fn fixtures() -> PathBuf {
 }
 
 fn kiln(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).env("HF_HUB_OFFLINE", "1").output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn fx(p: &str) -> String {
@@ -32,22 +40,78 @@ fn every_recipe_runs_offline_on_the_bundled_defaults() {
     let out = t.path();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
 
-    let v = run_recipe(out, "t5-prompt-sst2", &s(&["--model", &fx("t5"), "--dataset", &fx("samples/sentiment"), "--epochs", "2", "--learning-rate", "3e-3"]));
+    let v = run_recipe(
+        out,
+        "t5-prompt-sst2",
+        &s(&[
+            "--model",
+            &fx("t5"),
+            "--dataset",
+            &fx("samples/sentiment"),
+            "--epochs",
+            "2",
+            "--learning-rate",
+            "3e-3",
+        ]),
+    );
     let acc = v["final_eval"]["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
     assert_eq!(v["train_examples"], 240);
-    for f in ["metrics.jsonl", "loss.png", "predictions.jsonl", "summary.json", "checkpoint/state.json", "best/state.json"] {
-        assert!(out.join("t5-prompt-sst2").join(f).exists(), "t5-prompt-sst2/{f}");
+    for f in [
+        "metrics.jsonl",
+        "loss.png",
+        "predictions.jsonl",
+        "summary.json",
+        "checkpoint/state.json",
+        "best/state.json",
+    ] {
+        assert!(
+            out.join("t5-prompt-sst2").join(f).exists(),
+            "t5-prompt-sst2/{f}"
+        );
     }
     // The model learned the label words: every prediction is one of them.
     let preds = std::fs::read_to_string(out.join("t5-prompt-sst2/predictions.jsonl")).unwrap();
-    assert!(preds.lines().all(|l| l.contains("\"prediction\":\"positive\"") || l.contains("\"prediction\":\"negative\"")), "{preds}");
+    assert!(
+        preds
+            .lines()
+            .all(|l| l.contains("\"prediction\":\"positive\"")
+                || l.contains("\"prediction\":\"negative\"")),
+        "{preds}"
+    );
 
-    let v = run_recipe(out, "bert-adapters-sst2", &s(&["--model", &fx("bert"), "--dataset", &fx("samples/sentiment"), "--epochs", "1", "--learning-rate", "1e-3"]));
-    assert!(v["parameters"].as_str().unwrap().starts_with("trainable params: "));
+    let v = run_recipe(
+        out,
+        "bert-adapters-sst2",
+        &s(&[
+            "--model",
+            &fx("bert"),
+            "--dataset",
+            &fx("samples/sentiment"),
+            "--epochs",
+            "1",
+            "--learning-rate",
+            "1e-3",
+        ]),
+    );
+    assert!(v["parameters"]
+        .as_str()
+        .unwrap()
+        .starts_with("trainable params: "));
     assert!(v["final_eval"]["accuracy"].as_f64().is_some());
 
-    let v = run_recipe(out, "bart-lora-cnndm", &s(&["--model", &fx("bart"), "--dataset", &fx("samples/cnndm"), "--epochs", "1"]));
+    let v = run_recipe(
+        out,
+        "bart-lora-cnndm",
+        &s(&[
+            "--model",
+            &fx("bart"),
+            "--dataset",
+            &fx("samples/cnndm"),
+            "--epochs",
+            "1",
+        ]),
+    );
     for k in ["rouge1", "rouge2", "rougeL", "rougeLsum"] {
         assert!(v["rouge"][k].as_f64().is_some(), "{k}");
     }
@@ -55,26 +119,81 @@ fn every_recipe_runs_offline_on_the_bundled_defaults() {
     assert!(out.join("bart-lora-cnndm/rouge.png").exists());
     // The adapter is in the PEFT layout, with peft's key names for BART's q_proj/v_proj.
     let adapter = out.join("bart-lora-cnndm/adapter");
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["r"], 8);
     let tensors = kiln_peft::read_tensors(&adapter.join("adapter_model.safetensors")).unwrap();
-    assert!(tensors.keys().any(|k| k == "base_model.model.model.encoder.layers.0.self_attn.q_proj.lora_A.weight"), "{:?}", tensors.keys().collect::<Vec<_>>());
+    assert!(
+        tensors
+            .keys()
+            .any(|k| k == "base_model.model.model.encoder.layers.0.self_attn.q_proj.lora_A.weight"),
+        "{:?}",
+        tensors.keys().collect::<Vec<_>>()
+    );
     assert!(v["trainable_params"].as_u64().unwrap() < v["total_params"].as_u64().unwrap() / 4);
 
-    let v = run_recipe(out, "bart-lora-vs-full", &s(&["--model", &fx("bart"), "--dataset", &fx("samples/cnndm"), "--epochs", "1"]));
+    let v = run_recipe(
+        out,
+        "bart-lora-vs-full",
+        &s(&[
+            "--model",
+            &fx("bart"),
+            "--dataset",
+            &fx("samples/cnndm"),
+            "--epochs",
+            "1",
+        ]),
+    );
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows[0]["trainable_params"].as_u64() < rows[1]["trainable_params"].as_u64());
     assert!(out.join("bart-lora-vs-full/comparison.md").exists());
 
-    let v = run_recipe(out, "opt-icl-sst2", &s(&["--model", &fx("opt"), "--dataset", &fx("samples/sentiment"), "--max-eval-samples", "8"]));
+    let v = run_recipe(
+        out,
+        "opt-icl-sst2",
+        &s(&[
+            "--model",
+            &fx("opt"),
+            "--dataset",
+            &fx("samples/sentiment"),
+            "--max-eval-samples",
+            "8",
+        ]),
+    );
     assert_eq!(v["k"], 3);
     assert!(v["accuracy"].as_f64().is_some());
 
-    let v = run_recipe(out, "prompt-tuning-sst2", &s(&["--model", &fx("opt"), "--dataset", &fx("samples/sentiment"), "--epochs", "1", "--max-eval-samples", "8"]));
-    assert!(v["parameters"].as_str().unwrap().starts_with("trainable params: 256 "), "{}", v["parameters"]);
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("prompt-tuning-sst2/adapter/adapter_config.json")).unwrap()).unwrap();
+    let v = run_recipe(
+        out,
+        "prompt-tuning-sst2",
+        &s(&[
+            "--model",
+            &fx("opt"),
+            "--dataset",
+            &fx("samples/sentiment"),
+            "--epochs",
+            "1",
+            "--max-eval-samples",
+            "8",
+        ]),
+    );
+    assert!(
+        v["parameters"]
+            .as_str()
+            .unwrap()
+            .starts_with("trainable params: 256 "),
+        "{}",
+        v["parameters"]
+    );
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("prompt-tuning-sst2/adapter/adapter_config.json"))
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(cfg["peft_type"], "PROMPT_TUNING");
     assert_eq!(cfg["num_virtual_tokens"], 8);
     let losses: Vec<f64> = std::fs::read_to_string(out.join("prompt-tuning-sst2/metrics.jsonl"))
@@ -82,11 +201,17 @@ fn every_recipe_runs_offline_on_the_bundled_defaults() {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
         .collect();
-    assert!(losses.last().unwrap() < &losses[0], "prompt tuning lowers the loss: {losses:?}");
+    assert!(
+        losses.last().unwrap() < &losses[0],
+        "prompt tuning lowers the loss: {losses:?}"
+    );
 
     let v = run_recipe(out, "gpt2-generate", &s(&["--model", &fx("gpt2")]));
     for m in ["greedy", "beam", "sampling"] {
-        assert!(!v["outputs"][m]["ids"].as_array().unwrap().is_empty(), "{m}");
+        assert!(
+            !v["outputs"][m]["ids"].as_array().unwrap().is_empty(),
+            "{m}"
+        );
     }
     let v = run_recipe(out, "t0-zero-shot", &s(&["--model", &fx("t5-v1_1")]));
     assert!(v["answer"].is_string());
@@ -96,13 +221,74 @@ fn every_recipe_runs_offline_on_the_bundled_defaults() {
 fn nonsense_flags_are_rejected_before_any_work() {
     let gpt2 = fx("gpt2");
     for (args, needle) in [
-        (vec!["generate", "--model-dir", &gpt2, "--prompt", "hi", "--num-beams", "0"], "num_beams"),
-        (vec!["generate", "--model-dir", &gpt2, "--prompt", "hi", "--do-sample", "--top-p", "1.5"], "top_p"),
-        (vec!["generate", "--model-dir", &gpt2, "--prompt", "hi", "--do-sample", "--temperature", "0"], "temperature"),
-        (vec!["generate", "--model-dir", &gpt2, "--prompt", "hi", "--early-stopping", "maybe"], "early-stopping"),
-        (vec!["generate", "--model-dir", "/nonexistent/dir", "--prompt", "hi"], "nonexistent"),
-        (vec!["train", "--recipe", "no-such-recipe"], "unknown recipe"),
-        (vec!["train", "--recipe", "bert-sst2", "--epochs", "0"], "positive"),
+        (
+            vec![
+                "generate",
+                "--model-dir",
+                &gpt2,
+                "--prompt",
+                "hi",
+                "--num-beams",
+                "0",
+            ],
+            "num_beams",
+        ),
+        (
+            vec![
+                "generate",
+                "--model-dir",
+                &gpt2,
+                "--prompt",
+                "hi",
+                "--do-sample",
+                "--top-p",
+                "1.5",
+            ],
+            "top_p",
+        ),
+        (
+            vec![
+                "generate",
+                "--model-dir",
+                &gpt2,
+                "--prompt",
+                "hi",
+                "--do-sample",
+                "--temperature",
+                "0",
+            ],
+            "temperature",
+        ),
+        (
+            vec![
+                "generate",
+                "--model-dir",
+                &gpt2,
+                "--prompt",
+                "hi",
+                "--early-stopping",
+                "maybe",
+            ],
+            "early-stopping",
+        ),
+        (
+            vec![
+                "generate",
+                "--model-dir",
+                "/nonexistent/dir",
+                "--prompt",
+                "hi",
+            ],
+            "nonexistent",
+        ),
+        (
+            vec!["train", "--recipe", "no-such-recipe"],
+            "unknown recipe",
+        ),
+        (
+            vec!["train", "--recipe", "bert-sst2", "--epochs", "0"],
+            "positive",
+        ),
     ] {
         let (ok, _, stderr) = kiln(&args);
         assert!(!ok, "{args:?} should fail");
@@ -113,21 +299,53 @@ fn nonsense_flags_are_rejected_before_any_work() {
 
 #[test]
 fn generate_json_has_ids_and_text_and_score_has_logprobs() {
-    let (ok, out, err) = kiln(&["generate", "--model-dir", &fx("gpt2"), "--prompt", "The film was", "--num-beams", "5", "--no-repeat-ngram-size", "2", "--max-new-tokens", "12", "--json"]);
+    let (ok, out, err) = kiln(&[
+        "generate",
+        "--model-dir",
+        &fx("gpt2"),
+        "--prompt",
+        "The film was",
+        "--num-beams",
+        "5",
+        "--no-repeat-ngram-size",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let seq = &v["results"][0]["sequences"][0];
     // The same tokens transformers' generate gives for this prompt (fixtures/reference/gpt2.json, mode beam).
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference/gpt2.json")).unwrap()).unwrap();
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("reference/gpt2.json")).unwrap(),
+    )
+    .unwrap();
     let want = &r["generate"]["beam"]["single"][0]["sequences"][0];
-    let prompt_len = r["generate"]["beam"]["single"][0]["prompt_ids"].as_array().unwrap().len();
-    assert_eq!(seq["ids"].as_array().unwrap()[..], want.as_array().unwrap()[prompt_len..]);
+    let prompt_len = r["generate"]["beam"]["single"][0]["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        seq["ids"].as_array().unwrap()[..],
+        want.as_array().unwrap()[prompt_len..]
+    );
     assert!(seq["text"].is_string());
 
-    let (ok, out, err) = kiln(&["score", "--model-dir", &fx("opt"), "--text", "The film was good", "--json"]);
+    let (ok, out, err) = kiln(&[
+        "score",
+        "--model-dir",
+        &fx("opt"),
+        "--text",
+        "The film was good",
+        "--json",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(v["logprobs"].as_array().unwrap().len() + 1, v["ids"].as_array().unwrap().len());
+    assert_eq!(
+        v["logprobs"].as_array().unwrap().len() + 1,
+        v["ids"].as_array().unwrap().len()
+    );
     assert!(v["perplexity"].as_f64().unwrap() > 1.0);
 }
 
@@ -137,18 +355,41 @@ fn rouge_cli_matches_the_library_and_plots() {
     let p = t.path().join("p.txt");
     let r = t.path().join("r.txt");
     std::fs::write(&p, "the cat sat on the mat\npolice killed the gunman\n").unwrap();
-    std::fs::write(&r, "the cat was on the mat\nthe gunman was shot by police\n").unwrap();
+    std::fs::write(
+        &r,
+        "the cat was on the mat\nthe gunman was shot by police\n",
+    )
+    .unwrap();
     let png = t.path().join("rouge.png");
-    let (ok, out, err) = kiln(&["rouge", "--predictions", p.to_str().unwrap(), "--references", r.to_str().unwrap(), "--stemmer", "--json", "--plot", png.to_str().unwrap()]);
+    let (ok, out, err) = kiln(&[
+        "rouge",
+        "--predictions",
+        p.to_str().unwrap(),
+        "--references",
+        r.to_str().unwrap(),
+        "--stemmer",
+        "--json",
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let scorer = kiln_metrics::RougeScorer::new(["rouge1"], true).unwrap();
     let a = scorer.score("the cat was on the mat", "the cat sat on the mat")["rouge1"].fmeasure;
-    let b = scorer.score("the gunman was shot by police", "police killed the gunman")["rouge1"].fmeasure;
+    let b = scorer.score("the gunman was shot by police", "police killed the gunman")["rouge1"]
+        .fmeasure;
     let got = v["mean"]["rouge1"]["fmeasure"].as_f64().unwrap();
     assert!((got - (a + b) / 2.0).abs() < 1e-12, "{got}");
     assert!(png.exists());
-    let (ok, _, err) = kiln(&["rouge", "--predictions", p.to_str().unwrap(), "--references", p.to_str().unwrap(), "--types", "rouge7x"]);
+    let (ok, _, err) = kiln(&[
+        "rouge",
+        "--predictions",
+        p.to_str().unwrap(),
+        "--references",
+        p.to_str().unwrap(),
+        "--types",
+        "rouge7x",
+    ]);
     assert!(!ok && err.contains("rouge7x"), "{err}");
 }
 
@@ -156,19 +397,56 @@ fn rouge_cli_matches_the_library_and_plots() {
 fn peft_merge_writes_a_checkpoint_that_matches_peft_merged_logits() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("merged");
-    let (ok, _, err) = kiln(&["peft", "merge", "--model-dir", &fx("gpt2"), "--adapter", &fx("peft/gpt2-lora"), "--out", out.to_str().unwrap()]);
+    let (ok, _, err) = kiln(&[
+        "peft",
+        "merge",
+        "--model-dir",
+        &fx("gpt2"),
+        "--adapter",
+        &fx("peft/gpt2-lora"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(out.join(f).is_file(), "{f}");
     }
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("peft/gpt2-lora/reference.json")).unwrap()).unwrap();
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("peft/gpt2-lora/reference.json")).unwrap(),
+    )
+    .unwrap();
     type Fb = burn::backend::Flex;
     let device = Default::default();
     let (_, m, report) = kiln_models::gpt2::load::<Fb>(&out, &device).unwrap();
     assert!(report.unused.is_empty());
-    let ids: Vec<Vec<u32>> = r["input_ids"].as_array().unwrap().iter().map(|row| row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()).collect();
-    let mask: Vec<Vec<u8>> = r["attention_mask"].as_array().unwrap().iter().map(|row| row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect()).collect();
-    let logits = m.forward(kiln_models::attention::ids_tensor::<Fb>(&ids, &device), Some(&mask));
+    let ids: Vec<Vec<u32>> = r["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect();
+    let mask: Vec<Vec<u8>> = r["attention_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u8)
+                .collect()
+        })
+        .collect();
+    let logits = m.forward(
+        kiln_models::attention::ids_tensor::<Fb>(&ids, &device),
+        Some(&mask),
+    );
     let [b, s, v] = logits.dims();
     let got: Vec<f32> = logits.into_data().to_vec().unwrap();
     fn flat(v: &serde_json::Value) -> Vec<f32> {
@@ -182,15 +460,42 @@ fn peft_merge_writes_a_checkpoint_that_matches_peft_merged_logits() {
         for si in (0..s).filter(|&si| mask[bi][si] == 1) {
             for k in 0..v {
                 let i = (bi * s + si) * v + k;
-                assert!((got[i] - want[i]).abs() < 1e-4, "({bi},{si},{k}): {} vs {}", got[i], want[i]);
+                assert!(
+                    (got[i] - want[i]).abs() < 1e-4,
+                    "({bi},{si},{k}): {} vs {}",
+                    got[i],
+                    want[i]
+                );
             }
         }
     }
     let (ok, _, err) = kiln(&["peft", "inspect", &fx("peft/gpt2-lora"), "--json"]);
     assert!(ok, "{err}");
-    let (ok, out, err) = kiln(&["generate", "--model-dir", &fx("gpt2"), "--adapter", &fx("peft/gpt2-lora"), "--prompt", "Hello", "--max-new-tokens", "4", "--json"]);
+    let (ok, out, err) = kiln(&[
+        "generate",
+        "--model-dir",
+        &fx("gpt2"),
+        "--adapter",
+        &fx("peft/gpt2-lora"),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("\"ids\""));
-    let (ok, _, err) = kiln(&["generate", "--model-dir", &fx("gpt2"), "--adapter", &fx("peft/opt-lora"), "--prompt", "Hello"]);
-    assert!(!ok && !err.contains("panicked"), "an adapter for another base is a clear error: {err}");
+    let (ok, _, err) = kiln(&[
+        "generate",
+        "--model-dir",
+        &fx("gpt2"),
+        "--adapter",
+        &fx("peft/opt-lora"),
+        "--prompt",
+        "Hello",
+    ]);
+    assert!(
+        !ok && !err.contains("panicked"),
+        "an adapter for another base is a clear error: {err}"
+    );
 }

@@ -42,7 +42,11 @@ pub enum Col {
 
 impl Col {
     pub fn strs<S: AsRef<str>>(v: &[S]) -> Col {
-        Col::Str(v.iter().map(|s| Some(s.as_ref().as_bytes().to_vec())).collect())
+        Col::Str(
+            v.iter()
+                .map(|s| Some(s.as_ref().as_bytes().to_vec()))
+                .collect(),
+        )
     }
     fn len(&self) -> usize {
         match self {
@@ -54,7 +58,10 @@ impl Col {
 }
 
 fn split_opt<T: Clone>(v: &[Option<T>]) -> (Vec<T>, Vec<i16>) {
-    (v.iter().flatten().cloned().collect(), v.iter().map(|x| x.is_some() as i16).collect())
+    (
+        v.iter().flatten().cloned().collect(),
+        v.iter().map(|x| x.is_some() as i16).collect(),
+    )
 }
 
 /// Write a snappy-compressed parquet file with `row_group_size` rows per row group.
@@ -67,8 +74,14 @@ pub fn write_parquet(path: &Path, cols: &[(&str, Col)], row_group_size: usize) {
             Col::Str(_) => format!("optional binary {n} (UTF8);"),
         })
         .collect();
-    let schema = Arc::new(parse_message_type(&format!("message schema {{ {} }}", fields.join(" "))).unwrap());
-    let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
+    let schema = Arc::new(
+        parse_message_type(&format!("message schema {{ {} }}", fields.join(" "))).unwrap(),
+    );
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let file = std::fs::File::create(path).unwrap();
     let mut w = SerializedFileWriter::new(file, schema, props).unwrap();
@@ -82,16 +95,22 @@ pub fn write_parquet(path: &Path, cols: &[(&str, Col)], row_group_size: usize) {
             match c {
                 Col::I32(v) => {
                     let (vals, defs) = split_opt(&v[start..end]);
-                    cw.typed::<Int32Type>().write_batch(&vals, Some(&defs), None).unwrap();
+                    cw.typed::<Int32Type>()
+                        .write_batch(&vals, Some(&defs), None)
+                        .unwrap();
                 }
                 Col::I64(v) => {
                     let (vals, defs) = split_opt(&v[start..end]);
-                    cw.typed::<Int64Type>().write_batch(&vals, Some(&defs), None).unwrap();
+                    cw.typed::<Int64Type>()
+                        .write_batch(&vals, Some(&defs), None)
+                        .unwrap();
                 }
                 Col::Str(v) => {
                     let (vals, defs) = split_opt(&v[start..end]);
                     let vals: Vec<ByteArray> = vals.into_iter().map(ByteArray::from).collect();
-                    cw.typed::<ByteArrayType>().write_batch(&vals, Some(&defs), None).unwrap();
+                    cw.typed::<ByteArrayType>()
+                        .write_batch(&vals, Some(&defs), None)
+                        .unwrap();
                 }
             }
             cw.close().unwrap();
@@ -106,13 +125,26 @@ pub fn write_parquet(path: &Path, cols: &[(&str, Col)], row_group_size: usize) {
 }
 
 /// An SST-2 split as the hub's `stanfordnlp/sst2` parquet (idx int32, sentence, label int64).
-pub fn write_sst2_parquet(path: &Path, rows: &[kiln_data::SentimentExample], row_group_size: usize) {
+pub fn write_sst2_parquet(
+    path: &Path,
+    rows: &[kiln_data::SentimentExample],
+    row_group_size: usize,
+) {
     write_parquet(
         path,
         &[
-            ("idx", Col::I32(rows.iter().map(|r| Some(r.idx as i32)).collect())),
-            ("sentence", Col::strs(&rows.iter().map(|r| r.sentence.as_str()).collect::<Vec<_>>())),
-            ("label", Col::I64(rows.iter().map(|r| Some(r.label)).collect())),
+            (
+                "idx",
+                Col::I32(rows.iter().map(|r| Some(r.idx as i32)).collect()),
+            ),
+            (
+                "sentence",
+                Col::strs(&rows.iter().map(|r| r.sentence.as_str()).collect::<Vec<_>>()),
+            ),
+            (
+                "label",
+                Col::I64(rows.iter().map(|r| Some(r.label)).collect()),
+            ),
         ],
         row_group_size,
     );
@@ -120,10 +152,16 @@ pub fn write_sst2_parquet(path: &Path, rows: &[kiln_data::SentimentExample], row
 
 /// A CNN/DailyMail split as the hub's `abisee/cnn_dailymail` parquet (article, highlights, id).
 pub fn write_cnndm_parquet(path: &Path, rows: &[kiln_data::SummaryExample], row_group_size: usize) {
-    let col = |f: fn(&kiln_data::SummaryExample) -> &str| Col::strs(&rows.iter().map(f).collect::<Vec<_>>());
+    let col = |f: fn(&kiln_data::SummaryExample) -> &str| {
+        Col::strs(&rows.iter().map(f).collect::<Vec<_>>())
+    };
     write_parquet(
         path,
-        &[("article", col(|r| &r.article)), ("highlights", col(|r| &r.highlights)), ("id", col(|r| &r.id))],
+        &[
+            ("article", col(|r| &r.article)),
+            ("highlights", col(|r| &r.highlights)),
+            ("id", col(|r| &r.id)),
+        ],
         row_group_size,
     );
 }
@@ -165,7 +203,13 @@ impl FakeHub {
                 let _ = req.respond(resp);
             }
         });
-        Self { url, server, thread: Some(thread), requests, downloads }
+        Self {
+            url,
+            server,
+            thread: Some(thread),
+            requests,
+            downloads,
+        }
     }
 
     fn answer(
@@ -173,37 +217,67 @@ impl FakeHub {
         req: &tiny_http::Request,
         downloads: &std::sync::Mutex<Vec<String>>,
     ) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        let not_found = || tiny_http::Response::from_data(b"Entry not found".to_vec()).with_status_code(404);
-        let h = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
+        let not_found =
+            || tiny_http::Response::from_data(b"Entry not found".to_vec()).with_status_code(404);
+        let h =
+            |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
         let path = req.url().trim_start_matches('/');
-        let Some(path) = path.strip_prefix("api/datasets/").map(|p| p.to_string()).or_else(|| path.strip_prefix("datasets/").map(|p| p.to_string()))
+        let Some(path) = path
+            .strip_prefix("api/datasets/")
+            .map(|p| p.to_string())
+            .or_else(|| path.strip_prefix("datasets/").map(|p| p.to_string()))
         else {
             return not_found();
         };
         if req.url().starts_with("/api/") {
-            let Some((repo, _rev)) = path.split_once("/revision/") else { return not_found() };
-            let Some(dir) = repos.get(repo) else { return not_found() };
+            let Some((repo, _rev)) = path.split_once("/revision/") else {
+                return not_found();
+            };
+            let Some(dir) = repos.get(repo) else {
+                return not_found();
+            };
             let mut files = Vec::new();
             walk(dir, "", &mut files);
-            let siblings: Vec<_> = files.iter().map(|f| serde_json::json!({ "rfilename": f })).collect();
-            let body = serde_json::json!({ "id": repo, "sha": COMMIT, "siblings": siblings }).to_string();
-            return tiny_http::Response::from_data(body.into_bytes()).with_header(h("Content-Type", "application/json"));
+            let siblings: Vec<_> = files
+                .iter()
+                .map(|f| serde_json::json!({ "rfilename": f }))
+                .collect();
+            let body =
+                serde_json::json!({ "id": repo, "sha": COMMIT, "siblings": siblings }).to_string();
+            return tiny_http::Response::from_data(body.into_bytes())
+                .with_header(h("Content-Type", "application/json"));
         }
-        let Some((repo, rest)) = path.split_once("/resolve/") else { return not_found() };
-        let Some((_rev, file)) = rest.split_once('/') else { return not_found() };
-        let Some(dir) = repos.get(repo) else { return not_found() };
+        let Some((repo, rest)) = path.split_once("/resolve/") else {
+            return not_found();
+        };
+        let Some((_rev, file)) = rest.split_once('/') else {
+            return not_found();
+        };
+        let Some(dir) = repos.get(repo) else {
+            return not_found();
+        };
         if file.contains("..") {
             return not_found();
         }
-        let Ok(body) = std::fs::read(dir.join(file)) else { return not_found() };
+        let Ok(body) = std::fs::read(dir.join(file)) else {
+            return not_found();
+        };
         let size = body.len();
         let etag = format!("{:016x}{:016x}", fnv(&body), size);
-        let range = req.headers().iter().find(|h| h.field.equiv("Range")).map(|h| h.value.as_str().to_string());
+        let range = req
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Range"))
+            .map(|h| h.value.as_str().to_string());
         let (start, end) = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")) {
             Some(r) => {
                 let (a, b) = r.split_once('-').unwrap();
                 let a: usize = a.parse().unwrap();
-                let b: usize = if b.is_empty() { size.saturating_sub(1) } else { b.parse().unwrap() };
+                let b: usize = if b.is_empty() {
+                    size.saturating_sub(1)
+                } else {
+                    b.parse().unwrap()
+                };
                 (a.min(size), (b + 1).min(size))
             }
             None => (0, size),
@@ -215,7 +289,10 @@ impl FakeHub {
             .with_status_code(if range.is_some() { 206 } else { 200 })
             .with_header(h("etag", &format!("\"{etag}\"")))
             .with_header(h("x-repo-commit", COMMIT))
-            .with_header(h("Content-Range", &format!("bytes {start}-{}/{size}", end.saturating_sub(1))))
+            .with_header(h(
+                "Content-Range",
+                &format!("bytes {start}-{}/{size}", end.saturating_sub(1)),
+            ))
     }
 }
 
@@ -232,7 +309,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         if e.path().is_dir() {
             walk(&e.path(), &rel, out);
         } else {
@@ -243,5 +324,7 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
 }
 
 fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100000001b3)
+    })
 }

@@ -18,7 +18,12 @@ fn snapshot<B: Backend, M: Module<B>>(m: &M) -> Vec<(String, Vec<f32>)> {
     let mut v: Vec<(String, Vec<f32>)> = m
         .collect(None, None, false)
         .into_iter()
-        .map(|s| (s.full_path(), s.to_data().unwrap().convert::<f32>().to_vec().unwrap()))
+        .map(|s| {
+            (
+                s.full_path(),
+                s.to_data().unwrap().convert::<f32>().to_vec().unwrap(),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -34,18 +39,51 @@ fn adapters_start_as_identity_and_train_alone() {
     let dir = fixtures().join("bert");
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let (_, plain, _) = bert::load_for_classification::<AD>(&dir, &device()).unwrap();
-    let b = batch(&tok, &["a wonderful film", "dull and lifeless", "great fun", "a waste of time"]);
-    let before: Vec<f32> = plain.valid().forward_batch(&b).unwrap().into_data().to_vec().unwrap();
+    let b = batch(
+        &tok,
+        &[
+            "a wonderful film",
+            "dull and lifeless",
+            "great fun",
+            "a waste of time",
+        ],
+    );
+    let before: Vec<f32> = plain
+        .valid()
+        .forward_batch(&b)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
     for placement in [AdapterPlacement::Houlsby, AdapterPlacement::Pfeiffer] {
-        let cfg = AdapterConfig { placement, size: Some(8), reduction_factor: None, ..Default::default() };
+        let cfg = AdapterConfig {
+            placement,
+            size: Some(8),
+            reduction_factor: None,
+            ..Default::default()
+        };
         let (_, m, _) = bert::load_for_classification::<AD>(&dir, &device()).unwrap();
         let (m, trainable, total) = m.with_frozen_adapters(&cfg, false);
         let per_adapter = 32 * 8 + 8 + 8 * 32 + 32;
         let layers = 2;
-        let n_adapters = if placement == AdapterPlacement::Houlsby { 2 * layers } else { layers };
-        assert_eq!(trainable, n_adapters * per_adapter + 32 * 2 + 2, "{placement:?}");
+        let n_adapters = if placement == AdapterPlacement::Houlsby {
+            2 * layers
+        } else {
+            layers
+        };
+        assert_eq!(
+            trainable,
+            n_adapters * per_adapter + 32 * 2 + 2,
+            "{placement:?}"
+        );
         assert!(total > trainable);
-        let init: Vec<f32> = m.valid().forward_batch(&b).unwrap().into_data().to_vec().unwrap();
+        let init: Vec<f32> = m
+            .valid()
+            .forward_batch(&b)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap();
         assert_eq!(init, before, "a fresh adapter is the identity");
 
         let base_before = snapshot(&m.valid());
@@ -56,21 +94,34 @@ fn adapters_start_as_identity_and_train_alone() {
         let eval_loss = |m: &bert::BertForSequenceClassification<AD>| {
             let logits = m.valid().forward_batch(&b).unwrap();
             let lp = burn::tensor::activation::log_softmax(logits, 1);
-            let t = Tensor::<Flex, 2, Int>::from_data(TensorData::new(labels.to_vec(), [4, 1]), &device());
+            let t = Tensor::<Flex, 2, Int>::from_data(
+                TensorData::new(labels.to_vec(), [4, 1]),
+                &device(),
+            );
             lp.gather(1, t).mean().neg().into_scalar().elem::<f32>()
         };
         let mut losses = vec![eval_loss(&m)];
         for _ in 0..15 {
             let logits = m.forward_batch(&b).unwrap();
             let lp = burn::tensor::activation::log_softmax(logits, 1);
-            let t = Tensor::<AD, 2, Int>::from_data(TensorData::new(labels.to_vec(), [4, 1]), &device());
+            let t = Tensor::<AD, 2, Int>::from_data(
+                TensorData::new(labels.to_vec(), [4, 1]),
+                &device(),
+            );
             let loss = lp.gather(1, t).mean().neg();
             let grads = GradientsParams::from_grads(loss.backward(), &m);
-            assert_eq!(grads.len(), n_adapters * 4 + 2, "only adapters and the classifier get gradients");
+            assert_eq!(
+                grads.len(),
+                n_adapters * 4 + 2,
+                "only adapters and the classifier get gradients"
+            );
             m = optim.step(1e-2, m, grads);
         }
         losses.push(eval_loss(&m));
-        assert!(losses.last().unwrap() < &losses[0], "{placement:?}: loss should fall: {losses:?}");
+        assert!(
+            losses.last().unwrap() < &losses[0],
+            "{placement:?}: loss should fall: {losses:?}"
+        );
         let after = snapshot(&m.valid());
         for ((k, a), (_, b)) in base_before.iter().zip(&after) {
             let is_trainable = k.contains(".adapter.") || k.starts_with("classifier");
@@ -78,6 +129,9 @@ fn adapters_start_as_identity_and_train_alone() {
                 assert_eq!(a, b, "{placement:?}: frozen {k} changed");
             }
         }
-        assert!(base_before.iter().zip(&after).any(|((k, a), (_, b))| k.contains(".adapter.") && a != b));
+        assert!(base_before
+            .iter()
+            .zip(&after)
+            .any(|((k, a), (_, b))| k.contains(".adapter.") && a != b));
     }
 }

@@ -6,7 +6,11 @@ use crate::s2s;
 fn model() -> BartForConditionalGeneration<B> {
     let (cfg, m, report) = bart::load::<B>(&fixtures().join("bart"), &device()).unwrap();
     assert!(report.unused.is_empty(), "unused: {:?}", report.unused);
-    assert!(report.initialised.is_empty(), "initialised: {:?}", report.initialised);
+    assert!(
+        report.initialised.is_empty(),
+        "initialised: {:?}",
+        report.initialised
+    );
     assert_eq!(cfg.max_position_embeddings, 64);
     m
 }
@@ -42,18 +46,34 @@ fn decoder_positions_past_the_table_are_an_error() {
     let r = reference("bart");
     let ids = rows_u32(&r["input_ids"]);
     let mask = rows_u8(&r["attention_mask"]);
-    let cfg = GenerationConfig { max_new_tokens: Some(80), decoder_start_token_id: Some(2), ..Default::default() };
+    let cfg = GenerationConfig {
+        max_new_tokens: Some(80),
+        decoder_start_token_id: Some(2),
+        ..Default::default()
+    };
     let err = kiln_models::seq2seq::generate(&m, &ids[..1], &mask[..1], &cfg, None).unwrap_err();
-    assert!(err.to_string().contains("max_position_embeddings = 64"), "{err}");
+    assert!(
+        err.to_string().contains("max_position_embeddings = 64"),
+        "{err}"
+    );
 }
 
 #[test]
 fn config_errors_name_the_field() {
     use kiln_models::config::RawConfig;
     let p = std::path::Path::new("bart/config.json");
-    let raw = RawConfig::parse(p, r#"{"model_type":"bart","vocab_size":10,"d_model":30,"encoder_attention_heads":4}"#).unwrap();
+    let raw = RawConfig::parse(
+        p,
+        r#"{"model_type":"bart","vocab_size":10,"d_model":30,"encoder_attention_heads":4}"#,
+    )
+    .unwrap();
     let err = bart::BartConfig::from_raw(&raw).unwrap_err().to_string();
-    assert!(err.contains("bart/config.json") && err.contains("d_model") && err.contains("encoder_attention_heads"), "{err}");
+    assert!(
+        err.contains("bart/config.json")
+            && err.contains("d_model")
+            && err.contains("encoder_attention_heads"),
+        "{err}"
+    );
     let raw = RawConfig::parse(p, r#"{"vocab_size":10,"d_model":32,"encoder_attention_heads":4,"decoder_attention_heads":4,"normalize_before":true}"#).unwrap();
     let err = bart::BartConfig::from_raw(&raw).unwrap_err().to_string();
     assert!(err.contains("normalize_before"), "{err}");
@@ -64,7 +84,8 @@ fn config_errors_name_the_field() {
 #[test]
 fn forced_bos_matches_transformers() {
     let m = model();
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/bart_forced_bos.json");
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/bart_forced_bos.json");
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
     let ids = rows_u32(&r["input_ids"]);
     let mask = rows_u8(&r["attention_mask"]);

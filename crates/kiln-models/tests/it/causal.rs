@@ -55,7 +55,8 @@ pub fn left_padded_logits_match_on_real_tokens(name: &str) {
 
 pub fn gen_config(c: &serde_json::Value) -> GenerationConfig {
     let mut g = GenerationConfig::default();
-    g.update_from_json(std::path::Path::new("reference"), c).unwrap();
+    g.update_from_json(std::path::Path::new("reference"), c)
+        .unwrap();
     if c.get("early_stopping") == Some(&serde_json::json!("never")) {
         assert_eq!(g.early_stopping, EarlyStopping::Never);
     }
@@ -72,11 +73,26 @@ pub fn generate_matches_transformers_in_every_mode(name: &str) {
             let p = u32s(&e["prompt_ids"]);
             let mask = vec![vec![1u8; p.len()]];
             let out = generate(&mut CausalSession::new(&m), &[p], &mask, &cfg, None).unwrap();
-            assert_eq!(out.sequences, rows_u32(&e["sequences"]), "{name} mode {mode}");
+            assert_eq!(
+                out.sequences,
+                rows_u32(&e["sequences"]),
+                "{name} mode {mode}"
+            );
         }
         let b = &g["batched"];
-        let out = generate(&mut CausalSession::new(&m), &rows_u32(&b["input_ids"]), &rows_u8(&b["attention_mask"]), &cfg, None).unwrap();
-        assert_eq!(out.sequences, rows_u32(&b["sequences"]), "{name} mode {mode} batched");
+        let out = generate(
+            &mut CausalSession::new(&m),
+            &rows_u32(&b["input_ids"]),
+            &rows_u8(&b["attention_mask"]),
+            &cfg,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            out.sequences,
+            rows_u32(&b["sequences"]),
+            "{name} mode {mode} batched"
+        );
     }
 }
 
@@ -84,20 +100,34 @@ pub fn seeded_sampling_is_reproducible_and_top_k_1_is_greedy(name: &str) {
     let m = model(name);
     let p = vec![vec![5u32, 9, 30]];
     let mask = vec![vec![1u8; 3]];
-    let mut cfg = GenerationConfig { do_sample: true, max_new_tokens: Some(10), seed: 7, top_k: 0, ..Default::default() };
+    let mut cfg = GenerationConfig {
+        do_sample: true,
+        max_new_tokens: Some(10),
+        seed: 7,
+        top_k: 0,
+        ..Default::default()
+    };
     let a = generate(&mut CausalSession::new(&m), &p, &mask, &cfg, None).unwrap();
     let b = generate(&mut CausalSession::new(&m), &p, &mask, &cfg, None).unwrap();
     assert_eq!(a, b);
     let samples: Vec<_> = (0..5)
         .map(|s| {
             cfg.seed = s;
-            generate(&mut CausalSession::new(&m), &p, &mask, &cfg, None).unwrap().sequences
+            generate(&mut CausalSession::new(&m), &p, &mask, &cfg, None)
+                .unwrap()
+                .sequences
         })
         .collect();
-    assert!(samples.iter().any(|s| *s != samples[0]), "different seeds should differ");
+    assert!(
+        samples.iter().any(|s| *s != samples[0]),
+        "different seeds should differ"
+    );
     cfg.top_k = 1;
     let s = generate(&mut CausalSession::new(&m), &p, &mask, &cfg, None).unwrap();
-    let greedy = GenerationConfig { max_new_tokens: Some(10), ..Default::default() };
+    let greedy = GenerationConfig {
+        max_new_tokens: Some(10),
+        ..Default::default()
+    };
     let g = generate(&mut CausalSession::new(&m), &p, &mask, &greedy, None).unwrap();
     assert_eq!(s.sequences, g.sequences);
 }

@@ -16,7 +16,11 @@ pub fn reference(name: &str) -> serde_json::Value {
 }
 
 pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 pub fn rows_u32(v: &serde_json::Value) -> Vec<Vec<u32>> {
@@ -24,7 +28,17 @@ pub fn rows_u32(v: &serde_json::Value) -> Vec<Vec<u32>> {
 }
 
 pub fn rows_u8(v: &serde_json::Value) -> Vec<Vec<u8>> {
-    v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u8)
+                .collect()
+        })
+        .collect()
 }
 
 /// Flatten a nested JSON array of numbers.
@@ -37,5 +51,8 @@ pub fn flat(v: &serde_json::Value) -> Vec<f32> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

@@ -14,7 +14,12 @@ fn copy_gpt2() -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("ckpt");
     std::fs::create_dir(&d).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
         std::fs::copy(fixtures().join("gpt2").join(f), d.join(f)).unwrap();
     }
     (t, d)
@@ -33,9 +38,24 @@ fn read_st(p: &Path) -> Tensors {
         .iter()
         .filter(|(k, _)| *k != "__metadata__")
         .map(|(k, v)| {
-            let o: Vec<usize> = v["data_offsets"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-            let shape = v["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-            (k.clone(), v["dtype"].as_str().unwrap().to_string(), shape, data[o[0]..o[1]].to_vec())
+            let o: Vec<usize> = v["data_offsets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as usize)
+                .collect();
+            let shape = v["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as usize)
+                .collect();
+            (
+                k.clone(),
+                v["dtype"].as_str().unwrap().to_string(),
+                shape,
+                data[o[0]..o[1]].to_vec(),
+            )
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -77,7 +97,10 @@ fn edit_config(d: &Path, f: impl FnOnce(&mut Value)) {
 fn missing_config_names_the_file() {
     let t = tempfile::tempdir().unwrap();
     let e = load_err(t.path());
-    assert!(matches!(&e, Error::MissingFile { path, .. } if path.ends_with("config.json")), "{e}");
+    assert!(
+        matches!(&e, Error::MissingFile { path, .. } if path.ends_with("config.json")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -85,7 +108,10 @@ fn missing_weights_names_the_file() {
     let (_t, d) = copy_gpt2();
     std::fs::remove_file(d.join("model.safetensors")).unwrap();
     let e = load_err(&d);
-    assert!(matches!(&e, Error::MissingFile { path, .. } if path.ends_with("model.safetensors")), "{e}");
+    assert!(
+        matches!(&e, Error::MissingFile { path, .. } if path.ends_with("model.safetensors")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -94,7 +120,10 @@ fn pickle_checkpoints_are_refused() {
     std::fs::remove_file(d.join("model.safetensors")).unwrap();
     std::fs::write(d.join("pytorch_model.bin"), b"\x80\x02garbage").unwrap();
     let e = load_err(&d);
-    assert!(matches!(&e, Error::Pickle { path } if path.ends_with("pytorch_model.bin")), "{e}");
+    assert!(
+        matches!(&e, Error::Pickle { path } if path.ends_with("pytorch_model.bin")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -110,13 +139,19 @@ fn truncated_and_corrupt_safetensors() {
             b.extend_from_slice(&full[8..100]);
             b
         }),
-        ("garbage", b"this is not a safetensors file at all, just some words".to_vec()),
+        (
+            "garbage",
+            b"this is not a safetensors file at all, just some words".to_vec(),
+        ),
         ("empty", vec![]),
     ];
     for (what, bytes) in cases {
         std::fs::write(&p, &bytes).unwrap();
         let e = load_err(&d);
-        assert!(matches!(&e, Error::Safetensors { path, .. } if path.ends_with("model.safetensors")), "{what}: {e}");
+        assert!(
+            matches!(&e, Error::Safetensors { path, .. } if path.ends_with("model.safetensors")),
+            "{what}: {e}"
+        );
     }
 }
 
@@ -149,7 +184,10 @@ fn missing_key_is_an_error_naming_it() {
     ts.retain(|t| t.0 != "transformer.h.1.mlp.c_fc.bias");
     write_st(&p, &ts);
     let e = load_err(&d);
-    assert!(matches!(&e, Error::MissingKeys { keys, .. } if keys == &["transformer.h.1.mlp.c_fc.bias".to_string()]), "{e}");
+    assert!(
+        matches!(&e, Error::MissingKeys { keys, .. } if keys == &["transformer.h.1.mlp.c_fc.bias".to_string()]),
+        "{e}"
+    );
 }
 
 #[test]
@@ -157,10 +195,18 @@ fn extra_key_is_reported_not_fatal() {
     let (_t, d) = copy_gpt2();
     let p = d.join("model.safetensors");
     let mut ts = read_st(&p);
-    ts.push(("transformer.h.0.attn.masked_bias".into(), "F32".into(), vec![1], vec![0, 0, 0, 0]));
+    ts.push((
+        "transformer.h.0.attn.masked_bias".into(),
+        "F32".into(),
+        vec![1],
+        vec![0, 0, 0, 0],
+    ));
     write_st(&p, &ts);
     let (_, _, report) = gpt2::load::<B>(&d, &device()).unwrap();
-    assert_eq!(report.unused, vec!["transformer.h.0.attn.masked_bias".to_string()]);
+    assert_eq!(
+        report.unused,
+        vec!["transformer.h.0.attn.masked_bias".to_string()]
+    );
 }
 
 #[test]
@@ -169,7 +215,12 @@ fn shape_mismatch_names_key_and_shapes() {
     edit_config(&d, |v| v["n_inner"] = json!(64));
     let e = load_err(&d);
     match e {
-        Error::ShapeMismatch { key, expected, found, .. } => {
+        Error::ShapeMismatch {
+            key,
+            expected,
+            found,
+            ..
+        } => {
             assert!(key.contains("c_fc"), "{key}");
             assert_ne!(expected, found);
         }
@@ -187,19 +238,29 @@ fn integer_tensor_where_float_expected() {
     }
     write_st(&p, &ts);
     let e = load_err(&d);
-    assert!(matches!(&e, Error::Dtype { key, .. } if key.contains("ln_f")), "{e}");
+    assert!(
+        matches!(&e, Error::Dtype { key, .. } if key.contains("ln_f")),
+        "{e}"
+    );
 }
 
 #[test]
 fn sharded_index_naming_a_missing_shard() {
     let (_t, d) = copy_gpt2();
-    std::fs::rename(d.join("model.safetensors"), d.join("model-00001-of-00002.safetensors")).unwrap();
+    std::fs::rename(
+        d.join("model.safetensors"),
+        d.join("model-00001-of-00002.safetensors"),
+    )
+    .unwrap();
     let index = json!({"metadata": {}, "weight_map": {
         "transformer.wte.weight": "model-00001-of-00002.safetensors",
         "transformer.ln_f.bias": "model-00002-of-00002.safetensors"}});
     std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
     let e = load_err(&d);
-    assert!(matches!(&e, Error::MissingFile { path, .. } if path.ends_with("model-00002-of-00002.safetensors")), "{e}");
+    assert!(
+        matches!(&e, Error::MissingFile { path, .. } if path.ends_with("model-00002-of-00002.safetensors")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -207,7 +268,9 @@ fn sharded_checkpoint_loads() {
     let (_t, d) = copy_gpt2();
     let p = d.join("model.safetensors");
     let ts = read_st(&p);
-    let (a, b): (Tensors, Tensors) = ts.into_iter().partition(|t| t.0.contains(".h.0.") || t.0.contains("wte"));
+    let (a, b): (Tensors, Tensors) = ts
+        .into_iter()
+        .partition(|t| t.0.contains(".h.0.") || t.0.contains("wte"));
     write_st(&d.join("model-00001-of-00002.safetensors"), &a);
     write_st(&d.join("model-00002-of-00002.safetensors"), &b);
     std::fs::remove_file(&p).unwrap();
@@ -218,7 +281,11 @@ fn sharded_checkpoint_loads() {
     for t in &b {
         map.insert(t.0.clone(), json!("model-00002-of-00002.safetensors"));
     }
-    std::fs::write(d.join("model.safetensors.index.json"), json!({"weight_map": map}).to_string()).unwrap();
+    std::fs::write(
+        d.join("model.safetensors.index.json"),
+        json!({"weight_map": map}).to_string(),
+    )
+    .unwrap();
     let (_, _, report) = gpt2::load::<B>(&d, &device()).unwrap();
     assert!(report.unused.is_empty());
 }
@@ -229,9 +296,15 @@ fn half_precision_files_are_cast_to_f32() {
     let p = d.join("model.safetensors");
     let mut ts = read_st(&p);
     for t in ts.iter_mut() {
-        let f: Vec<f32> = t.3.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let f: Vec<f32> =
+            t.3.chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
         // f32 → bf16 by truncation of the low 16 bits.
-        t.3 = f.iter().flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes()).collect();
+        t.3 = f
+            .iter()
+            .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
         t.1 = "BF16".into();
     }
     write_st(&p, &ts);
@@ -241,7 +314,10 @@ fn half_precision_files_are_cast_to_f32() {
     let t = kiln_models::attention::ids_tensor::<B>(&[u32s(&inp["ids"])], &device());
     let got: Vec<f32> = m.forward(t, None).into_data().to_vec().unwrap();
     let diff = max_abs_diff(&got, &flat(&inp["logits"]));
-    assert!(diff < 0.5, "bf16 weights should give close logits, max |Δ| = {diff}");
+    assert!(
+        diff < 0.5,
+        "bf16 weights should give close logits, max |Δ| = {diff}"
+    );
 }
 
 #[test]
@@ -250,8 +326,16 @@ fn bad_config_fields_are_named() {
         ("n_head", Box::new(|v| v["n_head"] = json!("four"))),
         ("n_embd", Box::new(|v| v["n_head"] = json!(5))),
         ("vocab_size", Box::new(|v| v["vocab_size"] = json!(0))),
-        ("vocab_size", Box::new(|v| { v.as_object_mut().unwrap().remove("vocab_size"); })),
-        ("activation_function", Box::new(|v| v["activation_function"] = json!("swiglu-ish"))),
+        (
+            "vocab_size",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("vocab_size");
+            }),
+        ),
+        (
+            "activation_function",
+            Box::new(|v| v["activation_function"] = json!("swiglu-ish")),
+        ),
         ("n_layer", Box::new(|v| v["n_layer"] = json!(-2))),
     ];
     for (field, f) in cases {
@@ -273,8 +357,14 @@ fn unsupported_architecture() {
     let (_t, d) = copy_gpt2();
     edit_config(&d, |v| v["model_type"] = json!("llama"));
     let e = CausalModel::<B>::load(&d, &device()).unwrap_err();
-    assert!(matches!(&e, Error::UnsupportedArchitecture { model_type, .. } if model_type == "llama"), "{e}");
-    assert!(e.to_string().contains("gpt2"), "names what is supported: {e}");
+    assert!(
+        matches!(&e, Error::UnsupportedArchitecture { model_type, .. } if model_type == "llama"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("gpt2"),
+        "names what is supported: {e}"
+    );
 }
 
 #[test]
@@ -282,7 +372,10 @@ fn corrupt_or_missing_tokenizer() {
     let (_t, d) = copy_gpt2();
     std::fs::write(d.join("tokenizer.json"), "{\"model\": 17}").unwrap();
     let e = Tokenizer::from_dir(&d).unwrap_err();
-    assert!(matches!(&e, Error::Tokenizer { path, .. } if path.ends_with("tokenizer.json")), "{e}");
+    assert!(
+        matches!(&e, Error::Tokenizer { path, .. } if path.ends_with("tokenizer.json")),
+        "{e}"
+    );
     std::fs::remove_file(d.join("tokenizer.json")).unwrap();
     let e = Tokenizer::from_dir(&d).unwrap_err();
     assert!(matches!(&e, Error::MissingFile { .. }), "{e}");

@@ -34,38 +34,70 @@ impl FakeHub {
                 let _ = req.respond(resp);
             }
         });
-        Self { url, server, thread: Some(thread), requests }
+        Self {
+            url,
+            server,
+            thread: Some(thread),
+            requests,
+        }
     }
 
-    fn answer(repos: &HashMap<String, PathBuf>, req: &tiny_http::Request) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        let not_found = || tiny_http::Response::from_data(b"Entry not found".to_vec()).with_status_code(404);
+    fn answer(
+        repos: &HashMap<String, PathBuf>,
+        req: &tiny_http::Request,
+    ) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+        let not_found =
+            || tiny_http::Response::from_data(b"Entry not found".to_vec()).with_status_code(404);
         let path = req.url().trim_start_matches('/');
-        let Some((repo, rest)) = path.split_once("/resolve/") else { return not_found() };
-        let Some((_rev, file)) = rest.split_once('/') else { return not_found() };
-        let Some(dir) = repos.get(repo) else { return not_found() };
+        let Some((repo, rest)) = path.split_once("/resolve/") else {
+            return not_found();
+        };
+        let Some((_rev, file)) = rest.split_once('/') else {
+            return not_found();
+        };
+        let Some(dir) = repos.get(repo) else {
+            return not_found();
+        };
         if file.contains("..") {
             return not_found();
         }
-        let Ok(body) = std::fs::read(dir.join(file)) else { return not_found() };
+        let Ok(body) = std::fs::read(dir.join(file)) else {
+            return not_found();
+        };
         let size = body.len();
         // A content hash as the etag (the hub uses the sha256 of LFS files); any stable id works for hf-hub.
         let etag = format!("{:016x}{:016x}", fnv(&body), size);
-        let range = req.headers().iter().find(|h| h.field.equiv("Range")).map(|h| h.value.as_str().to_string());
+        let range = req
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Range"))
+            .map(|h| h.value.as_str().to_string());
         let (start, end) = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")) {
             Some(r) => {
                 let (a, b) = r.split_once('-').unwrap();
                 let a: usize = a.parse().unwrap();
-                let b: usize = if b.is_empty() { size.saturating_sub(1) } else { b.parse().unwrap() };
+                let b: usize = if b.is_empty() {
+                    size.saturating_sub(1)
+                } else {
+                    b.parse().unwrap()
+                };
                 (a.min(size), (b + 1).min(size))
             }
             None => (0, size),
         };
-        let h = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
+        let h =
+            |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
         tiny_http::Response::from_data(body[start..end].to_vec())
             .with_status_code(if range.is_some() { 206 } else { 200 })
             .with_header(h("etag", &format!("\"{etag}\"")))
-            .with_header(h("x-repo-commit", "0123456789abcdef0123456789abcdef01234567"))
-            .with_header(h("Content-Range", &format!("bytes {start}-{}/{size}", end.saturating_sub(1))))
+            .with_header(h(
+                "x-repo-commit",
+                "0123456789abcdef0123456789abcdef01234567",
+            ))
+            .with_header(h(
+                "Content-Range",
+                &format!("bytes {start}-{}/{size}", end.saturating_sub(1)),
+            ))
     }
 }
 
@@ -79,7 +111,9 @@ impl Drop for FakeHub {
 }
 
 fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn opts(cache: &Path, endpoint: Option<&str>, offline: bool) -> HubOptions {
@@ -104,24 +138,43 @@ fn assert_logits_match(dir: &Path) {
 #[test]
 fn download_into_cache_then_load_offline() {
     let cache = tempfile::tempdir().unwrap();
-    let hub = FakeHub::start(HashMap::from([("kiln-test/tiny-gpt2".to_string(), fixtures().join("gpt2"))]));
-    let src = Source::resolve("kiln-test/tiny-gpt2", opts(cache.path(), Some(&hub.url), false)).unwrap();
+    let hub = FakeHub::start(HashMap::from([(
+        "kiln-test/tiny-gpt2".to_string(),
+        fixtures().join("gpt2"),
+    )]));
+    let src = Source::resolve(
+        "kiln-test/tiny-gpt2",
+        opts(cache.path(), Some(&hub.url), false),
+    )
+    .unwrap();
     let dir = src.materialise().unwrap();
     // The layout Python's huggingface_hub uses.
     let repo = cache.path().join("models--kiln-test--tiny-gpt2");
     assert!(repo.join("refs/main").is_file());
     assert!(dir.starts_with(repo.join("snapshots")), "{}", dir.display());
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
         assert!(dir.join(f).is_file(), "{f} not downloaded");
     }
-    assert!(!dir.join("vocab.json").exists(), "absent optional files stay absent");
+    assert!(
+        !dir.join("vocab.json").exists(),
+        "absent optional files stay absent"
+    );
     assert_logits_match(&dir);
     let served = hub.requests.load(Ordering::SeqCst);
     assert!(served > 0);
     drop(hub);
 
     // Offline: no server at all, everything from the cache.
-    let src = Source::resolve("kiln-test/tiny-gpt2", opts(cache.path(), Some("http://127.0.0.1:9"), true)).unwrap();
+    let src = Source::resolve(
+        "kiln-test/tiny-gpt2",
+        opts(cache.path(), Some("http://127.0.0.1:9"), true),
+    )
+    .unwrap();
     let dir2 = src.materialise().unwrap();
     assert_eq!(dir, dir2);
     assert_logits_match(&dir2);
@@ -142,9 +195,16 @@ fn download_into_cache_then_load_offline() {
 fn missing_repo_online_is_a_clear_error() {
     let cache = tempfile::tempdir().unwrap();
     let hub = FakeHub::start(HashMap::new());
-    let src = Source::resolve("kiln-test/nothing", opts(cache.path(), Some(&hub.url), false)).unwrap();
+    let src = Source::resolve(
+        "kiln-test/nothing",
+        opts(cache.path(), Some(&hub.url), false),
+    )
+    .unwrap();
     let e = src.materialise().unwrap_err();
-    assert!(matches!(&e, Error::Hub { file, .. } if file == "config.json"), "{e}");
+    assert!(
+        matches!(&e, Error::Hub { file, .. } if file == "config.json"),
+        "{e}"
+    );
 }
 
 #[test]

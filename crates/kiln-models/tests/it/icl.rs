@@ -8,7 +8,9 @@ use crate::common::*;
 
 fn examples() -> Vec<Example> {
     let text = std::fs::read_to_string(fixtures().join("samples/icl_examples.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -34,8 +36,24 @@ fn k_shot_prompts_label_likelihoods_and_completions_match_transformers() {
         }
         let best = classify(&m, &tok, &t, &ex, input, &["positive", "negative"]).unwrap();
         assert_eq!(best, if scores[0] > scores[1] { 0 } else { 1 });
-        let cfg = GenerationConfig { max_new_tokens: Some(5), pad_token_id: Some(1), eos_token_id: vec![2], ..Default::default() };
-        let out = generate(&mut CausalSession::new(&m), &[ids.clone()], &[vec![1; ids.len()]], &cfg, None).unwrap();
-        assert_eq!(out.sequences[0][ids.len()..].to_vec(), u32s(&c["greedy"]), "{input}");
+        let cfg = GenerationConfig {
+            max_new_tokens: Some(5),
+            pad_token_id: Some(1),
+            eos_token_id: vec![2],
+            ..Default::default()
+        };
+        let out = generate(
+            &mut CausalSession::new(&m),
+            &[ids.clone()],
+            &[vec![1; ids.len()]],
+            &cfg,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            out.sequences[0][ids.len()..].to_vec(),
+            u32s(&c["greedy"]),
+            "{input}"
+        );
     }
 }

@@ -16,19 +16,31 @@ use kiln_models::bert::{self, BertForSequenceClassification};
 use kiln_models::causal::CausalLm;
 use kiln_models::gpt2::{self, Gpt2LmHead};
 use kiln_peft::model::{linear_paths, read_base_params};
-use kiln_peft::{base_params, read_tensors, write_tensors, LoraConfig, LoraModel, PeftError, PeftModel};
+use kiln_peft::{
+    base_params, read_tensors, write_tensors, LoraConfig, LoraModel, PeftError, PeftModel,
+};
 use serde_json::{json, Value};
 
 use crate::common::*;
 
-const ADAPTERS: [&str; 6] = ["gpt2-lora", "gpt2-rslora-all", "opt-lora", "opt-rslora-all", "bert-lora", "bert-rslora-all"];
+const ADAPTERS: [&str; 6] = [
+    "gpt2-lora",
+    "gpt2-rslora-all",
+    "opt-lora",
+    "opt-rslora-all",
+    "bert-lora",
+    "bert-rslora-all",
+];
 
 fn adapter_dir(name: &str) -> PathBuf {
     fixtures().join("peft").join(name)
 }
 
 fn peft_ref(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(adapter_dir(name).join("reference.json")).unwrap()).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(adapter_dir(name).join("reference.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 /// A model the fixtures' reference batches can run through.
@@ -53,16 +65,25 @@ impl<BB: Backend> Fwd<BB> for BertForSequenceClassification<BB> {
         let ids = ids_tensor::<BB>(&rows_u32(&r["input_ids"]), &dev);
         let types = ids_tensor::<BB>(&rows_u32(&r["token_type_ids"]), &dev);
         let mask = rows_u8(&r["attention_mask"]);
-        self.forward(ids, Some(types), Some(&mask)).unwrap().into_data().convert::<f32>().to_vec().unwrap()
+        self.forward(ids, Some(types), Some(&mask))
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap()
     }
 }
 
 fn causal(base: &str) -> CausalModel<B> {
-    CausalModel::load(&fixtures().join(base), &device()).unwrap().0
+    CausalModel::load(&fixtures().join(base), &device())
+        .unwrap()
+        .0
 }
 
 fn bert_cls() -> BertForSequenceClassification<B> {
-    bert::load_for_classification::<B>(&fixtures().join("bert"), &device()).unwrap().1
+    bert::load_for_classification::<B>(&fixtures().join("bert"), &device())
+        .unwrap()
+        .1
 }
 
 /// The LoRA config peft was given for a fixture (from reference.json).
@@ -80,7 +101,10 @@ fn check_parity<M: Fwd<B>>(name: &str, base: M) {
     assert!(!lm.targeted_modules("default").is_empty());
     let got = lm.model.run(&r);
     let d = max_abs_diff(&got, &flat(&r["logits"]));
-    eprintln!("{name}: max |Δ| vs peft {d:.2e} (the adapter moves the logits by {})", r["max_abs_delta_vs_base"]);
+    eprintln!(
+        "{name}: max |Δ| vs peft {d:.2e} (the adapter moves the logits by {})",
+        r["max_abs_delta_vs_base"]
+    );
     assert!(d < 1e-4, "{name}: max |Δ| vs peft = {d}");
 
     assert!(lm.merge() > 0);
@@ -119,7 +143,11 @@ fn check_counts<M: Fwd<B>>(name: &str, make: &dyn Fn() -> M) {
     let want = r["print_trainable_parameters"].as_str().unwrap();
     // Loaded for training: counted as peft counts right after get_peft_model.
     let lm = LoraModel::from_pretrained(make(), &adapter_dir(name), true).unwrap();
-    assert_eq!(lm.trainable_parameters().to_string(), want, "{name} (loaded)");
+    assert_eq!(
+        lm.trainable_parameters().to_string(),
+        want,
+        "{name} (loaded)"
+    );
     // Loaded for inference: nothing trains.
     let lm = LoraModel::from_pretrained(make(), &adapter_dir(name), false).unwrap();
     assert_eq!(lm.trainable_parameters().trainable, 0, "{name} (inference)");
@@ -127,7 +155,13 @@ fn check_counts<M: Fwd<B>>(name: &str, make: &dyn Fn() -> M) {
     let lm = LoraModel::inject(make(), ref_config(&r)).unwrap();
     let c = lm.trainable_parameters();
     assert_eq!(c.to_string(), want, "{name} (fresh)");
-    assert_eq!((c.trainable, c.all), (r["trainable_params"].as_u64().unwrap() as usize, r["all_params"].as_u64().unwrap() as usize));
+    assert_eq!(
+        (c.trainable, c.all),
+        (
+            r["trainable_params"].as_u64().unwrap() as usize,
+            r["all_params"].as_u64().unwrap() as usize
+        )
+    );
 }
 
 #[test]
@@ -145,7 +179,11 @@ fn trainable_parameter_counts_print_as_peft_prints_them() {
 // ------------------------------------------------------------------------------------------ file format
 
 fn shapes(p: &Path) -> BTreeMap<String, Vec<usize>> {
-    read_tensors(p).unwrap().into_iter().map(|(k, t)| (k, t.shape)).collect()
+    read_tensors(p)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.shape))
+        .collect()
 }
 
 fn json_file(p: &Path) -> Value {
@@ -176,7 +214,11 @@ fn check_files<M: Fwd<B>>(name: &str, make: &dyn Fn() -> M) {
     assert_eq!(ours, theirs, "{name}: re-saved tensors");
     let mut want = json_file(&dir.join("adapter_config.json"));
     want.as_object_mut().unwrap().remove("peft_version");
-    assert_eq!(json_file(&tmp.path().join("adapter_config.json")), want, "{name}: re-saved config");
+    assert_eq!(
+        json_file(&tmp.path().join("adapter_config.json")),
+        want,
+        "{name}: re-saved config"
+    );
     // … and loads back to identical outputs.
     let lm2 = LoraModel::from_pretrained(make(), tmp.path(), false).unwrap();
     assert_eq!(lm2.model.run(&r), before, "{name}: save → load round trip");
@@ -185,29 +227,52 @@ fn check_files<M: Fwd<B>>(name: &str, make: &dyn Fn() -> M) {
     let fresh = LoraModel::inject(make(), ref_config(&r)).unwrap();
     let out = tmp.path().join("fresh");
     fresh.save_pretrained(&out).unwrap();
-    assert_eq!(shapes(&out.join("adapter_model.safetensors")), shapes(&dir.join("adapter_model.safetensors")), "{name}");
+    assert_eq!(
+        shapes(&out.join("adapter_model.safetensors")),
+        shapes(&dir.join("adapter_model.safetensors")),
+        "{name}"
+    );
     let mut ours = json_file(&out.join("adapter_config.json"));
     let theirs = json_file(&dir.join("adapter_config.json"));
-    let set = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<BTreeSet<_>>();
-    assert_eq!(set(&ours["target_modules"]), set(&theirs["target_modules"]), "{name}: target_modules");
+    let set = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        set(&ours["target_modules"]),
+        set(&theirs["target_modules"]),
+        "{name}: target_modules"
+    );
     ours["target_modules"] = theirs["target_modules"].clone();
     assert_eq!(ours["base_model_name_or_path"], Value::Null);
     ours["base_model_name_or_path"] = theirs["base_model_name_or_path"].clone();
     for (k, v) in theirs.as_object().unwrap() {
         match ours.get(k) {
             Some(o) => assert_eq!(o, v, "{name}: config key `{k}`"),
-            None => assert!(peft_default(k, v), "{name}: kiln does not write `{k}` = {v}"),
+            None => assert!(
+                peft_default(k, v),
+                "{name}: kiln does not write `{k}` = {v}"
+            ),
         }
     }
     for k in ours.as_object().unwrap().keys() {
-        assert!(theirs.get(k).is_some(), "{name}: kiln writes `{k}`, peft does not");
+        assert!(
+            theirs.get(k).is_some(),
+            "{name}: kiln writes `{k}`, peft does not"
+        );
     }
     // With a file for each named adapter in its own directory.
     let mut two = LoraModel::inject(make(), ref_config(&r)).unwrap();
     two.add_adapter("second", ref_config(&r)).unwrap();
     let out2 = tmp.path().join("two");
     two.save_pretrained(&out2).unwrap();
-    assert!(out2.join("adapter_config.json").is_file() && out2.join("second/adapter_model.safetensors").is_file());
+    assert!(
+        out2.join("adapter_config.json").is_file()
+            && out2.join("second/adapter_model.safetensors").is_file()
+    );
 }
 
 #[test]
@@ -228,7 +293,15 @@ fn saved_files_are_peft_files() {
 fn paths_are_hugging_face_module_paths() {
     let g = causal("gpt2");
     let p = linear_paths(&g);
-    assert_eq!(&p[..4], ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"]);
+    assert_eq!(
+        &p[..4],
+        [
+            "transformer.h.0.attn.c_attn",
+            "transformer.h.0.attn.c_proj",
+            "transformer.h.0.mlp.c_fc",
+            "transformer.h.0.mlp.c_proj"
+        ]
+    );
     assert_eq!(p.len(), 8);
     let o = causal("opt");
     let p = linear_paths(&o);
@@ -249,12 +322,20 @@ fn paths_are_hugging_face_module_paths() {
         ("opt", base_params(&o)),
         ("bert", base_params(&b)),
     ] {
-        let infos = kiln_models::weights::inspect_safetensors(&fixtures().join(name).join("model.safetensors")).unwrap();
-        let file: BTreeMap<String, Vec<usize>> = infos.into_iter().map(|i| (i.name, i.shape)).collect();
+        let infos = kiln_models::weights::inspect_safetensors(
+            &fixtures().join(name).join("model.safetensors"),
+        )
+        .unwrap();
+        let file: BTreeMap<String, Vec<usize>> =
+            infos.into_iter().map(|i| (i.name, i.shape)).collect();
         let ours: BTreeMap<String, Vec<usize>> = model_params
             .into_iter()
             .map(|p| {
-                let shape = if p.linear_weight && name != "gpt2" { vec![p.shape[1], p.shape[0]] } else { p.shape.clone() };
+                let shape = if p.linear_weight && name != "gpt2" {
+                    vec![p.shape[1], p.shape[0]]
+                } else {
+                    p.shape.clone()
+                };
                 (p.path, shape)
             })
             .collect();
@@ -278,7 +359,11 @@ fn without_an_adapter_the_forward_is_unchanged() {
     let lm = LoraModel::inject(plain, cfg).unwrap();
     assert_ne!(lm.model.run(&r), want);
     let back = lm.unload();
-    assert_eq!(back.run(&r), want, "unload gives the base model back bit for bit");
+    assert_eq!(
+        back.run(&r),
+        want,
+        "unload gives the base model back bit for bit"
+    );
 }
 
 // ------------------------------------------------------------------------------------------ several adapters
@@ -286,8 +371,10 @@ fn without_an_adapter_the_forward_is_unchanged() {
 #[test]
 fn named_adapters_switch_with_set_adapter() {
     let (ra, rb) = (peft_ref("opt-lora"), peft_ref("opt-rslora-all"));
-    let mut lm = LoraModel::from_pretrained(causal("opt"), &adapter_dir("opt-lora"), false).unwrap();
-    lm.load_adapter(&adapter_dir("opt-rslora-all"), "other", false).unwrap();
+    let mut lm =
+        LoraModel::from_pretrained(causal("opt"), &adapter_dir("opt-lora"), false).unwrap();
+    lm.load_adapter(&adapter_dir("opt-rslora-all"), "other", false)
+        .unwrap();
     assert_eq!(lm.adapter_names(), ["default", "other"]);
     assert_eq!(lm.active_adapter(), Some("default"));
     let d = max_abs_diff(&lm.model.run(&ra), &flat(&ra["logits"]));
@@ -298,13 +385,22 @@ fn named_adapters_switch_with_set_adapter() {
     lm.set_adapter("default").unwrap();
     let d = max_abs_diff(&lm.model.run(&ra), &flat(&ra["logits"]));
     assert!(d < 1e-4, "default again: {d}");
-    assert!(matches!(lm.set_adapter("nope"), Err(PeftError::UnknownAdapter { .. })));
-    assert!(matches!(lm.load_adapter(&adapter_dir("opt-lora"), "other", false), Err(PeftError::DuplicateAdapter(_))));
+    assert!(matches!(
+        lm.set_adapter("nope"),
+        Err(PeftError::UnknownAdapter { .. })
+    ));
+    assert!(matches!(
+        lm.load_adapter(&adapter_dir("opt-lora"), "other", false),
+        Err(PeftError::DuplicateAdapter(_))
+    ));
     lm.delete_adapter("other").unwrap();
     assert_eq!(lm.adapter_names(), ["default"]);
     let mut n = 0;
     lm.model.visit_linears_ref(&mut |_, l| n += l.lora.len());
-    assert_eq!(n, 4, "only the default adapter's q_proj/v_proj branches remain");
+    assert_eq!(
+        n, 4,
+        "only the default adapter's q_proj/v_proj branches remain"
+    );
 }
 
 // ------------------------------------------------------------------------------------------ errors
@@ -347,25 +443,43 @@ fn load_err(dir: &Path) -> PeftError {
 #[test]
 fn mismatched_adapters_give_errors_naming_the_key() {
     // GPT-2's adapter on OPT: its target modules are not there.
-    let e = LoraModel::from_pretrained(causal("opt"), &adapter_dir("gpt2-lora"), false).err().unwrap();
-    assert!(matches!(&e, PeftError::NoTargetMatched { targets, .. } if targets.contains("c_attn")), "{e}");
-    assert!(e.to_string().contains("model.decoder.layers.0.self_attn.k_proj"), "{e}");
+    let e = LoraModel::from_pretrained(causal("opt"), &adapter_dir("gpt2-lora"), false)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, PeftError::NoTargetMatched { targets, .. } if targets.contains("c_attn")),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("model.decoder.layers.0.self_attn.k_proj"),
+        "{e}"
+    );
 
     // An adapter for a deeper model: a module this one lacks.
     let (_t, d) = copy_adapter("opt-lora");
     let key = "base_model.model.model.decoder.layers.5.self_attn.q_proj.lora_A.weight";
     edit_tensors(&d, |t| {
-        t.insert(key.into(), kiln_peft::RawTensor::new(vec![4, 32], vec![0.0; 128]));
+        t.insert(
+            key.into(),
+            kiln_peft::RawTensor::new(vec![4, 32], vec![0.0; 128]),
+        );
     });
     let e = load_err(&d);
-    assert!(matches!(&e, PeftError::MissingModule { key: k, .. } if k == key), "{e}");
+    assert!(
+        matches!(&e, PeftError::MissingModule { key: k, .. } if k == key),
+        "{e}"
+    );
     assert!(e.to_string().contains(key));
 
     // A tensor for a module the config does not target.
     let (_t, d) = copy_adapter("opt-lora");
     let key = "base_model.model.model.decoder.layers.0.fc1.lora_A.weight";
     edit_tensors(&d, |t| {
-        t.insert(key.into(), kiln_peft::RawTensor::new(vec![4, 32], vec![0.0; 128]));
+        t.insert(
+            key.into(),
+            kiln_peft::RawTensor::new(vec![4, 32], vec![0.0; 128]),
+        );
     });
     assert!(matches!(load_err(&d), PeftError::UntargetedModule { key: k, .. } if k == key));
 
@@ -373,16 +487,25 @@ fn mismatched_adapters_give_errors_naming_the_key() {
     let (_t, d) = copy_adapter("opt-lora");
     let key = "base_model.model.model.decoder.layers.1.self_attn.v_proj.lora_B.weight";
     edit_tensors(&d, |t| {
-        t.insert(key.into(), kiln_peft::RawTensor::new(vec![64, 4], vec![0.0; 256]));
+        t.insert(
+            key.into(),
+            kiln_peft::RawTensor::new(vec![64, 4], vec![0.0; 256]),
+        );
     });
     let e = load_err(&d);
-    assert!(matches!(&e, PeftError::ShapeMismatch { key: k, expected, found, .. } if k == key && *expected == [32, 4] && *found == [64, 4]), "{e}");
+    assert!(
+        matches!(&e, PeftError::ShapeMismatch { key: k, expected, found, .. } if k == key && *expected == [32, 4] && *found == [64, 4]),
+        "{e}"
+    );
 
     // The config's rank disagrees with the tensors.
     let (_t, d) = copy_adapter("opt-lora");
     edit_config(&d, |v| v["r"] = json!(8));
     let e = load_err(&d);
-    assert!(matches!(&e, PeftError::RankMismatch { key, expected: 8, found: 4, .. } if key.ends_with(".weight")), "{e}");
+    assert!(
+        matches!(&e, PeftError::RankMismatch { key, expected: 8, found: 4, .. } if key.ends_with(".weight")),
+        "{e}"
+    );
 
     // A missing tensor.
     let (_t, d) = copy_adapter("opt-lora");
@@ -396,7 +519,10 @@ fn mismatched_adapters_give_errors_naming_the_key() {
     let (_t, d) = copy_adapter("opt-lora");
     let key = "base_model.model.model.decoder.layers.0.fc2.bias";
     edit_tensors(&d, |t| {
-        t.insert(key.into(), kiln_peft::RawTensor::new(vec![48], vec![0.0; 48]));
+        t.insert(
+            key.into(),
+            kiln_peft::RawTensor::new(vec![48], vec![0.0; 48]),
+        );
     });
     assert!(matches!(load_err(&d), PeftError::ShapeMismatch { key: k, .. } if k == key));
 
@@ -404,13 +530,19 @@ fn mismatched_adapters_give_errors_naming_the_key() {
     let (_t, d) = copy_adapter("opt-lora");
     let key = "base_model.model.model.decoder.layers.0.self_attn.q_proj.lora_magnitude_vector";
     edit_tensors(&d, |t| {
-        t.insert(key.into(), kiln_peft::RawTensor::new(vec![32], vec![1.0; 32]));
+        t.insert(
+            key.into(),
+            kiln_peft::RawTensor::new(vec![32], vec![1.0; 32]),
+        );
     });
     assert!(matches!(load_err(&d), PeftError::UnsupportedKey { key: k, .. } if k == key));
     let (_t, d) = copy_adapter("opt-lora");
     edit_config(&d, |v| v["peft_type"] = json!("PREFIX_TUNING"));
     let e = load_err(&d);
-    assert!(matches!(&e, PeftError::WrongPeftType { found, .. } if found == "PREFIX_TUNING"), "{e}");
+    assert!(
+        matches!(&e, PeftError::WrongPeftType { found, .. } if found == "PREFIX_TUNING"),
+        "{e}"
+    );
     let (_t, d) = copy_adapter("opt-lora");
     edit_config(&d, |v| v["use_dora"] = json!(true));
     assert!(matches!(load_err(&d), PeftError::Unsupported { field, .. } if field == "use_dora"));
@@ -458,7 +590,10 @@ fn lora_values<M: PeftModel<AD>>(m: &M) -> Vec<Vec<f32>> {
 }
 
 fn all_base<M: PeftModel<AD>>(m: &M) -> Vec<(String, Vec<f32>)> {
-    read_base_params(m, &mut |_| true).into_iter().map(|(p, d)| (p.path, d.to_vec().unwrap())).collect()
+    read_base_params(m, &mut |_| true)
+        .into_iter()
+        .map(|(p, d)| (p.path, d.to_vec().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -466,18 +601,26 @@ fn training_with_adamw_changes_only_lora() {
     let dev = Default::default();
     AD::seed(&dev, 0);
     let (_, base, _) = gpt2::load::<AD>(&fixtures().join("gpt2"), &dev).unwrap();
-    let mut lm = LoraModel::inject(base, LoraConfig::new(4, 8.0).with_task_type("CAUSAL_LM")).unwrap();
+    let mut lm =
+        LoraModel::inject(base, LoraConfig::new(4, 8.0).with_task_type("CAUSAL_LM")).unwrap();
     let ids = lora_ids(&lm.model);
     assert_eq!(ids.len(), 4, "A and B of c_attn in 2 layers");
     let mut rg = RequireGrad(vec![], 0);
     lm.model.visit(&mut rg);
-    assert_eq!(rg.0.iter().copied().collect::<BTreeSet<_>>(), ids, "only LoRA requires grad");
+    assert_eq!(
+        rg.0.iter().copied().collect::<BTreeSet<_>>(),
+        ids,
+        "only LoRA requires grad"
+    );
     assert_eq!(rg.1, lm.trainable_parameters().trainable);
     let base_before = all_base(&lm.model);
     let lora_before = lora_values(&lm.model);
 
     // A tiny task: predict a fixed sequence.
-    let rows: Vec<Vec<u32>> = vec![vec![5, 17, 93, 250, 41, 7, 388, 12, 60], vec![300, 2, 45, 45, 9, 123, 77, 31, 8]];
+    let rows: Vec<Vec<u32>> = vec![
+        vec![5, 17, 93, 250, 41, 7, 388, 12, 60],
+        vec![300, 2, 45, 45, 9, 123, 77, 31, 8],
+    ];
     let input: Vec<Vec<u32>> = rows.iter().map(|r| r[..8].to_vec()).collect();
     let target: Vec<Vec<u32>> = rows.iter().map(|r| r[1..].to_vec()).collect();
     let x = ids_tensor::<AD>(&input, &dev);
@@ -497,19 +640,40 @@ fn training_with_adamw_changes_only_lora() {
     }
     eprintln!("LoRA training losses: {losses:?}");
     assert!(losses[7] < losses[0] - 0.1, "loss should fall: {losses:?}");
-    assert_eq!(all_base(&lm.model), base_before, "base weights bit-identical");
+    assert_eq!(
+        all_base(&lm.model),
+        base_before,
+        "base weights bit-identical"
+    );
     let after = lora_values(&lm.model);
-    assert!(after.iter().zip(&lora_before).all(|(a, b)| a != b), "every LoRA matrix trained");
+    assert!(
+        after.iter().zip(&lora_before).all(|(a, b)| a != b),
+        "every LoRA matrix trained"
+    );
     let record = optim.to_record();
-    assert_eq!(record.keys().copied().collect::<BTreeSet<_>>(), ids, "the optimizer holds state for LoRA only");
+    assert_eq!(
+        record.keys().copied().collect::<BTreeSet<_>>(),
+        ids,
+        "the optimizer holds state for LoRA only"
+    );
 
     // The trained adapter saves, reloads and reproduces the outputs.
     let tmp = tempfile::tempdir().unwrap();
     lm.save_pretrained(tmp.path()).unwrap();
-    let want: Vec<f32> = lm.model.forward(x.clone(), None).into_data().to_vec().unwrap();
+    let want: Vec<f32> = lm
+        .model
+        .forward(x.clone(), None)
+        .into_data()
+        .to_vec()
+        .unwrap();
     let (_, fresh, _) = gpt2::load::<AD>(&fixtures().join("gpt2"), &dev).unwrap();
     let back = LoraModel::from_pretrained(fresh, tmp.path(), true).unwrap();
-    let got: Vec<f32> = back.model.forward(x.clone(), None).into_data().to_vec().unwrap();
+    let got: Vec<f32> = back
+        .model
+        .forward(x.clone(), None)
+        .into_data()
+        .to_vec()
+        .unwrap();
     assert_eq!(got, want);
     if let Some(out) = std::env::var_os("KILN_PEFT_EXPORT") {
         let d = PathBuf::from(out).join("gpt2-trained");
@@ -523,9 +687,16 @@ fn training_with_adamw_changes_only_lora() {
 fn training_a_classifier_adapter_trains_lora_and_the_head() {
     let dev = Default::default();
     let (_, base, _) = bert::load_for_classification::<AD>(&fixtures().join("bert"), &dev).unwrap();
-    let mut lm = LoraModel::inject(base, LoraConfig::new(4, 8.0).with_task_type("SEQ_CLS")).unwrap();
-    assert_eq!(lm.config("default").unwrap().modules_to_save.as_deref(), Some(&["classifier".to_string(), "score".to_string()][..]));
-    let head_ids = [lm.model.classifier.weight.id, lm.model.classifier.bias.as_ref().unwrap().id];
+    let mut lm =
+        LoraModel::inject(base, LoraConfig::new(4, 8.0).with_task_type("SEQ_CLS")).unwrap();
+    assert_eq!(
+        lm.config("default").unwrap().modules_to_save.as_deref(),
+        Some(&["classifier".to_string(), "score".to_string()][..])
+    );
+    let head_ids = [
+        lm.model.classifier.weight.id,
+        lm.model.classifier.bias.as_ref().unwrap().id,
+    ];
     let mut rg = RequireGrad(vec![], 0);
     lm.model.visit(&mut rg);
     let mut want: BTreeSet<ParamId> = lora_ids(&lm.model);
@@ -556,7 +727,11 @@ fn training_a_classifier_adapter_trains_lora_and_the_head() {
     lm.save_pretrained(tmp.path()).unwrap();
     let t = read_tensors(&tmp.path().join("adapter_model.safetensors")).unwrap();
     assert_eq!(t["base_model.model.classifier.weight"].shape, [2, 32]);
-    assert_eq!(t.len(), 4 * 2 + 2, "query/value A and B in 2 layers, classifier weight and bias");
+    assert_eq!(
+        t.len(),
+        4 * 2 + 2,
+        "query/value A and B in 2 layers, classifier weight and bias"
+    );
 }
 
 // ------------------------------------------------------------------------------------------ for Python
@@ -572,16 +747,44 @@ fn export_kiln_adapters_for_the_python_check() {
         c.init_lora_weights = kiln_peft::InitLoraWeights::Bool(false);
         c
     };
-    let gpt2_cfg = random(LoraConfig { bias: kiln_peft::Bias::LoraOnly, ..LoraConfig::new(4, 8.0).with_task_type("CAUSAL_LM") });
-    let mut opt_cfg = random(LoraConfig { use_rslora: true, ..LoraConfig::new(4, 8.0).with_target_regex("all-linear") });
+    let gpt2_cfg = random(LoraConfig {
+        bias: kiln_peft::Bias::LoraOnly,
+        ..LoraConfig::new(4, 8.0).with_task_type("CAUSAL_LM")
+    });
+    let mut opt_cfg = random(LoraConfig {
+        use_rslora: true,
+        ..LoraConfig::new(4, 8.0).with_target_regex("all-linear")
+    });
     opt_cfg.rank_pattern.insert("fc1".into(), 2);
-    let bert_cfg = random(LoraConfig::new(4, 8.0).with_task_type("SEQ_CLS").with_target_modules(["query", "key", "dense"]));
+    let bert_cfg = random(
+        LoraConfig::new(4, 8.0)
+            .with_task_type("SEQ_CLS")
+            .with_target_modules(["query", "key", "dense"]),
+    );
     let g = peft_ref("gpt2-lora");
     let b = peft_ref("bert-lora");
     B::seed(&device(), 7);
-    export("kiln-gpt2", &root, "gpt2", LoraModel::inject(causal("gpt2"), gpt2_cfg).unwrap(), &g);
-    export("kiln-opt-all", &root, "opt", LoraModel::inject(causal("opt"), opt_cfg).unwrap(), &g);
-    export("kiln-bert-cls", &root, "bert", LoraModel::inject(bert_cls(), bert_cfg).unwrap(), &b);
+    export(
+        "kiln-gpt2",
+        &root,
+        "gpt2",
+        LoraModel::inject(causal("gpt2"), gpt2_cfg).unwrap(),
+        &g,
+    );
+    export(
+        "kiln-opt-all",
+        &root,
+        "opt",
+        LoraModel::inject(causal("opt"), opt_cfg).unwrap(),
+        &g,
+    );
+    export(
+        "kiln-bert-cls",
+        &root,
+        "bert",
+        LoraModel::inject(bert_cls(), bert_cfg).unwrap(),
+        &b,
+    );
 }
 
 fn export<M: Fwd<B>>(name: &str, root: &Path, base: &str, lm: LoraModel<B, M>, inputs: &Value) {
@@ -599,8 +802,14 @@ fn export<M: Fwd<B>>(name: &str, root: &Path, base: &str, lm: LoraModel<B, M>, i
     std::fs::write(d.join("reference.json"), r.to_string()).unwrap();
     // Reloads in kiln to the same outputs.
     let again = match base {
-        "bert" => LoraModel::from_pretrained(bert_cls(), &d, false).unwrap().model.run(inputs),
-        b => LoraModel::from_pretrained(causal(b), &d, false).unwrap().model.run(inputs),
+        "bert" => LoraModel::from_pretrained(bert_cls(), &d, false)
+            .unwrap()
+            .model
+            .run(inputs),
+        b => LoraModel::from_pretrained(causal(b), &d, false)
+            .unwrap()
+            .model
+            .run(inputs),
     };
     assert_eq!(again, logits, "{name}");
 }
@@ -610,18 +819,36 @@ fn bias_settings_choose_which_biases_train() {
     let dev = Default::default();
     let (_, base, _) = gpt2::load::<AD>(&fixtures().join("gpt2"), &dev).unwrap();
     // (bias, trainable bias parameters, saved bias tensors): lora_only = c_attn's in 2 layers; all = 6 per layer + ln_f.
-    for (bias, extra, saved) in [(kiln_peft::Bias::None, 0, 0), (kiln_peft::Bias::LoraOnly, 2 * 96, 2), (kiln_peft::Bias::All, 736, 13)] {
-        let cfg = LoraConfig { bias, ..LoraConfig::new(4, 8.0) };
+    for (bias, extra, saved) in [
+        (kiln_peft::Bias::None, 0, 0),
+        (kiln_peft::Bias::LoraOnly, 2 * 96, 2),
+        (kiln_peft::Bias::All, 736, 13),
+    ] {
+        let cfg = LoraConfig {
+            bias,
+            ..LoraConfig::new(4, 8.0)
+        };
         let lm = LoraModel::inject(base.clone(), cfg).unwrap();
         let mut rg = RequireGrad(vec![], 0);
         lm.model.visit(&mut rg);
-        assert_eq!(rg.1, 1024 + extra, "{bias:?}: LoRA plus the selected biases require grad");
+        assert_eq!(
+            rg.1,
+            1024 + extra,
+            "{bias:?}: LoRA plus the selected biases require grad"
+        );
         assert_eq!(lm.trainable_parameters().trainable, rg.1, "{bias:?}");
         let keys = lm.adapter_state_dict("default").unwrap();
         let n_bias = keys.keys().filter(|k| k.ends_with(".bias")).count();
-        assert_eq!(n_bias, saved, "{bias:?}: saved biases {:?}", keys.keys().collect::<Vec<_>>());
+        assert_eq!(
+            n_bias,
+            saved,
+            "{bias:?}: saved biases {:?}",
+            keys.keys().collect::<Vec<_>>()
+        );
         if bias == kiln_peft::Bias::LoraOnly {
-            assert!(keys.contains_key("base_model.model.transformer.h.0.attn.c_attn.base_layer.bias"));
+            assert!(
+                keys.contains_key("base_model.model.transformer.h.0.attn.c_attn.base_layer.bias")
+            );
         }
         if bias == kiln_peft::Bias::All {
             assert!(keys.contains_key("base_model.model.transformer.h.0.ln_1.bias"));
@@ -633,7 +860,8 @@ fn bias_settings_choose_which_biases_train() {
 #[test]
 fn every_peft_fixture_file_is_listed_and_present() {
     let dir = fixtures().join("peft");
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("MANIFEST.json")).unwrap()).unwrap();
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("MANIFEST.json")).unwrap()).unwrap();
     assert_eq!(m["versions"]["peft"], "0.21.2");
     let files = m["files"].as_array().unwrap();
     assert_eq!(files.len(), ADAPTERS.len() * 3);
@@ -647,25 +875,38 @@ fn every_peft_fixture_file_is_listed_and_present() {
 #[test]
 fn seq2seq_linear_paths_are_checkpoint_keys_and_lora_attaches_to_peft_defaults() {
     use kiln_models::auto::Seq2SeqModel;
-    for (name, per_model) in [("bart", 2 * 6 + 2 * 10), ("t5", 2 * (4 + 2) + 2 * (8 + 2)), ("t5-v1_1", 2 * (4 + 3) + 2 * (8 + 3) + 1)] {
+    for (name, per_model) in [
+        ("bart", 2 * 6 + 2 * 10),
+        ("t5", 2 * (4 + 2) + 2 * (8 + 2)),
+        ("t5-v1_1", 2 * (4 + 3) + 2 * (8 + 3) + 1),
+    ] {
         let (m, _) = Seq2SeqModel::<B>::load(&fixtures().join(name), &device()).unwrap();
         let paths = linear_paths(&m);
         assert_eq!(paths.len(), per_model, "{name}: {paths:?}");
-        let keys: Vec<String> = kiln_models::weights::inspect_safetensors(&fixtures().join(name).join("model.safetensors"))
-            .unwrap()
-            .into_iter()
-            .map(|i| i.name)
-            .collect();
+        let keys: Vec<String> = kiln_models::weights::inspect_safetensors(
+            &fixtures().join(name).join("model.safetensors"),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
         for p in &paths {
-            assert!(keys.contains(&format!("{p}.weight")), "{name}: {p}.weight is not a checkpoint key");
+            assert!(
+                keys.contains(&format!("{p}.weight")),
+                "{name}: {p}.weight is not a checkpoint key"
+            );
         }
         // peft's defaults: q_proj/v_proj (BART) and q/v (T5) in every attention block.
-        let cfg: kiln_peft::LoraConfig = serde_json::from_str(r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8}"#).unwrap();
+        let cfg: kiln_peft::LoraConfig =
+            serde_json::from_str(r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8}"#).unwrap();
         let lora = kiln_peft::LoraModel::inject(m, cfg).unwrap();
         let targeted = lora.targeted_modules("default");
         let attn_blocks = if name == "bart" { 2 + 2 * 2 } else { 2 + 2 * 2 };
         assert_eq!(targeted.len(), 2 * attn_blocks, "{name}: {targeted:?}");
-        assert!(targeted.iter().all(|t| t.ends_with("q_proj") || t.ends_with("v_proj") || t.ends_with(".q") || t.ends_with(".v")));
+        assert!(targeted.iter().all(|t| t.ends_with("q_proj")
+            || t.ends_with("v_proj")
+            || t.ends_with(".q")
+            || t.ends_with(".v")));
         let c = lora.trainable_parameters();
         assert!(c.trainable > 0 && c.trainable < c.all / 4, "{name}: {c}");
     }

@@ -14,18 +14,30 @@ pub fn tokenizer_matches(name: &str) {
     let mask = rows_u8(&r["attention_mask"]);
     for ((text, row), m) in r["texts"].as_array().unwrap().iter().zip(&ids).zip(&mask) {
         let enc = tok.encode(text.as_str().unwrap(), None).unwrap();
-        let real: Vec<u32> = row.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&t, _)| t).collect();
+        let real: Vec<u32> = row
+            .iter()
+            .zip(m)
+            .filter(|(_, &m)| m == 1)
+            .map(|(&t, _)| t)
+            .collect();
         assert_eq!(enc.ids, real, "{name}: {text}");
     }
     // The single-input generate entries were tokenized the same way.
     for e in r["generate"]["greedy"]["single"].as_array().unwrap() {
-        assert!(ids.iter().any(|row| row.starts_with(&u32s(&e["input_ids"]))));
+        assert!(ids
+            .iter()
+            .any(|row| row.starts_with(&u32s(&e["input_ids"]))));
     }
 }
 
 /// kiln's encoder output (where attention_mask = 1) and teacher-forced logits for the reference inputs,
 /// with their max |Δ| from `want_enc` / `want_logits` (flattened `[b, s, d]` / `[b, t, vocab]`).
-pub fn forward_errors<M: EncoderDecoder<B>>(name: &str, m: &M, want_enc: &[f32], want_logits: &[f32]) -> (f32, f32) {
+pub fn forward_errors<M: EncoderDecoder<B>>(
+    name: &str,
+    m: &M,
+    want_enc: &[f32],
+    want_logits: &[f32],
+) -> (f32, f32) {
     let r = reference(name);
     let ids = rows_u32(&r["input_ids"]);
     let mask = rows_u8(&r["attention_mask"]);
@@ -43,23 +55,38 @@ pub fn forward_errors<M: EncoderDecoder<B>>(name: &str, m: &M, want_enc: &[f32],
             }
         }
     }
-    let dec = kiln_models::attention::ids_tensor::<B>(&rows_u32(&r["decoder_input_ids"]), &device());
-    let logits: Vec<f32> = m.decoder_logits(dec, enc, &mask).unwrap().into_data().to_vec().unwrap();
+    let dec =
+        kiln_models::attention::ids_tensor::<B>(&rows_u32(&r["decoder_input_ids"]), &device());
+    let logits: Vec<f32> = m
+        .decoder_logits(dec, enc, &mask)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
     (enc_err, max_abs_diff(&logits, want_logits))
 }
 
 /// Encoder output and logits within `tol` of transformers' fp32 reference.
 pub fn forward_matches<M: EncoderDecoder<B>>(name: &str, m: &M, tol: f32) {
     let r = reference(name);
-    let (e, l) = forward_errors(name, m, &flat(&r["encoder_last_hidden_state"]), &flat(&r["logits"]));
-    assert!(e < tol && l < tol, "{name}: encoder max |Δ| = {e}, logits max |Δ| = {l}");
+    let (e, l) = forward_errors(
+        name,
+        m,
+        &flat(&r["encoder_last_hidden_state"]),
+        &flat(&r["logits"]),
+    );
+    assert!(
+        e < tol && l < tol,
+        "{name}: encoder max |Δ| = {e}, logits max |Δ| = {l}"
+    );
 }
 
 /// The generation defaults transformers used: the checkpoint's `config.json` / `generation_config.json`
 /// (e.g. BART's `forced_eos_token_id`) overlaid with the arguments passed to `generate`.
 pub fn gen_config(name: &str, args: &serde_json::Value) -> GenerationConfig {
     let mut g = GenerationConfig::from_dir(&fixtures().join(name)).unwrap();
-    g.update_from_json(std::path::Path::new("reference"), args).unwrap();
+    g.update_from_json(std::path::Path::new("reference"), args)
+        .unwrap();
     g
 }
 
@@ -75,7 +102,11 @@ pub fn generate_matches<M: EncoderDecoder<B>>(name: &str, m: &M) {
             let ids = u32s(&e["input_ids"]);
             let mask = vec![vec![1u8; ids.len()]];
             let out = seq2seq::generate(m, &[ids], &mask, &cfg, None).unwrap();
-            assert_eq!(out.sequences, rows_u32(&e["sequences"]), "{name} mode {mode} single");
+            assert_eq!(
+                out.sequences,
+                rows_u32(&e["sequences"]),
+                "{name} mode {mode} single"
+            );
         }
         let b = &g["batched"];
         let ids = rows_u32(&b["input_ids"]);
@@ -84,9 +115,24 @@ pub fn generate_matches<M: EncoderDecoder<B>>(name: &str, m: &M) {
         let mut session = Seq2SeqSession::new(m, &ids, &mask).unwrap();
         let start = cfg.decoder_start_token_id.unwrap();
         let n = ids.len();
-        let out = generate(&mut session, &vec![vec![start]; n], &vec![vec![1u8]; n], &cfg, None).unwrap();
-        assert_eq!(out.sequences, rows_u32(&b["sequences"]), "{name} mode {mode} batched");
-        assert_eq!(session.cross_gathers(), 0, "{name} mode {mode}: cross keys/values were copied");
+        let out = generate(
+            &mut session,
+            &vec![vec![start]; n],
+            &vec![vec![1u8]; n],
+            &cfg,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            out.sequences,
+            rows_u32(&b["sequences"]),
+            "{name} mode {mode} batched"
+        );
+        assert_eq!(
+            session.cross_gathers(),
+            0,
+            "{name} mode {mode}: cross keys/values were copied"
+        );
     }
 }
 
@@ -122,4 +168,3 @@ pub fn select_across_items<M: EncoderDecoder<B>>(name: &str, m: &M, start: u32) 
     s.select(&idx).unwrap();
     assert_eq!(s.cross_gathers(), 1);
 }
-

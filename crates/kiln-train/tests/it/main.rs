@@ -32,13 +32,31 @@ fn setup() -> (bert::BertForSequenceClassification<AD>, Batcher, Batcher) {
     let (_, model, _) = bert::load_for_classification::<AD>(&dir, &device).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let data = fixtures().join("samples/sentiment").display().to_string();
-    let opts = LoadOptions { max_samples: Some(48), ..Default::default() };
+    let opts = LoadOptions {
+        max_samples: Some(48),
+        ..Default::default()
+    };
     let train_ex = load_sst2(&data, Split::Train, &opts).unwrap().examples;
-    let eval_ex = load_sst2(&data, Split::Validation, &LoadOptions { max_samples: Some(16), ..Default::default() }).unwrap().examples;
+    let eval_ex = load_sst2(
+        &data,
+        Split::Validation,
+        &LoadOptions {
+            max_samples: Some(16),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .examples;
     let b = |ex, shuffle| {
         Batcher::new(
             tokenize_sentiment(&tok, ex, Some(32)).unwrap().features,
-            BatchOptions { batch_size: 8, pad_id: 0, shuffle, seed: 3, ..Default::default() },
+            BatchOptions {
+                batch_size: 8,
+                pad_id: 0,
+                shuffle,
+                seed: 3,
+                ..Default::default()
+            },
         )
         .unwrap()
     };
@@ -66,14 +84,26 @@ fn loss_falls_and_reports_are_written() {
     let t = tempfile::tempdir().unwrap();
     let (model, tb, eb) = setup();
     let task = Classification { eval: eb };
-    let c = TrainConfig { epochs: 3, ..cfg(t.path()) };
+    let c = TrainConfig {
+        epochs: 3,
+        ..cfg(t.path())
+    };
     let (_, report) = train(&task, model, &tb, &c, 0).unwrap();
     let l = &report.state.losses;
     assert_eq!(l.len(), 3 * 6);
     let first: f64 = l[..6].iter().map(|x| x.1).sum::<f64>() / 6.0;
     let last: f64 = l[l.len() - 6..].iter().map(|x| x.1).sum::<f64>() / 6.0;
-    assert!(last < first, "mean loss should fall: first epoch {first}, last epoch {last}");
-    for f in ["metrics.jsonl", "loss.png", "train_report.json", "checkpoint/state.json", "best/state.json"] {
+    assert!(
+        last < first,
+        "mean loss should fall: first epoch {first}, last epoch {last}"
+    );
+    for f in [
+        "metrics.jsonl",
+        "loss.png",
+        "train_report.json",
+        "checkpoint/state.json",
+        "best/state.json",
+    ] {
         assert!(t.path().join(f).exists(), "{f} missing");
     }
     assert_eq!(report.state.evals.len(), 3);
@@ -86,20 +116,36 @@ fn resume_gives_the_same_losses_as_an_uninterrupted_run() {
     let full = tempfile::tempdir().unwrap();
     let (model, tb, eb) = setup();
     let task = Classification { eval: eb.clone() };
-    let c = TrainConfig { max_steps: Some(9), eval_each_epoch: false, ..cfg(full.path()) };
+    let c = TrainConfig {
+        max_steps: Some(9),
+        eval_each_epoch: false,
+        ..cfg(full.path())
+    };
     let (_, whole) = train(&task, model, &tb, &c, 0).unwrap();
 
     let part = tempfile::tempdir().unwrap();
     let (model, tb, _) = setup();
-    let c1 = TrainConfig { max_steps: Some(4), eval_each_epoch: false, ..cfg(part.path()) };
+    let c1 = TrainConfig {
+        max_steps: Some(4),
+        eval_each_epoch: false,
+        ..cfg(part.path())
+    };
     let (_, first) = train(&task, model, &tb, &c1, 0).unwrap();
     assert_eq!(first.state.step, 4);
     // A fresh process would start from the pretrained weights again; resume replaces them.
     let (model, tb, _) = setup();
-    let c2 = TrainConfig { max_steps: Some(9), eval_each_epoch: false, resume: true, ..cfg(part.path()) };
+    let c2 = TrainConfig {
+        max_steps: Some(9),
+        eval_each_epoch: false,
+        resume: true,
+        ..cfg(part.path())
+    };
     let (_, resumed) = train(&task, model, &tb, &c2, 0).unwrap();
     assert!(resumed.resumed_from.is_some());
-    assert_eq!(resumed.state.losses, whole.state.losses, "resumed run must match the uninterrupted one exactly");
+    assert_eq!(
+        resumed.state.losses, whole.state.losses,
+        "resumed run must match the uninterrupted one exactly"
+    );
 }
 
 /// A task whose loss turns into NaN at a given step.
@@ -116,7 +162,10 @@ impl Task<AD> for Faulty {
         self.at.set(n.saturating_sub(1));
         Ok(if n == 0 { l.mul_scalar(f64::NAN) } else { l })
     }
-    fn evaluate(&self, model: &<Self::Model as burn::module::AutodiffModule<AD>>::InnerModule) -> kiln_train::Result<EvalResult> {
+    fn evaluate(
+        &self,
+        model: &<Self::Model as burn::module::AutodiffModule<AD>>::InnerModule,
+    ) -> kiln_train::Result<EvalResult> {
         Task::<AD>::evaluate(&self.inner, model)
     }
     fn primary_metric(&self) -> (&str, bool) {
@@ -129,14 +178,24 @@ fn nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let _guard = serial();
     let t = tempfile::tempdir().unwrap();
     let (model, tb, eb) = setup();
-    let task = Faulty { inner: Classification { eval: eb }, at: std::cell::Cell::new(8) };
-    let c = TrainConfig { save_every_steps: Some(2), ..cfg(t.path()) };
+    let task = Faulty {
+        inner: Classification { eval: eb },
+        at: std::cell::Cell::new(8),
+    };
+    let c = TrainConfig {
+        save_every_steps: Some(2),
+        ..cfg(t.path())
+    };
     let err = train(&task, model, &tb, &c, 0).unwrap_err();
     match &err {
-        Error::NonFinite { step, checkpoint, .. } => {
+        Error::NonFinite {
+            step, checkpoint, ..
+        } => {
             assert_eq!(*step, 8);
             let ck = checkpoint.as_ref().expect("a checkpoint was written");
-            let st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ck.join("state.json")).unwrap()).unwrap();
+            let st: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(ck.join("state.json")).unwrap())
+                    .unwrap();
             assert_eq!(st["step"], 8);
         }
         other => panic!("expected NonFinite, got {other}"),
@@ -149,7 +208,10 @@ fn schedule_matches_transformers_linear_warmup() {
     // get_linear_schedule_with_warmup(num_warmup_steps=2, num_training_steps=10) at base 1.0.
     let want = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125];
     for (s, w) in want.iter().enumerate() {
-        assert!((linear_schedule(1.0, s, 2, 10) - w).abs() < 1e-12, "step {s}");
+        assert!(
+            (linear_schedule(1.0, s, 2, 10) - w).abs() < 1e-12,
+            "step {s}"
+        );
     }
 }
 
@@ -159,9 +221,18 @@ fn bad_settings_are_rejected_before_work() {
     let t = tempfile::tempdir().unwrap();
     let (model, tb, eb) = setup();
     let task = Classification { eval: eb };
-    let c = TrainConfig { learning_rate: -1.0, ..cfg(t.path()) };
-    assert!(matches!(train(&task, model, &tb, &c, 0), Err(Error::Config(_))));
+    let c = TrainConfig {
+        learning_rate: -1.0,
+        ..cfg(t.path())
+    };
+    assert!(matches!(
+        train(&task, model, &tb, &c, 0),
+        Err(Error::Config(_))
+    ));
     let (model, tb, _) = setup();
-    let c = TrainConfig { out_dir: PathBuf::from("/proc/kiln-cannot-write-here"), ..cfg(t.path()) };
+    let c = TrainConfig {
+        out_dir: PathBuf::from("/proc/kiln-cannot-write-here"),
+        ..cfg(t.path())
+    };
     assert!(matches!(train(&task, model, &tb, &c, 0), Err(Error::Io(_))));
 }
