@@ -78,6 +78,21 @@ impl<'a, B: Backend, M: CausalLm<B>> CausalSession<'a, B, M> {
         }
     }
 
+    /// Continue from a prefill run elsewhere (e.g. with virtual tokens in front): adopt its cache, key
+    /// mask and next position ids; return each row's next-token logits from its hidden states `h`.
+    pub(crate) fn adopt(
+        &mut self,
+        cache: KvCache<B>,
+        mask: Vec<Vec<u8>>,
+        next_pos: Vec<i64>,
+        h: Tensor<B, 3>,
+    ) -> Vec<Vec<f32>> {
+        self.cache = cache;
+        self.mask = mask;
+        self.next_pos = next_pos;
+        self.last_logits(h)
+    }
+
     fn last_logits(&self, h: Tensor<B, 3>) -> Vec<Vec<f32>> {
         let [b, s, d] = h.dims();
         let last = h.slice([0..b, s - 1..s, 0..d]);
@@ -119,9 +134,8 @@ impl<B: Backend, M: CausalLm<B>> DecodeSession for CausalSession<'_, B, M> {
 
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
         let max = self.model.max_positions() as i64;
-        if self.next_pos.iter().any(|&p| p >= max)
-            || self.mask.first().is_some_and(|m| m.len() as i64 >= max)
-        {
+        // The position table is the limit (padding and prefix keys take no positions).
+        if self.next_pos.iter().any(|&p| p >= max) {
             return Err(Error::Input(format!(
                 "generation reached the model's {max} positions"
             )));

@@ -22,9 +22,9 @@ use kiln_peft::prompt::{
 };
 use kiln_peft::PeftError;
 
-use crate::attention::{ids_tensor, positions_from_mask, rows_f32, KvCache, LayerCache};
+use crate::attention::{ids_tensor, positions_from_mask, KvCache, LayerCache};
 use crate::auto::CausalModel;
-use crate::causal::CausalLm;
+use crate::causal::{CausalLm, CausalSession};
 use crate::error::{Error, Result};
 use crate::generation::DecodeSession;
 
@@ -154,13 +154,7 @@ impl<B: Backend> PromptModel<B> {
     /// peft's `print_trainable_parameters()` line.
     pub fn trainable_parameters(&self) -> String {
         let trainable = self.prompt.num_params();
-        let all = self.model.num_params() + trainable;
-        format!(
-            "trainable params: {} || all params: {} || trainable%: {:.4}",
-            thousands(trainable),
-            thousands(all),
-            100.0 * trainable as f64 / all as f64
-        )
+        kiln_peft::trainable_summary(trainable, self.model.num_params() + trainable)
     }
 
     /// The prefix as a pre-filled KV cache for `batch` rows.
@@ -255,9 +249,7 @@ impl<B: Backend> PromptModel<B> {
     pub fn session(&self) -> PromptSession<'_, B> {
         PromptSession {
             m: self,
-            cache: KvCache::new(0),
-            mask: vec![],
-            next_pos: vec![],
+            inner: CausalSession::new(&self.model),
         }
     }
 }
@@ -272,34 +264,11 @@ fn token_dim<B: Backend>(model: &CausalModel<B>, method: PromptMethod) -> usize 
     }
 }
 
-fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Incremental decoding with the prompt: prefill runs the virtual tokens (prompt tuning) or starts from the
-/// prefix cache (prefix tuning); each step feeds one token against the cache.
+/// Incremental decoding with the prompt in front: the prefill runs the virtual tokens (prompt tuning) or
+/// starts from the prefix cache (prefix tuning); every later step is an ordinary [`CausalSession`] step.
 pub struct PromptSession<'a, B: Backend> {
     m: &'a PromptModel<B>,
-    cache: KvCache<B>,
-    mask: Vec<Vec<u8>>,
-    next_pos: Vec<i64>,
-}
-
-impl<B: Backend> PromptSession<'_, B> {
-    fn last_logits(&self, h: Tensor<B, 3>) -> Vec<Vec<f32>> {
-        let [b, s, d] = h.dims();
-        let logits = self.m.model.logits(h.slice([0..b, s - 1..s, 0..d]));
-        let v = logits.dims()[2];
-        rows_f32(logits.reshape([b, v]))
-    }
+    inner: CausalSession<'a, B, CausalModel<B>>,
 }
 
 impl<B: Backend> DecodeSession for PromptSession<'_, B> {
@@ -315,75 +284,47 @@ impl<B: Backend> DecodeSession for PromptSession<'_, B> {
             )));
         }
         let device = CausalLm::device(model);
-        self.mask = mask
+        let key_mask: Vec<Vec<u8>> = mask
             .iter()
             .map(|r| [vec![1u8; n], r.clone()].concat())
             .collect();
         // Real tokens: cumsum(mask) - 1 after the n virtual positions, padding at 0 (as `generate`).
         let positions = positions_from_mask::<B>(mask, -(n as i64), n as i64, &device);
-        self.next_pos = mask
+        let next_pos = mask
             .iter()
             .map(|r| n as i64 + r.iter().map(|&m| m as i64).sum::<i64>())
             .collect();
         let ids = ids_tensor::<B>(rows, &device);
-        let h = match self.m.config.method {
+        let (cache, h) = match self.m.config.method {
             PromptMethod::PromptTuning => {
-                self.cache = KvCache::new(model.n_layer());
+                let mut cache = KvCache::new(model.n_layer());
                 let virt = Tensor::<B, 1, Int>::arange(0..n as i64, &device)
                     .unsqueeze::<2>()
                     .repeat_dim(0, b);
                 let embeds =
                     Tensor::cat(vec![self.m.prompt_rows(b), model.input_embeddings(ids)], 1);
-                model.hidden_from_embeds(
+                let h = model.hidden_from_embeds(
                     embeds,
                     Tensor::cat(vec![virt, positions], 1),
-                    &self.mask,
-                    Some(&mut self.cache),
-                )
+                    &key_mask,
+                    Some(&mut cache),
+                );
+                (cache, h)
             }
             PromptMethod::PrefixTuning => {
-                self.cache = self.m.prefix_cache(b);
-                model.hidden(ids, positions, &self.mask, Some(&mut self.cache))
+                let mut cache = self.m.prefix_cache(b);
+                let h = model.hidden(ids, positions, &key_mask, Some(&mut cache));
+                (cache, h)
             }
         };
-        Ok(self.last_logits(h))
+        Ok(self.inner.adopt(cache, key_mask, next_pos, h))
     }
 
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        let model = &self.m.model;
-        let max = model.max_positions() as i64;
-        if self.next_pos.iter().any(|&p| p >= max) {
-            return Err(Error::Input(format!(
-                "generation reached the model's {max} positions"
-            )));
-        }
-        let device = CausalLm::device(model);
-        for m in self.mask.iter_mut() {
-            m.push(1);
-        }
-        let n = tokens.len();
-        let pos =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(self.next_pos.clone(), [n, 1]), &device);
-        for p in self.next_pos.iter_mut() {
-            *p += 1;
-        }
-        let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
-        let h = model.hidden(
-            ids_tensor::<B>(&rows, &device),
-            pos,
-            &self.mask,
-            Some(&mut self.cache),
-        );
-        Ok(self.last_logits(h))
+        self.inner.step(tokens)
     }
 
     fn select(&mut self, idx: &[usize]) -> Result<()> {
-        if idx.iter().any(|&i| i >= self.mask.len()) {
-            return Err(Error::Input("beam index out of range".into()));
-        }
-        self.cache.select(idx);
-        self.mask = idx.iter().map(|&i| self.mask[i].clone()).collect();
-        self.next_pos = idx.iter().map(|&i| self.next_pos[i]).collect();
-        Ok(())
+        self.inner.select(idx)
     }
 }
