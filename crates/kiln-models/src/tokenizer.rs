@@ -207,28 +207,18 @@ impl Tokenizer {
         input: tokenizers::EncodeInput,
         max_len: Option<usize>,
     ) -> Result<Encoding> {
-        // `inner` never pads or truncates (see `from_file`). Most inputs fit: encode with it directly and only
-        // use a truncating copy (built once per limit and cached) when the input is too long.
-        let enc = self
-            .inner
-            .encode(input.clone(), true)
-            .map_err(|e| self.err(e))?;
-        match max_len {
-            Some(m) if enc.get_ids().len() > m => {
-                let tok = self.truncating(m)?;
-                let enc = tok.encode(input, true).map_err(|e| self.err(e))?;
-                Ok(Encoding {
-                    ids: enc.get_ids().to_vec(),
-                    type_ids: enc.get_type_ids().to_vec(),
-                    truncated: true,
-                })
-            }
-            _ => Ok(Encoding {
-                ids: enc.get_ids().to_vec(),
-                type_ids: enc.get_type_ids().to_vec(),
-                truncated: false,
-            }),
+        // `inner` never pads or truncates (see `from_file`); with a limit, a truncating copy built once per
+        // limit and cached is used, so each text is encoded once.
+        let enc = match max_len {
+            None => self.inner.encode(input, true),
+            Some(m) => self.truncating(m)?.encode(input, true),
         }
+        .map_err(|e| self.err(e))?;
+        Ok(Encoding {
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+            truncated: !enc.get_overflowing().is_empty(),
+        })
     }
 
     /// A copy of the tokenizer that truncates to `max_len` (longest first), cached per limit.
