@@ -60,7 +60,8 @@ enum Task {
         #[arg(long, default_value = "address")]
         sanitizer: String,
     },
-    /// Regenerate fixtures/ with Python (needs fixtures/requirements.txt installed).
+    /// Regenerate fixtures/ with Python (needs fixtures/requirements.txt installed): the checkpoints and their
+    /// references, then the peft adapters (LoRA, prompt/prefix, encoder-decoder).
     Fixtures {
         #[arg(long, default_value = "python3")]
         python: PathBuf,
@@ -480,10 +481,16 @@ fn main() {
             target,
             sanitizer,
         } => fuzz(secs, &target, &sanitizer),
-        Task::Fixtures { python } => {
-            run(Command::new(python).arg(root().join("fixtures/generate.py")))
-                .map(|o| print!("{o}"))
-        }
+        Task::Fixtures { python } => [
+            "fixtures/generate.py",
+            "fixtures/peft/generate_peft.py",
+            "fixtures/peft/generate_prompt.py",
+            "fixtures/peft/generate_seq2seq.py",
+        ]
+        .iter()
+        .try_for_each(|script| {
+            run(Command::new(&python).arg(root().join(script))).map(|o| print!("{o}"))
+        }),
     };
     if let Err(e) = res {
         eprintln!("xtask: {e}");

@@ -214,6 +214,62 @@ impl<B: Backend> Seq2SeqModel<B> {
     }
 }
 
+impl<B: Backend> Seq2SeqModel<B> {
+    /// `d_model`.
+    pub fn d_model(&self) -> usize {
+        match self {
+            Seq2SeqModel::T5(m) => m.shared.weight.dims()[1],
+            Seq2SeqModel::Bart(m) => m.model.shared.weight.dims()[1],
+        }
+    }
+
+    /// The config's `num_hidden_layers` (BART: `encoder_layers`; T5: `num_layers`), what peft's prompt learning
+    /// records as `num_layers`.
+    pub fn num_hidden_layers(&self) -> usize {
+        match self {
+            Seq2SeqModel::T5(m) => m.encoder.block.len(),
+            Seq2SeqModel::Bart(m) => m.model.encoder.layers.len(),
+        }
+    }
+
+    /// The config's `num_attention_heads` (BART: `encoder_attention_heads`; T5: `num_heads`).
+    pub fn num_attention_heads(&self) -> usize {
+        match self {
+            Seq2SeqModel::T5(m) => m.encoder.block[0].layer[0].self_attention().n_heads,
+            Seq2SeqModel::Bart(m) => m.model.encoder.layers[0].self_attn.n_heads,
+        }
+    }
+
+    /// The decoder self-attention's key width per head (T5: `d_kv`; BART: `d_model / heads`).
+    pub fn decoder_head_dim(&self) -> usize {
+        match self {
+            Seq2SeqModel::T5(m) => m.decoder.block[0].layer[0].self_attention().d_kv,
+            Seq2SeqModel::Bart(m) => {
+                let a = &m.model.decoder.layers[0].self_attn;
+                m.model.shared.weight.dims()[1] / a.n_heads
+            }
+        }
+    }
+
+    /// Heads of the decoder's self-attention.
+    pub fn decoder_heads(&self) -> usize {
+        match self {
+            Seq2SeqModel::T5(m) => m.decoder.block[0].layer[0].self_attention().n_heads,
+            Seq2SeqModel::Bart(m) => m.model.decoder.layers[0].self_attn.n_heads,
+        }
+    }
+
+    /// The longest encoder input (BART's learned positions), `None` for T5 (relative positions).
+    pub fn max_source_positions(&self) -> Option<usize> {
+        match self {
+            Seq2SeqModel::T5(_) => None,
+            Seq2SeqModel::Bart(m) => Some(
+                m.model.encoder.embed_positions.weight.dims()[0] - crate::bart::POSITION_OFFSET,
+            ),
+        }
+    }
+}
+
 macro_rules! delegate_s2s {
     ($self:ident, $m:ident => $e:expr) => {
         match $self {
@@ -230,6 +286,16 @@ impl<B: Backend> crate::seq2seq::EncoderDecoder<B> for Seq2SeqModel<B> {
         attention_mask: &[Vec<u8>],
     ) -> Result<Tensor<B, 3>> {
         delegate_s2s!(self, m => m.encode(input_ids, attention_mask))
+    }
+    fn input_embeddings(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        delegate_s2s!(self, m => m.input_embeddings(input_ids))
+    }
+    fn encode_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        attention_mask: &[Vec<u8>],
+    ) -> Result<Tensor<B, 3>> {
+        delegate_s2s!(self, m => m.encode_embeds(embeds, attention_mask))
     }
     fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<crate::attention::LayerCache<B>> {
         delegate_s2s!(self, m => m.cross_kv(encoder_hidden))

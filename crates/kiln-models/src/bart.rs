@@ -383,19 +383,47 @@ impl<B: Backend> BartForConditionalGeneration<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: &[Vec<u8>],
     ) -> Result<Tensor<B, 3>> {
-        let device = input_ids.device();
-        let s = input_ids.dims()[1];
-        let m = &self.model;
-        let mut x = embed(
-            &m.shared,
-            &m.encoder.embed_positions,
-            &m.encoder.layernorm_embedding,
-            m.encoder.embed_scale,
-            input_ids,
-            0,
-        )?;
+        self.encoder_from_embeds(self.word_embeddings(input_ids), attention_mask)
+    }
+
+    /// `shared(ids) · embed_scale` (transformers' `BartScaledWordEmbedding`).
+    pub fn word_embeddings(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let x = self.model.shared.forward(ids);
+        let scale = self.model.encoder.embed_scale;
+        if scale != 1.0 {
+            x.mul_scalar(scale)
+        } else {
+            x
+        }
+    }
+
+    /// The encoder over input embeddings `[b, s, d]`: `+ positions[0..s]`, `layernorm_embedding`, the layers.
+    pub fn encoder_from_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        attention_mask: &[Vec<u8>],
+    ) -> Result<Tensor<B, 3>> {
+        let device = embeds.device();
+        let [b, s, _] = embeds.dims();
+        let e = &self.model.encoder;
+        let max = e.embed_positions.weight.dims()[0];
+        if s + POSITION_OFFSET > max {
+            return Err(Error::Input(format!(
+                "{s} positions exceed BART's max_position_embeddings = {}",
+                max - POSITION_OFFSET
+            )));
+        }
+        let pos = Tensor::<B, 1, Int>::arange(
+            POSITION_OFFSET as i64..(s + POSITION_OFFSET) as i64,
+            &device,
+        )
+        .unsqueeze::<2>()
+        .repeat_dim(0, b);
+        let mut x = e
+            .layernorm_embedding
+            .forward(embeds + e.embed_positions.forward(pos));
         let mask = additive_mask::<B>(attention_mask, s, false, &device);
-        for layer in &m.encoder.layers {
+        for layer in &e.layers {
             x = layer.forward(x, mask.clone());
         }
         Ok(x)
@@ -423,6 +451,18 @@ impl<B: Backend> EncoderDecoder<B> for BartForConditionalGeneration<B> {
         attention_mask: &[Vec<u8>],
     ) -> Result<Tensor<B, 3>> {
         self.encoder_forward(input_ids, attention_mask)
+    }
+
+    fn input_embeddings(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.word_embeddings(input_ids)
+    }
+
+    fn encode_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        attention_mask: &[Vec<u8>],
+    ) -> Result<Tensor<B, 3>> {
+        self.encoder_from_embeds(embeds, attention_mask)
     }
 
     fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<LayerCache<B>> {

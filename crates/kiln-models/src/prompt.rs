@@ -52,6 +52,11 @@ impl<B: Backend> PromptModel<B> {
         init_ids: Option<&[u32]>,
     ) -> Result<Self> {
         let here = Path::new("<config>");
+        if config.is_seq2seq() {
+            return Err(Error::Input(
+                "a SEQ_2_SEQ_LM prompt config cannot be attached to a decoder-only model".into(),
+            ));
+        }
         let token_dim = token_dim(&model, config.method);
         config
             .resolve(here, token_dim, model.n_layer(), model.n_head())
@@ -92,6 +97,12 @@ impl<B: Backend> PromptModel<B> {
     pub fn from_pretrained(model: CausalModel<B>, dir: &Path, is_trainable: bool) -> Result<Self> {
         let (mut config, t) = read_prompt(dir).map_err(peft_err)?;
         let cfg_path = dir.join(kiln_peft::io::CONFIG_FILE);
+        if config.is_seq2seq() {
+            return Err(Error::Input(format!(
+                "{}: a SEQ_2_SEQ_LM prompt adapter cannot be attached to a decoder-only model",
+                cfg_path.display()
+            )));
+        }
         config
             .resolve(
                 &cfg_path,
@@ -107,7 +118,7 @@ impl<B: Backend> PromptModel<B> {
                 msg: "the file holds the projection's output; it can be loaded for inference only (as in peft)".into(),
             }));
         }
-        let want = vec![config.num_virtual_tokens, config.row_width()];
+        let want = vec![config.stored_rows(), config.row_width()];
         if t.shape != want {
             return Err(peft_err(PeftError::ShapeMismatch {
                 path: dir.join(kiln_peft::io::WEIGHTS_FILE),

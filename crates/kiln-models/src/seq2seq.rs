@@ -25,6 +25,23 @@ pub trait EncoderDecoder<B: Backend> {
         attention_mask: &[Vec<u8>],
     ) -> Result<Tensor<B, 3>>;
 
+    /// The input word embeddings `[b, s, d]` as transformers' `get_input_embeddings()(input_ids)` (BART's
+    /// scaled embedding includes `embed_scale`).
+    fn input_embeddings(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3>;
+
+    /// The encoder's final hidden states for input embeddings `[b, s, d]` (as `encoder(inputs_embeds=…)`).
+    fn encode_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        attention_mask: &[Vec<u8>],
+    ) -> Result<Tensor<B, 3>>;
+
+    /// The mask of what [`EncoderDecoder::encode`] returns, for inputs masked by `attention_mask` (the same,
+    /// unless the model adds encoder positions, as prompt tuning does).
+    fn encoder_mask(&self, attention_mask: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        attention_mask.to_vec()
+    }
+
     /// Per decoder layer, the cross-attention keys and values `[b, heads, s, head_dim]` of encoder states.
     fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<LayerCache<B>>;
 
@@ -49,7 +66,8 @@ pub trait EncoderDecoder<B: Backend> {
     fn device(&self) -> B::Device;
 
     /// Full teacher-forced forward: logits `[b, t, vocab]` for `decoder_input_ids` given the encoder's
-    /// output and its mask (as `model(encoder_outputs=…, attention_mask=…, decoder_input_ids=…)`).
+    /// output for inputs masked by `attention_mask` (as `model(encoder_outputs=…, attention_mask=…,
+    /// decoder_input_ids=…)`).
     fn decoder_logits(
         &self,
         decoder_input_ids: Tensor<B, 2, Int>,
@@ -59,7 +77,7 @@ pub trait EncoderDecoder<B: Backend> {
         let [b, t] = decoder_input_ids.dims();
         let device = self.device();
         let cross = self.cross_kv(encoder_hidden);
-        let mask = cross_mask::<B>(attention_mask, &device);
+        let mask = cross_mask::<B>(&self.encoder_mask(attention_mask), &device);
         let ones = vec![vec![1u8; t]; b];
         let h = self.decode(decoder_input_ids, &ones, None, &cross, mask)?;
         Ok(self.lm_logits(h))
@@ -156,7 +174,7 @@ impl<'a, B: Backend, M: EncoderDecoder<B>> Seq2SeqSession<'a, B, M> {
         Ok(Self::from_encoder_output(
             model,
             hidden,
-            attention_mask.to_vec(),
+            model.encoder_mask(attention_mask),
         ))
     }
 

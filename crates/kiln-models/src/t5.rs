@@ -409,7 +409,7 @@ impl<B: Backend> T5Attention<B> {
 }
 
 impl<B: Backend> T5Layer<B> {
-    fn self_attention(&self) -> &T5Attention<B> {
+    pub(crate) fn self_attention(&self) -> &T5Attention<B> {
         self.SelfAttention
             .as_ref()
             .expect("T5 block layer 0 is self-attention")
@@ -484,12 +484,20 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: &[Vec<u8>],
     ) -> Tensor<B, 3> {
-        let device = input_ids.device();
-        let s = input_ids.dims()[1];
-        let x = self.shared.forward(input_ids);
+        self.encoder_from_embeds(self.shared.forward(input_ids), attention_mask)
+    }
+
+    /// The encoder over input embeddings `[b, s, d_model]` (as `encoder(inputs_embeds=…)`).
+    pub fn encoder_from_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        attention_mask: &[Vec<u8>],
+    ) -> Tensor<B, 3> {
+        let device = embeds.device();
+        let s = embeds.dims()[1];
         let bias = self.encoder.position_bias(s, 0, &device)
             + additive_mask::<B>(attention_mask, s, false, &device);
-        self.encoder.forward(x, bias, None, None)
+        self.encoder.forward(embeds, bias, None, None)
     }
 
     /// Logits `[b, t, vocab]` as `model(input_ids, attention_mask, decoder_input_ids).logits`.
@@ -514,6 +522,18 @@ impl<B: Backend> EncoderDecoder<B> for T5ForConditionalGeneration<B> {
         attention_mask: &[Vec<u8>],
     ) -> Result<Tensor<B, 3>> {
         Ok(self.encoder_forward(input_ids, attention_mask))
+    }
+
+    fn input_embeddings(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.shared.forward(input_ids)
+    }
+
+    fn encode_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        attention_mask: &[Vec<u8>],
+    ) -> Result<Tensor<B, 3>> {
+        Ok(self.encoder_from_embeds(embeds, attention_mask))
     }
 
     fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<LayerCache<B>> {

@@ -340,7 +340,11 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
     pub fn trainable_parameters(&self) -> ParamCount {
         let wrapped = self.lora_wrapped();
         let base = base_params(&self.model);
-        let mut all: usize = base.iter().map(BaseParam::numel).sum();
+        let mut all: usize = base
+            .iter()
+            .filter(|p| p.is_hf_parameter())
+            .map(BaseParam::numel)
+            .sum();
         let mut trainable = 0;
         let mut lora_by_adapter = std::collections::HashMap::<String, usize>::new();
         self.model.visit_linears_ref(&mut |_, l| {

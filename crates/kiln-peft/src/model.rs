@@ -187,6 +187,26 @@ pub fn base_params<B: Backend, M: PeftModel<B>>(model: &M) -> Vec<BaseParam> {
     r.out.into_iter().map(|(p, _)| p).collect()
 }
 
+/// Tensors that kiln stores as parameters but transformers registers as buffers (not in `model.parameters()`,
+/// so not in peft's counts): BART's `final_logits_bias`.
+pub const HF_BUFFERS: &[&str] = &["final_logits_bias"];
+
+impl BaseParam {
+    /// Whether transformers counts it as a parameter (see [`HF_BUFFERS`]).
+    pub fn is_hf_parameter(&self) -> bool {
+        !HF_BUFFERS.contains(&self.name.as_str())
+    }
+}
+
+/// The base model's parameter count as `sum(p.numel() for p in model.parameters())` gives it.
+pub fn hf_param_count<B: Backend, M: PeftModel<B>>(model: &M) -> usize {
+    base_params(model)
+        .iter()
+        .filter(|p| p.is_hf_parameter())
+        .map(BaseParam::numel)
+        .sum()
+}
+
 /// The values (kiln's layout) of the base parameters `want` selects.
 pub fn read_base_params<B: Backend, M: PeftModel<B>>(
     model: &M,

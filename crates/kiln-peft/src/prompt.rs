@@ -230,8 +230,45 @@ impl PromptLearningConfig {
         Self::from_json(path, &text)
     }
 
-    /// What kiln cannot run: encoder-decoder layouts (`num_transformer_submodules` 2), other task types,
-    /// `modules_to_save`.
+    /// For an encoder-decoder model (peft's `SEQ_2_SEQ_LM`: two transformer submodules, so prompt tuning stores
+    /// `2 · num_virtual_tokens` rows and prefix tuning maps the prefix onto the decoder as peft does).
+    pub fn for_seq2seq(mut self) -> Self {
+        self.task_type = Some("SEQ_2_SEQ_LM".into());
+        self.num_transformer_submodules = Some(2);
+        self
+    }
+
+    /// Whether the config is for an encoder-decoder model (`task_type` `SEQ_2_SEQ_LM`).
+    pub fn is_seq2seq(&self) -> bool {
+        self.task_type.as_deref() == Some("SEQ_2_SEQ_LM")
+    }
+
+    /// peft's default `num_transformer_submodules`: 2 for `SEQ_2_SEQ_LM`, else 1.
+    fn default_submodules(&self) -> usize {
+        if self.is_seq2seq() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Rows of the stored `prompt_embeddings`: `num_virtual_tokens · num_transformer_submodules` for prompt
+    /// tuning (peft's `PromptEmbedding` holds one block per submodule; an encoder-decoder uses only the first),
+    /// `num_virtual_tokens` for prefix tuning.
+    pub fn stored_rows(&self) -> usize {
+        match self.method {
+            PromptMethod::PromptTuning => {
+                self.num_virtual_tokens
+                    * self
+                        .num_transformer_submodules
+                        .unwrap_or_else(|| self.default_submodules())
+            }
+            PromptMethod::PrefixTuning => self.num_virtual_tokens,
+        }
+    }
+
+    /// What kiln cannot run: task types other than `CAUSAL_LM` / `SEQ_2_SEQ_LM`, a submodule count that does not
+    /// fit the task type, `modules_to_save`.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let unsupported = |field: &str, msg: &str| {
             Err(PeftError::Unsupported {
@@ -247,17 +284,25 @@ impl PromptLearningConfig {
                 msg: "must be > 0".into(),
             });
         }
-        if self.num_transformer_submodules.unwrap_or(1) != 1 {
-            return unsupported(
-                "num_transformer_submodules",
-                "only decoder-only models (1 submodule) are supported",
-            );
-        }
         if let Some(t) = &self.task_type {
-            if t != "CAUSAL_LM" {
+            if t != "CAUSAL_LM" && t != "SEQ_2_SEQ_LM" {
                 return unsupported(
                     "task_type",
-                    &format!("`{t}`: prompt learning is implemented for CAUSAL_LM only"),
+                    &format!(
+                        "`{t}`: prompt learning is implemented for CAUSAL_LM and SEQ_2_SEQ_LM only"
+                    ),
+                );
+            }
+        }
+        let want = self.default_submodules();
+        if let Some(n) = self.num_transformer_submodules {
+            if n != want {
+                return unsupported(
+                    "num_transformer_submodules",
+                    &format!(
+                        "{n} with task_type {}: expected {want} (1 for decoder-only, 2 for encoder-decoder models)",
+                        self.task_type.as_deref().unwrap_or("null")
+                    ),
                 );
             }
         }
@@ -362,7 +407,8 @@ impl PromptLearningConfig {
             self.num_attention_heads,
             num_heads,
         )?);
-        self.num_transformer_submodules.get_or_insert(1);
+        let subs = self.default_submodules();
+        self.num_transformer_submodules.get_or_insert(subs);
         if self.method == PromptMethod::PrefixTuning && self.encoder_hidden_size.is_none() {
             self.encoder_hidden_size = Some(token_dim);
         }
@@ -413,7 +459,7 @@ impl<B: Backend> PromptEncoder<B> {
         text_rows: Option<Tensor<B, 2>>,
         device: &B::Device,
     ) -> Self {
-        let n = cfg.num_virtual_tokens;
+        let n = cfg.stored_rows();
         let d = cfg.token_dim.expect("resolved config");
         let zero = cfg.init_weights.as_deref() == Some("zero");
         let (width, transform) = match cfg.method {
@@ -493,6 +539,32 @@ impl<B: Backend> PromptEncoder<B> {
     }
 }
 
+impl<B: Backend> PromptEncoder<B> {
+    /// Prefix tuning of an encoder-decoder model, as peft 0.21.2 with transformers >= 4.56 applies it: the
+    /// `num_layers · 2` key/value tensors `P` are concatenated with themselves and split in groups of 4 per decoder
+    /// layer (self-attention keys/values, then cross-attention ones); transformers' `EncoderDecoderCache` takes the
+    /// groups and peft then empties the cross-attention part. So decoder layer `i`'s self-attention gets
+    /// `(P[4i mod 2L], P[(4i + 1) mod 2L])` as past keys/values and nothing else changes. Returns one pair
+    /// `[batch, heads, n, head_dim]` per decoder layer (`decoder_layers` of them, at most `num_layers`).
+    pub fn decoder_past_key_values(
+        &self,
+        num_layers: usize,
+        heads: usize,
+        batch: usize,
+        decoder_layers: usize,
+    ) -> Vec<(Tensor<B, 4>, Tensor<B, 4>)> {
+        let flat: Vec<Tensor<B, 4>> = self
+            .past_key_values(num_layers, heads, batch)
+            .into_iter()
+            .flat_map(|(k, v)| [k, v])
+            .collect();
+        let m = flat.len();
+        (0..decoder_layers.min(num_layers))
+            .map(|i| (flat[(4 * i) % m].clone(), flat[(4 * i + 1) % m].clone()))
+            .collect()
+    }
+}
+
 /// Write `adapter_config.json` and `adapter_model.safetensors` (`prompt_embeddings` = [`PromptEncoder::output`]).
 pub fn save_prompt<B: Backend>(
     dir: &Path,
@@ -556,7 +628,15 @@ mod tests {
         assert_eq!(back, c);
         let e = PromptLearningConfig::from_json(p, r#"{"peft_type": "LORA"}"#).unwrap_err();
         assert!(matches!(e, PeftError::WrongPeftType { .. }));
-        let e = PromptLearningConfig::from_json(p, r#"{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "num_transformer_submodules": 2, "task_type": "SEQ_2_SEQ_LM"}"#).unwrap_err();
+        let c = PromptLearningConfig::from_json(p, r#"{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "num_transformer_submodules": 2, "task_type": "SEQ_2_SEQ_LM"}"#).unwrap();
+        assert_eq!(c.stored_rows(), 4);
+        let e = PromptLearningConfig::from_json(p, r#"{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "num_transformer_submodules": 2, "task_type": "CAUSAL_LM"}"#).unwrap_err();
+        assert!(matches!(e, PeftError::Unsupported { .. }), "{e}");
+        let e = PromptLearningConfig::from_json(
+            p,
+            r#"{"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 2, "task_type": "SEQ_CLS"}"#,
+        )
+        .unwrap_err();
         assert!(matches!(e, PeftError::Unsupported { .. }), "{e}");
     }
 }

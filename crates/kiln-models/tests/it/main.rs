@@ -13,5 +13,6 @@ mod icl;
 mod opt;
 mod peft;
 mod prompt;
+mod prompt_seq2seq;
 mod s2s;
 mod t5;

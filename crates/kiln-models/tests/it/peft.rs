@@ -11,7 +11,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use kiln_models::attention::ids_tensor;
-use kiln_models::auto::CausalModel;
+use kiln_models::auto::{CausalModel, Seq2SeqModel};
 use kiln_models::bert::{self, BertForSequenceClassification};
 use kiln_models::causal::CausalLm;
 use kiln_models::gpt2::{self, Gpt2LmHead};
@@ -74,6 +74,24 @@ impl<BB: Backend> Fwd<BB> for BertForSequenceClassification<BB> {
     }
 }
 
+impl<BB: Backend> Fwd<BB> for Seq2SeqModel<BB> {
+    fn run(&self, r: &Value) -> Vec<f32> {
+        let out = match self {
+            Seq2SeqModel::Bart(m) => m.forward(
+                &rows_u32(&r["input_ids"]),
+                &rows_u8(&r["attention_mask"]),
+                &rows_u32(&r["decoder_input_ids"]),
+            ),
+            Seq2SeqModel::T5(m) => m.forward(
+                &rows_u32(&r["input_ids"]),
+                &rows_u8(&r["attention_mask"]),
+                &rows_u32(&r["decoder_input_ids"]),
+            ),
+        };
+        out.unwrap().into_data().convert::<f32>().to_vec().unwrap()
+    }
+}
+
 fn causal(base: &str) -> CausalModel<B> {
     CausalModel::load(&fixtures().join(base), &device())
         .unwrap()
@@ -124,6 +142,34 @@ fn check_parity<M: Fwd<B>>(name: &str, base: M) {
     assert_eq!(n, 0, "merge_and_unload leaves no LoRA branch");
     let d = max_abs_diff(&plain.run(&r), &got);
     assert!(d < 1e-5, "{name}: merge_and_unload = {d}");
+}
+
+/// BART / T5 LoRA adapters made by fixtures/peft/generate_seq2seq.py (`bart-lora`: peft's default q_proj/v_proj;
+/// `t5-lora`: all-linear).
+#[test]
+fn seq2seq_fixture_adapters_match_peft_logits_merged_and_unmerged() {
+    for name in ["bart-lora", "t5-lora"] {
+        let base = peft_ref(name)["base"].as_str().unwrap().to_string();
+        let m = Seq2SeqModel::<B>::load(&fixtures().join(&base), &device())
+            .unwrap()
+            .0;
+        check_parity(name, m);
+        let lm = LoraModel::from_pretrained(
+            Seq2SeqModel::<B>::load(&fixtures().join(&base), &device())
+                .unwrap()
+                .0,
+            &adapter_dir(name),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            lm.trainable_parameters().to_string(),
+            peft_ref(name)["print_trainable_parameters"]
+                .as_str()
+                .unwrap(),
+            "{name}"
+        );
+    }
 }
 
 #[test]
