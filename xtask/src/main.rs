@@ -192,6 +192,19 @@ fn demo(out: &Path) -> Result<(), String> {
             ],
         ),
         (
+            "prefix-cnndm",
+            vec![
+                "--model".into(),
+                p("bart"),
+                "--dataset".into(),
+                p("samples/cnndm"),
+                "--epochs".into(),
+                "2".into(),
+                "--num-virtual-tokens".into(),
+                "4".into(),
+            ],
+        ),
+        (
             "bart-lora-vs-full",
             vec![
                 "--model".into(),

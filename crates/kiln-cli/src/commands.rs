@@ -129,7 +129,7 @@ impl GenArgs {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArg,
-    /// A LoRA adapter directory in the PEFT format.
+    /// A PEFT adapter directory: LoRA, or prompt / prefix tuning (peft's PROMPT_TUNING / PREFIX_TUNING).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// The prompt; repeat for a batch (left-padded, as transformers does).
@@ -148,14 +148,22 @@ pub struct GenerateArgs {
 pub fn generate(a: GenerateArgs) -> Res {
     let device = backend::device()?;
     let mut pipe = CausalPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
-    pipe.model = with_adapter(pipe.model, a.adapter.as_ref())?;
+    let prompt_model = match a.adapter.as_ref() {
+        Some(dir) if is_prompt_adapter(dir)? => Some(
+            kiln_models::prompt::PromptModel::from_pretrained(pipe.model.clone(), dir, false)
+                .map_err(s)?,
+        ),
+        _ => {
+            pipe.model = with_adapter(pipe.model, a.adapter.as_ref())?;
+            None
+        }
+    };
     let (cfg, warnings) = a.gen.apply(pipe.generation.clone())?;
     for w in warnings {
         eprintln!("warning: {w}");
     }
     let prompts: Vec<&str> = a.prompt.iter().map(String::as_str).collect();
     let (ids, mask) = pipe.encode_left_padded(&prompts).map_err(s)?;
-    let mut session = CausalSession::new(&pipe.model);
     let stream = a.stream
         && !a.json
         && cfg.num_beams == 1
@@ -177,13 +185,17 @@ pub fn generate(a: GenerateArgs) -> Res {
     if stream {
         print!("{}", prompts[0]);
     }
-    let out = run_generate(
-        &mut session,
-        &ids,
-        &mask,
-        &cfg,
-        if stream { Some(&mut cb) } else { None },
-    )
+    let on_token: Option<&mut dyn FnMut(&[u32])> = if stream { Some(&mut cb) } else { None };
+    let out = match &prompt_model {
+        Some(pm) => run_generate(&mut pm.session(), &ids, &mask, &cfg, on_token),
+        None => run_generate(
+            &mut CausalSession::new(&pipe.model),
+            &ids,
+            &mask,
+            &cfg,
+            on_token,
+        ),
+    }
     .map_err(s)?;
     if stream {
         println!();
@@ -509,7 +521,7 @@ pub struct SummarizeArgs {
     /// A text file with one article, or a JSONL file with an `article` field per line.
     #[arg(long)]
     pub input: PathBuf,
-    /// A LoRA adapter directory in the PEFT format.
+    /// A PEFT adapter directory: LoRA, or prompt / prefix tuning (`SEQ_2_SEQ_LM`).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Source tokens kept (longer articles are truncated, with a warning).
@@ -525,7 +537,27 @@ pub fn summarize(a: SummarizeArgs) -> Res {
     let device = backend::device()?;
     let mut pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device)
         .map_err(s)?;
-    pipe.model = with_adapter(pipe.model, a.adapter.as_ref())?;
+    let prompt_model = match a.adapter.as_ref() {
+        Some(dir) if is_prompt_adapter(dir)? => Some(
+            kiln_models::prompt_seq2seq::Seq2SeqPromptModel::from_pretrained(
+                pipe.model.clone(),
+                dir,
+                false,
+            )
+            .map_err(s)?,
+        ),
+        _ => {
+            pipe.model = with_adapter(pipe.model, a.adapter.as_ref())?;
+            None
+        }
+    };
+    // Prompt tuning puts its virtual tokens in front of the source: keep them within BART's positions.
+    let mut max_source = a.max_source_length;
+    if let (Some(pm), Some(limit)) = (&prompt_model, pipe.max_source_positions) {
+        if pm.config.method == kiln_peft::PromptMethod::PromptTuning {
+            max_source = max_source.min(limit.saturating_sub(pm.num_virtual_tokens()));
+        }
+    }
     let cfg = apply_gen_flags(&a.gen, pipe.generation.clone())?;
     let articles: Vec<String> = if a.input.extension().is_some_and(|e| e == "jsonl") {
         read_jsonl(&a.input)?
@@ -538,13 +570,16 @@ pub fn summarize(a: SummarizeArgs) -> Res {
     };
     for art in &articles {
         let (ids, mask, truncated) = pipe
-            .encode_right_padded(&[art], Some(a.max_source_length))
+            .encode_right_padded(&[art], Some(max_source))
             .map_err(s)?;
         if truncated > 0 {
             eprintln!("warning: article truncated to the model's maximum source length");
         }
-        let out =
-            kiln_models::seq2seq::generate(&pipe.model, &ids, &mask, &cfg, None).map_err(s)?;
+        let out = match &prompt_model {
+            Some(pm) => kiln_models::seq2seq::generate(pm, &ids, &mask, &cfg, None),
+            None => kiln_models::seq2seq::generate(&pipe.model, &ids, &mask, &cfg, None),
+        }
+        .map_err(s)?;
         let text = pipe.tokenizer.decode(&out.sequences[0], true).map_err(s)?;
         if a.json {
             println!(
@@ -738,7 +773,7 @@ pub fn icl(a: IclArgs) -> Res {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// A recipe: t5-prompt-sst2, bert-adapters-sst2, bert-sst2, bart-lora-cnndm, bart-cnndm, bart-lora-vs-full, prompt-tuning-sst2, opt-icl-sst2, gpt2-generate, t0-zero-shot.
+    /// A recipe: t5-prompt-sst2, bert-adapters-sst2, bert-sst2, bart-lora-cnndm, bart-cnndm, bart-lora-vs-full, prefix-cnndm, prompt-tuning-sst2, opt-icl-sst2, gpt2-generate, t0-zero-shot.
     #[arg(long)]
     pub recipe: String,
     /// Model hub id or directory (default: the recipe's, e.g. t5-small).
@@ -771,6 +806,9 @@ pub struct TrainArgs {
     /// Bottleneck size of the adapters (bert-adapters-sst2).
     #[arg(long)]
     pub adapter_size: Option<usize>,
+    /// Virtual tokens of the prompt / prefix (prefix-cnndm: 20).
+    #[arg(long)]
+    pub num_virtual_tokens: Option<usize>,
     #[arg(long)]
     pub no_progress: bool,
     #[arg(long)]
@@ -785,9 +823,15 @@ pub fn train(a: TrainArgs) -> Res {
             kiln_train::recipes::RECIPES.join(", ")
         ));
     }
-    if a.epochs == Some(0) || a.batch_size == Some(0) || a.learning_rate.is_some_and(|l| !(l > 0.0))
+    if a.epochs == Some(0)
+        || a.batch_size == Some(0)
+        || a.num_virtual_tokens == Some(0)
+        || a.learning_rate.is_some_and(|l| !(l > 0.0))
     {
-        return Err("--epochs, --batch-size and --learning-rate must be positive".into());
+        return Err(
+            "--epochs, --batch-size, --num-virtual-tokens and --learning-rate must be positive"
+                .into(),
+        );
     }
     let device = backend::device()?;
     let args = kiln_train::recipes::RecipeArgs {
@@ -804,6 +848,7 @@ pub fn train(a: TrainArgs) -> Res {
         resume: a.resume,
         progress: !a.no_progress && !a.json,
         adapter_size: a.adapter_size,
+        num_virtual_tokens: a.num_virtual_tokens,
     };
     let summary = kiln_train::recipes::run_recipe::<backend::Training>(&a.recipe, &args, &device)
         .map_err(s)?;
@@ -818,6 +863,18 @@ pub fn train(a: TrainArgs) -> Res {
         println!("reports in {}", args.out_dir.display());
     }
     Ok(())
+}
+
+/// Whether a PEFT adapter directory holds prompt learning (`PROMPT_TUNING` / `PREFIX_TUNING`) rather than LoRA.
+pub fn is_prompt_adapter(dir: &std::path::Path) -> Result<bool, String> {
+    let p = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(matches!(
+        v.get("peft_type").and_then(|t| t.as_str()),
+        Some("PROMPT_TUNING" | "PREFIX_TUNING")
+    ))
 }
 
 /// Attach a LoRA adapter directory (PEFT format) to a model, unmerged (exact peft semantics).

@@ -29,6 +29,7 @@ pub const RECIPES: &[&str] = &[
     "bart-lora-cnndm",
     "bart-cnndm",
     "bart-lora-vs-full",
+    "prefix-cnndm",
     "opt-icl-sst2",
     "prompt-tuning-sst2",
     "gpt2-generate",
@@ -52,6 +53,8 @@ pub struct RecipeArgs {
     pub progress: bool,
     /// Bottleneck size for the adapter recipes.
     pub adapter_size: Option<usize>,
+    /// Virtual tokens for the prompt / prefix tuning recipes.
+    pub num_virtual_tokens: Option<usize>,
 }
 
 fn load_opts(max: Option<usize>) -> LoadOptions {
@@ -81,8 +84,9 @@ pub fn run_recipe<B: AutodiffBackend>(
         "opt-icl-sst2" => opt_icl_sst2::<B::InnerBackend>(a, &device_inner::<B>(device))?,
         "gpt2-generate" => gpt2_generate::<B::InnerBackend>(a, &device_inner::<B>(device))?,
         "t0-zero-shot" => t0_zero_shot::<B::InnerBackend>(a, &device_inner::<B>(device))?,
-        "bart-cnndm" => bart_cnndm::<B>(a, device, false)?,
-        "bart-lora-cnndm" => bart_cnndm::<B>(a, device, true)?,
+        "bart-cnndm" => bart_cnndm::<B>(a, device, Method::Full)?,
+        "bart-lora-cnndm" => bart_cnndm::<B>(a, device, Method::Lora)?,
+        "prefix-cnndm" => bart_cnndm::<B>(a, device, Method::Prefix)?,
         "bart-lora-vs-full" => lora_vs_full::<B>(a, device)?,
         other => {
             return Err(Error::Config(format!(
@@ -278,7 +282,7 @@ fn lora_vs_full<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Resul
         crate::trainer::check_out_dir(&sub.out_dir)?;
         reset_peak_rss();
         let t = std::time::Instant::now();
-        let v = bart_cnndm::<B>(&sub, device, lora)?;
+        let v = bart_cnndm::<B>(&sub, device, if lora { Method::Lora } else { Method::Full })?;
         let wall = t.elapsed().as_secs_f64();
         rows.push(json!({
             "method": name, "wall_seconds": wall, "peak_rss_bytes": peak_rss(),
@@ -309,9 +313,40 @@ fn lora_vs_full<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Resul
     Ok(json!({"recipe": "bart-lora-vs-full", "rows": rows, "markdown": md}))
 }
 
-/// BART summarization on CNN/DailyMail, full fine-tuning or LoRA (the adapter is saved in the PEFT format
-/// under `out/adapter`), scored by ROUGE on generated summaries.
-fn bart_cnndm<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device, lora: bool) -> Result<Value> {
+/// How the summarization recipes adapt BART.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Full,
+    Lora,
+    /// peft's PREFIX_TUNING (`SEQ_2_SEQ_LM`): a trained prefix in every decoder layer's self-attention.
+    Prefix,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Full => "full",
+            Method::Lora => "lora",
+            Method::Prefix => "prefix",
+        }
+    }
+
+    fn recipe(self) -> &'static str {
+        match self {
+            Method::Full => "bart-cnndm",
+            Method::Lora => "bart-lora-cnndm",
+            Method::Prefix => "prefix-cnndm",
+        }
+    }
+}
+
+/// BART summarization on CNN/DailyMail: full fine-tuning, LoRA or prefix tuning (the adapter is saved in the PEFT
+/// format under `out/adapter`), scored by ROUGE on generated summaries.
+fn bart_cnndm<B: AutodiffBackend>(
+    a: &RecipeArgs,
+    device: &B::Device,
+    method: Method,
+) -> Result<Value> {
     let model_spec = a
         .model
         .clone()
@@ -333,7 +368,21 @@ fn bart_cnndm<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device, lora: bool
     let train_ex: Vec<_> = train_raw.iter().map(|e| e.to_seq2seq("")).collect();
     let eval_ex: Vec<_> = eval_raw.iter().map(|e| e.to_seq2seq("")).collect();
     let max_src = pipe.max_source_positions.unwrap_or(1024).min(1024);
-    let max_tgt = pipe.max_source_positions.unwrap_or(128).min(128);
+    let mut max_tgt = pipe.max_source_positions.unwrap_or(128).min(128);
+    let n_virtual = a.num_virtual_tokens.unwrap_or(20);
+    if method == Method::Prefix {
+        // The prefix takes the decoder's first positions; BART's learned positions must cover prefix + target.
+        let room = pipe
+            .max_source_positions
+            .map_or(usize::MAX, |m| m.saturating_sub(n_virtual));
+        if room < 2 {
+            return Err(Error::Config(format!(
+                "{n_virtual} virtual tokens leave no decoder positions (the model has {:?})",
+                pipe.max_source_positions
+            )));
+        }
+        max_tgt = max_tgt.min(room);
+    }
     let lengths = Seq2SeqLengths {
         max_source_len: Some(max_src),
         max_target_len: Some(max_tgt),
@@ -373,24 +422,49 @@ fn bart_cnndm<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device, lora: bool
         metric: Seq2SeqMetric::Rouge,
         predictions_path: Some(a.out_dir.join("predictions.jsonl")),
     };
-    let (model, mut lora_model, trainable, total) = if lora {
-        let lm = kiln_peft::LoraModel::inject(pipe.model, bart_lora_config(&model_spec))
-            .map_err(|e| Error::Config(e.to_string()))?;
-        let c = lm.trainable_parameters();
-        let model = lm.model.clone();
-        (model, Some(lm), c.trainable, c.all)
-    } else {
-        let n = pipe.model.num_params();
-        (pipe.model, None, n, n)
+    let adapter_dir = a.out_dir.join("adapter");
+    let (final_eval, report, trainable, total, params_line) = match method {
+        Method::Full | Method::Lora => {
+            let lora = method == Method::Lora;
+            let (model, mut lora_model, trainable, total) = if lora {
+                let lm = kiln_peft::LoraModel::inject(pipe.model, bart_lora_config(&model_spec))
+                    .map_err(|e| Error::Config(e.to_string()))?;
+                let c = lm.trainable_parameters();
+                let model = lm.model.clone();
+                (model, Some(lm), c.trainable, c.all)
+            } else {
+                let n = kiln_peft::model::hf_param_count(&pipe.model);
+                (pipe.model, None, n, n)
+            };
+            let cfg = train_config(a, 1, if lora { 1e-3 } else { 5e-5 }, OptimizerKind::AdamW);
+            let (model, report) = train(&task, model, &train_b, &cfg, trainable)?;
+            let final_eval = crate::trainer::Task::<B>::evaluate(&task, &model.valid())?;
+            if let Some(lm) = lora_model.as_mut() {
+                lm.model = model.clone();
+                lm.save_pretrained(&adapter_dir)
+                    .map_err(|e| Error::Io(e.to_string()))?;
+            }
+            let line = kiln_peft::trainable_summary(trainable, total);
+            (final_eval, report, trainable, total, line)
+        }
+        Method::Prefix => {
+            // peft's prefix-tuning example for conditional generation: 20 virtual tokens, lr 1e-2.
+            let mut pcfg =
+                kiln_peft::prompt::PromptLearningConfig::prefix_tuning(n_virtual).for_seq2seq();
+            pcfg.base_model_name_or_path = Some(model_spec.clone());
+            let model =
+                kiln_models::prompt_seq2seq::Seq2SeqPromptModel::inject(pipe.model, pcfg, None)?;
+            let line = model.trainable_parameters();
+            let trainable = model.prompt.num_params();
+            let total = kiln_peft::model::hf_param_count(&model.model) + trainable;
+            let task = crate::tasks::Seq2SeqPrompt(task);
+            let cfg = train_config(a, 1, 1e-2, OptimizerKind::AdamW);
+            let (model, report) = train(&task, model, &train_b, &cfg, trainable)?;
+            let final_eval = crate::trainer::Task::<B>::evaluate(&task, &model.valid())?;
+            model.save_pretrained(&adapter_dir)?;
+            (final_eval, report, trainable, total, line)
+        }
     };
-    let cfg = train_config(a, 1, if lora { 1e-3 } else { 5e-5 }, OptimizerKind::AdamW);
-    let (model, report) = train(&task, model, &train_b, &cfg, trainable)?;
-    let final_eval = crate::trainer::Task::<B>::evaluate(&task, &model.valid())?;
-    if let Some(lm) = lora_model.as_mut() {
-        lm.model = model.clone();
-        lm.save_pretrained(&a.out_dir.join("adapter"))
-            .map_err(|e| Error::Io(e.to_string()))?;
-    }
     let bars: Vec<(String, f64)> = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
         .iter()
         .map(|k| (k.to_string(), final_eval.get(k).unwrap_or(0.0)))
@@ -410,11 +484,11 @@ fn bart_cnndm<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device, lora: bool
         .map(|(e, p)| json!({"article": e.article.chars().take(500).collect::<String>(), "ground_truth": e.highlights, "prediction": p["prediction"]}))
         .collect();
     Ok(json!({
-        "recipe": if lora { "bart-lora-cnndm" } else { "bart-cnndm" }, "model": model_spec, "dataset": data,
-        "method": if lora { "lora" } else { "full" },
-        "parameters": kiln_peft::trainable_summary(trainable, total),
+        "recipe": method.recipe(), "model": model_spec, "dataset": data,
+        "method": method.name(),
+        "parameters": params_line,
         "trainable_params": trainable, "total_params": total,
-        "adapter": lora.then(|| a.out_dir.join("adapter")),
+        "adapter": (method != Method::Full).then_some(adapter_dir),
         "train_examples": train_ex.len(), "eval_examples": eval_ex.len(),
         "rouge": final_eval.metrics, "examples": shown, "train": report,
     }))

@@ -11,6 +11,7 @@ use kiln_models::attention::ids_tensor;
 use kiln_models::auto::Seq2SeqModel;
 use kiln_models::bert::{BertBatch, BertForSequenceClassification};
 use kiln_models::generation::GenerationConfig;
+use kiln_models::prompt_seq2seq::Seq2SeqPromptModel;
 use kiln_models::seq2seq::EncoderDecoder;
 use kiln_models::tokenizer::Tokenizer;
 use serde_json::json;
@@ -116,12 +117,12 @@ pub struct Seq2Seq {
 }
 
 impl Seq2Seq {
-    fn teacher_forced<B: Backend>(
+    fn teacher_forced<B: Backend, M: EncoderDecoder<B>>(
         &self,
-        model: &Seq2SeqModel<B>,
+        model: &M,
         batch: &Batch,
     ) -> Result<Tensor<B, 1>> {
-        let device = EncoderDecoder::<B>::device(model);
+        let device = model.device();
         let labels = token_labels(batch)?;
         let dec = batch
             .decoder_input_ids(self.decoder_start_id, self.pad_id)
@@ -139,9 +140,9 @@ impl Seq2Seq {
     }
 
     /// Generate for every evaluation example; returns (predictions, references, mean loss).
-    pub fn predict<B: Backend>(
+    pub fn predict<B: Backend, M: EncoderDecoder<B>>(
         &self,
-        model: &Seq2SeqModel<B>,
+        model: &M,
     ) -> Result<(Vec<String>, Vec<String>, f64)> {
         let (mut preds, mut refs, mut loss_sum, mut n) = (Vec::new(), Vec::new(), 0f64, 0usize);
         for (_, batch) in self.eval.epoch(0) {
@@ -171,16 +172,11 @@ impl Seq2Seq {
     }
 }
 
-impl<B: AutodiffBackend> Task<B> for Seq2Seq {
-    type Model = Seq2SeqModel<B>;
-
-    fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>> {
-        self.teacher_forced(model, batch)
-    }
-
-    fn evaluate(
+impl Seq2Seq {
+    /// Generate for the evaluation set and score it (accuracy or ROUGE); writes the predictions when asked.
+    pub fn evaluate_model<B: Backend, M: EncoderDecoder<B>>(
         &self,
-        model: &<Self::Model as AutodiffModule<B>>::InnerModule,
+        model: &M,
     ) -> Result<EvalResult> {
         let (preds, refs, loss) = self.predict(model)?;
         let mut r = EvalResult::default();
@@ -221,11 +217,53 @@ impl<B: AutodiffBackend> Task<B> for Seq2Seq {
         Ok(r)
     }
 
-    fn primary_metric(&self) -> (&str, bool) {
+    fn primary(&self) -> (&str, bool) {
         match self.metric {
             Seq2SeqMetric::Accuracy => ("accuracy", true),
             Seq2SeqMetric::Rouge => ("rougeL", true),
         }
+    }
+}
+
+impl<B: AutodiffBackend> Task<B> for Seq2Seq {
+    type Model = Seq2SeqModel<B>;
+
+    fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>> {
+        self.teacher_forced(model, batch)
+    }
+
+    fn evaluate(
+        &self,
+        model: &<Self::Model as AutodiffModule<B>>::InnerModule,
+    ) -> Result<EvalResult> {
+        self.evaluate_model(model)
+    }
+
+    fn primary_metric(&self) -> (&str, bool) {
+        self.primary()
+    }
+}
+
+/// Prompt or prefix tuning of T5 / BART (peft's `PeftModelForSeq2SeqLM`): the same loss and evaluation as
+/// [`Seq2Seq`], through the prompt model.
+pub struct Seq2SeqPrompt(pub Seq2Seq);
+
+impl<B: AutodiffBackend> Task<B> for Seq2SeqPrompt {
+    type Model = Seq2SeqPromptModel<B>;
+
+    fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>> {
+        self.0.teacher_forced(model, batch)
+    }
+
+    fn evaluate(
+        &self,
+        model: &<Self::Model as AutodiffModule<B>>::InnerModule,
+    ) -> Result<EvalResult> {
+        self.0.evaluate_model(model)
+    }
+
+    fn primary_metric(&self) -> (&str, bool) {
+        self.0.primary()
     }
 }
 

@@ -137,6 +137,51 @@ fn every_recipe_runs_offline_on_the_bundled_defaults() {
 
     let v = run_recipe(
         out,
+        "prefix-cnndm",
+        &s(&[
+            "--model",
+            &fx("bart"),
+            "--dataset",
+            &fx("samples/cnndm"),
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "5e-2",
+            "--num-virtual-tokens",
+            "4",
+        ]),
+    );
+    for k in ["rouge1", "rouge2", "rougeL", "rougeLsum"] {
+        assert!(v["rouge"][k].as_f64().is_some(), "{k}");
+    }
+    assert!(out.join("prefix-cnndm/rouge.png").exists());
+    // The prefix is in peft's layout: one `prompt_embeddings` [n, num_layers · 2 · d_model] tensor.
+    let adapter = out.join("prefix-cnndm/adapter");
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["peft_type"], "PREFIX_TUNING");
+    assert_eq!(cfg["task_type"], "SEQ_2_SEQ_LM");
+    assert_eq!(cfg["num_transformer_submodules"], 2);
+    let tensors = kiln_peft::read_tensors(&adapter.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(tensors["prompt_embeddings"].shape, vec![4, 2 * 2 * 32]);
+    assert_eq!(v["trainable_params"], 4 * 2 * 2 * 32);
+    let losses: Vec<f64> = std::fs::read_to_string(out.join("prefix-cnndm/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+        .collect();
+    // 36 articles in batches of 4: 9 steps an epoch; the last epoch's mean loss is below the first's.
+    let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+    assert_eq!(losses.len(), 27);
+    assert!(
+        mean(&losses[18..]) < mean(&losses[..9]) - 0.05,
+        "prefix tuning lowers the loss: {losses:?}"
+    );
+
+    let v = run_recipe(
+        out,
         "bart-lora-vs-full",
         &s(&[
             "--model",
@@ -498,4 +543,122 @@ fn peft_merge_writes_a_checkpoint_that_matches_peft_merged_logits() {
         !ok && !err.contains("panicked"),
         "an adapter for another base is a clear error: {err}"
     );
+}
+
+/// `--adapter` takes prompt-learning adapters too: `generate` with a GPT-2 prefix and `summarize` with a BART
+/// prefix / prompt give what the library gives for the same model and inputs (and differ from the bare model).
+#[test]
+fn prompt_adapters_work_with_generate_and_summarize() {
+    use kiln_models::generation::GenerationConfig;
+    type Fb = burn::backend::Flex;
+    let device = Default::default();
+    let ids_of = |out: &str| -> Vec<u32> {
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let ids = if v.get("results").is_some() {
+            v["results"][0]["sequences"][0]["ids"].clone()
+        } else {
+            v["ids"].clone()
+        };
+        ids.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+
+    // GPT-2 + prefix.
+    let run = |adapter: Option<&str>| {
+        let model = fx("gpt2");
+        let mut args = vec![
+            "generate",
+            "--model-dir",
+            model.as_str(),
+            "--prompt",
+            "the cat sat",
+            "--max-new-tokens",
+            "5",
+            "--json",
+        ];
+        let a;
+        if let Some(x) = adapter {
+            a = fx(x);
+            args.push("--adapter");
+            args.push(a.as_str());
+        }
+        let (ok, out, err) = kiln(&args);
+        assert!(ok, "{err}");
+        ids_of(&out)
+    };
+    let with = run(Some("peft/gpt2-prefix"));
+    let pipe = kiln_models::auto::CausalPipeline::<Fb>::load(&fx("gpt2"), &device).unwrap();
+    let (ids, mask) = pipe.encode_left_padded(&["the cat sat"]).unwrap();
+    let pm = kiln_models::prompt::PromptModel::from_pretrained(
+        pipe.model.clone(),
+        &fixtures().join("peft/gpt2-prefix"),
+        false,
+    )
+    .unwrap();
+    let mut cfg = pipe.generation.clone();
+    cfg.max_new_tokens = Some(5);
+    let out =
+        kiln_models::generation::generate(&mut pm.session(), &ids, &mask, &cfg, None).unwrap();
+    assert_eq!(with, out.sequences[0][out.prompt_len..].to_vec());
+
+    // BART + prefix / prompt through `summarize`.
+    let t = tempfile::tempdir().unwrap();
+    let input = t.path().join("a.jsonl");
+    std::fs::write(
+        &input,
+        "{\"article\": \"the cat sat on the mat and the dog ran in the park all day long\"}\n",
+    )
+    .unwrap();
+    let summarize = |adapter: Option<&str>| {
+        let model = fx("bart");
+        let inp = input.display().to_string();
+        let mut args = vec![
+            "summarize",
+            "--model-dir",
+            model.as_str(),
+            "--input",
+            inp.as_str(),
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ];
+        let a;
+        if let Some(x) = adapter {
+            a = fx(x);
+            args.push("--adapter");
+            args.push(a.as_str());
+        }
+        let (ok, out, err) = kiln(&args);
+        assert!(ok, "{err}");
+        ids_of(&out)
+    };
+    let bare = summarize(None);
+    let s2s = kiln_models::auto::Seq2SeqPipeline::<Fb>::load(&fx("bart"), &device).unwrap();
+    let (ids, mask, _) = s2s
+        .encode_right_padded(
+            &["the cat sat on the mat and the dog ran in the park all day long"],
+            Some(1024),
+        )
+        .unwrap();
+    let mut differs = false;
+    for name in ["peft/bart-prefix", "peft/bart-prompt"] {
+        let got = summarize(Some(name));
+        let pm = kiln_models::prompt_seq2seq::Seq2SeqPromptModel::from_pretrained(
+            s2s.model.clone(),
+            &fixtures().join(name),
+            false,
+        )
+        .unwrap();
+        let cfg = GenerationConfig {
+            max_new_tokens: Some(6),
+            ..s2s.generation.clone()
+        };
+        let out = kiln_models::seq2seq::generate(&pm, &ids, &mask, &cfg, None).unwrap();
+        assert_eq!(got, out.sequences[0], "{name}");
+        differs |= got != bare;
+    }
+    assert!(differs, "the adapters change the summary");
 }
