@@ -567,29 +567,19 @@ fn prompt_adapters_work_with_generate_and_summarize() {
     };
 
     // GPT-2 + prefix.
-    let run = |adapter: Option<&str>| {
-        let model = fx("gpt2");
-        let mut args = vec![
+    let with = ids_of(&kiln_with_adapter(
+        &[
             "generate",
             "--model-dir",
-            model.as_str(),
+            &fx("gpt2"),
             "--prompt",
             "the cat sat",
             "--max-new-tokens",
             "5",
             "--json",
-        ];
-        let a;
-        if let Some(x) = adapter {
-            a = fx(x);
-            args.push("--adapter");
-            args.push(a.as_str());
-        }
-        let (ok, out, err) = kiln(&args);
-        assert!(ok, "{err}");
-        ids_of(&out)
-    };
-    let with = run(Some("peft/gpt2-prefix"));
+        ],
+        Some("peft/gpt2-prefix"),
+    ));
     let pipe = kiln_models::auto::CausalPipeline::<Fb>::load(&fx("gpt2"), &device).unwrap();
     let (ids, mask) = pipe.encode_left_padded(&["the cat sat"]).unwrap();
     let pm = kiln_models::prompt::PromptModel::from_pretrained(
@@ -612,29 +602,19 @@ fn prompt_adapters_work_with_generate_and_summarize() {
         "{\"article\": \"the cat sat on the mat and the dog ran in the park all day long\"}\n",
     )
     .unwrap();
-    let summarize = |adapter: Option<&str>| {
-        let model = fx("bart");
-        let inp = input.display().to_string();
-        let mut args = vec![
-            "summarize",
-            "--model-dir",
-            model.as_str(),
-            "--input",
-            inp.as_str(),
-            "--max-new-tokens",
-            "6",
-            "--json",
-        ];
-        let a;
-        if let Some(x) = adapter {
-            a = fx(x);
-            args.push("--adapter");
-            args.push(a.as_str());
-        }
-        let (ok, out, err) = kiln(&args);
-        assert!(ok, "{err}");
-        ids_of(&out)
-    };
+    let inp = input.display().to_string();
+    let model = fx("bart");
+    let args = [
+        "summarize",
+        "--model-dir",
+        model.as_str(),
+        "--input",
+        inp.as_str(),
+        "--max-new-tokens",
+        "6",
+        "--json",
+    ];
+    let summarize = |adapter: Option<&str>| ids_of(&kiln_with_adapter(&args, adapter));
     let bare = summarize(None);
     let s2s = kiln_models::auto::Seq2SeqPipeline::<Fb>::load(&fx("bart"), &device).unwrap();
     let (ids, mask, _) = s2s
@@ -661,4 +641,16 @@ fn prompt_adapters_work_with_generate_and_summarize() {
         differs |= got != bare;
     }
     assert!(differs, "the adapters change the summary");
+}
+
+/// Run `kiln` with `args` (+ `--adapter fixtures/<adapter>`), asserting success; returns stdout.
+fn kiln_with_adapter(args: &[&str], adapter: Option<&str>) -> String {
+    let a = adapter.map(fx);
+    let mut all = args.to_vec();
+    if let Some(a) = &a {
+        all.extend(["--adapter", a.as_str()]);
+    }
+    let (ok, out, err) = kiln(&all);
+    assert!(ok, "{err}");
+    out
 }
