@@ -311,6 +311,30 @@ fn opt_adapters_start_as_identity_and_train_alone() {
     });
 }
 
+/// opt-350m's post-LN layers (`do_layer_norm_before = false`): the adapters sit before the residual and the
+/// LayerNorm. The fixture is pre-LN; its layers are switched here.
+#[test]
+fn opt_post_ln_adapters_start_as_identity_and_train_alone() {
+    adapters_train_alone(Case {
+        name: "opt (post-LN)",
+        load: || match load_causal("opt") {
+            CausalModel::Opt(mut m) => {
+                for l in m.model.decoder.layers.iter_mut() {
+                    l.pre_ln = false;
+                }
+                CausalModel::Opt(m)
+            }
+            _ => unreachable!("the opt fixture loads as OPT"),
+        },
+        logits: causal_logits,
+        targets: causal_targets(),
+        attach: |m, c| m.with_frozen_adapters(c),
+        houlsby: 2 * 2,
+        pfeiffer: 2,
+        d: 32,
+    });
+}
+
 #[test]
 fn bart_adapters_start_as_identity_and_train_alone() {
     // 2 encoder + 2 decoder layers; none on cross-attention.
