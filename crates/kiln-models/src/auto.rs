@@ -52,6 +52,20 @@ impl<B: Backend> CausalModel<B> {
 }
 
 impl<B: Backend> CausalModel<B> {
+    /// Insert bottleneck adapters into every layer of the architecture (see its `add_adapters`).
+    pub fn add_adapters(self, cfg: &kiln_peft::AdapterConfig) -> Self {
+        match self {
+            CausalModel::Gpt2(m) => CausalModel::Gpt2(m.add_adapters(cfg)),
+            CausalModel::Opt(m) => CausalModel::Opt(m.add_adapters(cfg)),
+        }
+    }
+
+    /// [`Self::add_adapters`], then freeze everything else. Returns the model and its (trainable, total)
+    /// parameter counts, for [`kiln_peft::trainable_summary`].
+    pub fn with_frozen_adapters(self, cfg: &kiln_peft::AdapterConfig) -> (Self, usize, usize) {
+        kiln_peft::freeze_all_but_adapters(self.add_adapters(cfg))
+    }
+
     /// The full forward of the architecture (`GPT2LMHeadModel.forward` / `OPTForCausalLM.forward`):
     /// logits `[b, s, vocab]`.
     pub fn forward(
@@ -267,6 +281,21 @@ impl<B: Backend> Seq2SeqModel<B> {
                 m.model.encoder.embed_positions.weight.dims()[0] - crate::bart::POSITION_OFFSET,
             ),
         }
+    }
+
+    /// Insert bottleneck adapters into every encoder and decoder layer (see the architecture's
+    /// `add_adapters`).
+    pub fn add_adapters(self, cfg: &kiln_peft::AdapterConfig) -> Self {
+        match self {
+            Seq2SeqModel::T5(m) => Seq2SeqModel::T5(m.add_adapters(cfg)),
+            Seq2SeqModel::Bart(m) => Seq2SeqModel::Bart(m.add_adapters(cfg)),
+        }
+    }
+
+    /// [`Self::add_adapters`], then freeze everything else. Returns the model and its (trainable, total)
+    /// parameter counts, for [`kiln_peft::trainable_summary`].
+    pub fn with_frozen_adapters(self, cfg: &kiln_peft::AdapterConfig) -> (Self, usize, usize) {
+        kiln_peft::freeze_all_but_adapters(self.add_adapters(cfg))
     }
 }
 

@@ -15,7 +15,8 @@ use std::path::Path;
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
-use kiln_peft::PeftLinear;
+use kiln_peft::adapter::maybe_adapt;
+use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
 
 use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache, LayerCache};
 use crate::config::{Activation, RawConfig};
@@ -167,6 +168,8 @@ impl BartConfig {
                     fc2: lin(self.encoder_ffn_dim, d),
                     final_layer_norm: ln(),
                     act: self.activation_function,
+                    attention_adapter: None,
+                    output_adapter: None,
                 })
                 .collect(),
             embed_scale,
@@ -184,6 +187,8 @@ impl BartConfig {
                     fc2: lin(self.decoder_ffn_dim, d),
                     final_layer_norm: ln(),
                     act: self.activation_function,
+                    attention_adapter: None,
+                    output_adapter: None,
                 })
                 .collect(),
             embed_scale,
@@ -242,6 +247,7 @@ pub struct BartAttention<B: Backend> {
     pub scale: f64,
 }
 
+/// `x = LN(x + self_attn(x))`, `LN(x + fc2(act(fc1(x))))`.
 #[derive(Module, Debug)]
 pub struct BartEncoderLayer<B: Backend> {
     pub self_attn: BartAttention<B>,
@@ -251,8 +257,19 @@ pub struct BartEncoderLayer<B: Backend> {
     pub final_layer_norm: LayerNorm<B>,
     #[module(skip)]
     pub act: Activation,
+    /// A bottleneck adapter (Houlsby placement) on the self-attention output (`out_proj`), before the
+    /// residual and LayerNorm.
+    pub attention_adapter: Option<Adapter<B>>,
+    /// A bottleneck adapter (Houlsby and Pfeiffer placements) on the feed-forward output (`fc2`), before the
+    /// residual and LayerNorm.
+    pub output_adapter: Option<Adapter<B>>,
 }
 
+/// `x = LN(x + self_attn(x))`, `x = LN(x + encoder_attn(x, enc))`, `LN(x + fc2(act(fc1(x))))`.
+///
+/// Adapters go where the `adapters` library's Houlsby and Pfeiffer configurations put them: after the
+/// self-attention and after the feed-forward block. Cross-attention gets none (the library's
+/// `cross_adapter` is off in both configurations).
 #[derive(Module, Debug)]
 pub struct BartDecoderLayer<B: Backend> {
     pub self_attn: BartAttention<B>,
@@ -264,6 +281,12 @@ pub struct BartDecoderLayer<B: Backend> {
     pub final_layer_norm: LayerNorm<B>,
     #[module(skip)]
     pub act: Activation,
+    /// A bottleneck adapter (Houlsby placement) on the self-attention output, before the residual and
+    /// LayerNorm.
+    pub attention_adapter: Option<Adapter<B>>,
+    /// A bottleneck adapter (Houlsby and Pfeiffer placements) on the feed-forward output, before the residual
+    /// and LayerNorm.
+    pub output_adapter: Option<Adapter<B>>,
 }
 
 impl<B: Backend> BartAttention<B> {
@@ -314,13 +337,15 @@ impl<B: Backend> BartAttention<B> {
 
 impl<B: Backend> BartEncoderLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4>) -> Tensor<B, 3> {
+        let a = self.self_attn.self_attend(x.clone(), mask, None);
         let x = self
             .self_attn_layer_norm
-            .forward(x.clone() + self.self_attn.self_attend(x, mask, None));
+            .forward(x + maybe_adapt(&self.attention_adapter, a));
         let h = self
             .fc2
             .forward(self.act.forward(self.fc1.forward(x.clone())));
-        self.final_layer_norm.forward(x + h)
+        self.final_layer_norm
+            .forward(x + maybe_adapt(&self.output_adapter, h))
     }
 }
 
@@ -333,16 +358,18 @@ impl<B: Backend> BartDecoderLayer<B> {
         cross_mask: Tensor<B, 4>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
+        let a = self.self_attn.self_attend(x.clone(), mask, cache);
         let x = self
             .self_attn_layer_norm
-            .forward(x.clone() + self.self_attn.self_attend(x, mask, cache));
+            .forward(x + maybe_adapt(&self.attention_adapter, a));
         let x = self
             .encoder_attn_layer_norm
             .forward(x.clone() + self.encoder_attn.cross_attend(x, kv, cross_mask));
         let h = self
             .fc2
             .forward(self.act.forward(self.fc1.forward(x.clone())));
-        self.final_layer_norm.forward(x + h)
+        self.final_layer_norm
+            .forward(x + maybe_adapt(&self.output_adapter, h))
     }
 }
 
@@ -377,6 +404,30 @@ fn embed<B: Backend>(
 }
 
 impl<B: Backend> BartForConditionalGeneration<B> {
+    /// Insert bottleneck adapters into every encoder and decoder layer (Houlsby: after self-attention and the
+    /// feed-forward; Pfeiffer: after the feed-forward only), freshly initialised (the identity until trained;
+    /// replacing any attached before).
+    pub fn add_adapters(mut self, cfg: &AdapterConfig) -> Self {
+        let d = self.model.shared.weight.dims()[1];
+        let device = self.model.shared.weight.device();
+        let houlsby = cfg.placement == AdapterPlacement::Houlsby;
+        for l in self.model.encoder.layers.iter_mut() {
+            l.attention_adapter = houlsby.then(|| cfg.init(d, &device));
+            l.output_adapter = Some(cfg.init(d, &device));
+        }
+        for l in self.model.decoder.layers.iter_mut() {
+            l.attention_adapter = houlsby.then(|| cfg.init(d, &device));
+            l.output_adapter = Some(cfg.init(d, &device));
+        }
+        self
+    }
+
+    /// [`Self::add_adapters`], then freeze everything else. Returns the model and its (trainable, total)
+    /// parameter counts.
+    pub fn with_frozen_adapters(self, cfg: &AdapterConfig) -> (Self, usize, usize) {
+        kiln_peft::freeze_all_but_adapters(self.add_adapters(cfg))
+    }
+
     /// `model.encoder(input_ids, attention_mask).last_hidden_state`: `[b, s, d]`.
     pub fn encoder_forward(
         &self,

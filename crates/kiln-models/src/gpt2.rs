@@ -5,7 +5,8 @@ use std::path::Path;
 
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
-use kiln_peft::PeftLinear;
+use kiln_peft::adapter::maybe_adapt;
+use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
 
 use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
 use crate::config::{Activation, RawConfig};
@@ -104,6 +105,8 @@ impl Gpt2Config {
                     c_proj: PeftLinear::new_normal(self.n_inner, d, true, std, device),
                     act: self.activation,
                 },
+                attention_adapter: None,
+                output_adapter: None,
             })
             .collect();
         Gpt2LmHead {
@@ -141,12 +144,18 @@ pub struct Gpt2Model<B: Backend> {
     pub ln_f: LayerNorm<B>,
 }
 
+/// A pre-LN block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     pub ln_1: LayerNorm<B>,
     pub attn: Attention<B>,
     pub ln_2: LayerNorm<B>,
     pub mlp: Mlp<B>,
+    /// A bottleneck adapter (Houlsby placement) on the attention output (`attn.c_proj`), before the residual.
+    pub attention_adapter: Option<Adapter<B>>,
+    /// A bottleneck adapter (Houlsby and Pfeiffer placements) on the MLP output (`mlp.c_proj`), before the
+    /// residual.
+    pub output_adapter: Option<Adapter<B>>,
 }
 
 #[derive(Module, Debug)]
@@ -187,6 +196,12 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.c_proj.forward(self.act.forward(self.c_fc.forward(x)))
+    }
+}
+
 impl<B: Backend> Block<B> {
     fn forward(
         &self,
@@ -194,18 +209,35 @@ impl<B: Backend> Block<B> {
         mask: Tensor<B, 4>,
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), mask, cache);
-        let h = self
-            .mlp
-            .act
-            .forward(self.mlp.c_fc.forward(self.ln_2.forward(x.clone())));
-        x + self.mlp.c_proj.forward(h)
+        let a = self.attn.forward(self.ln_1.forward(x.clone()), mask, cache);
+        let x = x + maybe_adapt(&self.attention_adapter, a);
+        let h = self.mlp.forward(self.ln_2.forward(x.clone()));
+        x + maybe_adapt(&self.output_adapter, h)
     }
 }
 
 impl<B: Backend> Gpt2LmHead<B> {
     pub fn n_layer(&self) -> usize {
         self.transformer.h.len()
+    }
+
+    /// Insert bottleneck adapters into every block (Houlsby: after attention and the MLP; Pfeiffer: after the
+    /// MLP only), freshly initialised (the identity until trained); replaces any attached before.
+    pub fn add_adapters(mut self, cfg: &AdapterConfig) -> Self {
+        let d = self.transformer.wte.weight.dims()[1];
+        let device = self.transformer.wte.weight.device();
+        let houlsby = cfg.placement == AdapterPlacement::Houlsby;
+        for block in self.transformer.h.iter_mut() {
+            block.attention_adapter = houlsby.then(|| cfg.init(d, &device));
+            block.output_adapter = Some(cfg.init(d, &device));
+        }
+        self
+    }
+
+    /// [`Self::add_adapters`], then freeze everything else. Returns the model and its (trainable, total)
+    /// parameter counts.
+    pub fn with_frozen_adapters(self, cfg: &AdapterConfig) -> (Self, usize, usize) {
+        kiln_peft::freeze_all_but_adapters(self.add_adapters(cfg))
     }
 
     /// Final hidden states `[b, s, d]` for `ids` at `positions`, attending to the cache (if any) and the

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
-use kiln_peft::PeftLinear;
+use kiln_peft::adapter::maybe_adapt;
+use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
 
 use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
 use crate::config::{Activation, RawConfig};
@@ -105,6 +106,8 @@ impl OptConfig {
                 final_layer_norm: ln(),
                 pre_ln: self.do_layer_norm_before,
                 act: self.activation,
+                attention_adapter: None,
+                output_adapter: None,
             })
             .collect();
         OptForCausalLm {
@@ -148,6 +151,8 @@ pub struct Decoder<B: Backend> {
     pub layers: Vec<Layer<B>>,
 }
 
+/// A decoder layer: pre-LN `x + attn(ln(x))`, `x + fc2(act(fc1(ln(x))))`; post-LN (`pre_ln = false`)
+/// `ln(x + attn(x))`, `ln(x + fc2(act(fc1(x))))`.
 #[derive(Module, Debug)]
 pub struct Layer<B: Backend> {
     pub self_attn: Attention<B>,
@@ -158,6 +163,12 @@ pub struct Layer<B: Backend> {
     pub pre_ln: bool,
     #[module(skip)]
     pub act: Activation,
+    /// A bottleneck adapter (Houlsby placement) on the attention output (`out_proj`), before the residual
+    /// (and, post-LN, before the LayerNorm).
+    pub attention_adapter: Option<Adapter<B>>,
+    /// A bottleneck adapter (Houlsby and Pfeiffer placements) on the feed-forward output (`fc2`), before the
+    /// residual (and, post-LN, before the LayerNorm).
+    pub output_adapter: Option<Adapter<B>>,
 }
 
 #[derive(Module, Debug)]
@@ -205,7 +216,8 @@ impl<B: Backend> Layer<B> {
         } else {
             x.clone()
         };
-        let mut x = x + self.self_attn.forward(h, mask, cache);
+        let a = self.self_attn.forward(h, mask, cache);
+        let mut x = x + maybe_adapt(&self.attention_adapter, a);
         if !self.pre_ln {
             x = self.self_attn_layer_norm.forward(x);
         }
@@ -215,7 +227,7 @@ impl<B: Backend> Layer<B> {
             x.clone()
         };
         let h = self.fc2.forward(self.act.forward(self.fc1.forward(h)));
-        let mut x = x + h;
+        let mut x = x + maybe_adapt(&self.output_adapter, h);
         if !self.pre_ln {
             x = self.final_layer_norm.forward(x);
         }
@@ -226,6 +238,29 @@ impl<B: Backend> Layer<B> {
 impl<B: Backend> OptForCausalLm<B> {
     pub fn n_layer(&self) -> usize {
         self.model.decoder.layers.len()
+    }
+
+    /// Insert bottleneck adapters into every decoder layer (Houlsby: after attention and the feed-forward;
+    /// Pfeiffer: after the feed-forward only), freshly initialised (the identity until trained); replaces any
+    /// attached before. They act on the hidden size (not `word_embed_proj_dim`).
+    pub fn add_adapters(mut self, cfg: &AdapterConfig) -> Self {
+        let Some(first) = self.model.decoder.layers.first() else {
+            return self;
+        };
+        let d = first.self_attn.out_proj.weight.dims()[1];
+        let device = first.self_attn.out_proj.weight.device();
+        let houlsby = cfg.placement == AdapterPlacement::Houlsby;
+        for layer in self.model.decoder.layers.iter_mut() {
+            layer.attention_adapter = houlsby.then(|| cfg.init(d, &device));
+            layer.output_adapter = Some(cfg.init(d, &device));
+        }
+        self
+    }
+
+    /// [`Self::add_adapters`], then freeze everything else. Returns the model and its (trainable, total)
+    /// parameter counts.
+    pub fn with_frozen_adapters(self, cfg: &AdapterConfig) -> (Self, usize, usize) {
+        kiln_peft::freeze_all_but_adapters(self.add_adapters(cfg))
     }
 
     /// Final hidden states (after `project_out`), `[b, s, word_embed_proj_dim]`. `positions` are the raw

@@ -20,7 +20,8 @@ use std::path::Path;
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::prelude::*;
-use kiln_peft::PeftLinear;
+use kiln_peft::adapter::maybe_adapt;
+use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
 
 use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache, LayerCache};
 use crate::config::{Activation, RawConfig};
@@ -206,6 +207,7 @@ impl T5Config {
             EncDecAttention: cross,
             DenseReluDense: dense,
             layer_norm: norm(),
+            adapter: None,
         };
         let stack = |n: usize, is_decoder: bool| T5Stack {
             block: (0..n)
@@ -279,6 +281,10 @@ mod layer {
         pub EncDecAttention: Option<T5Attention<B>>,
         pub DenseReluDense: Option<T5DenseReluDense<B>>,
         pub layer_norm: T5LayerNorm<B>,
+        /// A bottleneck adapter on this sub-layer's output (`o` or `wo`), before the residual: on the
+        /// self-attention layer (Houlsby placement) and the feed-forward layer (Houlsby and Pfeiffer).
+        /// Cross-attention gets none (the `adapters` library's `cross_adapter` is off in both).
+        pub adapter: Option<Adapter<B>>,
     }
 }
 
@@ -452,12 +458,12 @@ impl<B: Backend> T5Stack<B> {
     ) -> Tensor<B, 3> {
         for (i, block) in self.block.iter().enumerate() {
             let l0 = &block.layer[0];
-            x = x.clone()
-                + l0.self_attention().self_attend(
-                    l0.layer_norm.forward(x),
-                    bias.clone(),
-                    cache.as_deref_mut().map(|c| (c, i)),
-                );
+            let a = l0.self_attention().self_attend(
+                l0.layer_norm.forward(x.clone()),
+                bias.clone(),
+                cache.as_deref_mut().map(|c| (c, i)),
+            );
+            x = x + maybe_adapt(&l0.adapter, a);
             if let Some((kv, mask)) = &cross {
                 let l1 = &block.layer[1];
                 let attn = l1
@@ -471,13 +477,47 @@ impl<B: Backend> T5Stack<B> {
                 .DenseReluDense
                 .as_ref()
                 .expect("T5 block's last layer is the feed-forward");
-            x = x.clone() + ff.forward(lf.layer_norm.forward(x));
+            let h = ff.forward(lf.layer_norm.forward(x.clone()));
+            x = x + maybe_adapt(&lf.adapter, h);
         }
         self.final_layer_norm.forward(x)
     }
 }
 
 impl<B: Backend> T5ForConditionalGeneration<B> {
+    /// Insert bottleneck adapters into every block of both stacks (Houlsby: after self-attention and the
+    /// feed-forward; Pfeiffer: after the feed-forward only), freshly initialised (the identity until trained);
+    /// replaces any attached before.
+    pub fn add_adapters(mut self, cfg: &AdapterConfig) -> Self {
+        let d = self.shared.weight.dims()[1];
+        let device = self.shared.weight.device();
+        let houlsby = cfg.placement == AdapterPlacement::Houlsby;
+        for block in self
+            .encoder
+            .block
+            .iter_mut()
+            .chain(self.decoder.block.iter_mut())
+        {
+            let n = block.layer.len();
+            for (j, layer) in block.layer.iter_mut().enumerate() {
+                layer.adapter = if j == 0 {
+                    houlsby.then(|| cfg.init(d, &device))
+                } else if j == n - 1 {
+                    Some(cfg.init(d, &device))
+                } else {
+                    None
+                };
+            }
+        }
+        self
+    }
+
+    /// [`Self::add_adapters`], then freeze everything else. Returns the model and its (trainable, total)
+    /// parameter counts.
+    pub fn with_frozen_adapters(self, cfg: &AdapterConfig) -> (Self, usize, usize) {
+        kiln_peft::freeze_all_but_adapters(self.add_adapters(cfg))
+    }
+
     /// `encoder(input_ids, attention_mask).last_hidden_state`: `[b, s, d_model]`.
     pub fn encoder_forward(
         &self,

@@ -118,6 +118,19 @@ impl<B: Backend> Adapter<B> {
     }
 }
 
+/// Whether a parameter's dotted path lies inside a bottleneck adapter: one of its segments is `adapter` (BERT's
+/// `…attention.output.adapter.…`) or ends in `_adapter` (`…h.0.attention_adapter.…`, `…layers.0.output_adapter.…`).
+pub fn is_adapter_path(path: &str) -> bool {
+    path.split('.')
+        .any(|s| s == "adapter" || s.ends_with("_adapter"))
+}
+
+/// Freeze everything but the bottleneck adapters ([`is_adapter_path`]). Returns the model and its (trainable,
+/// total) parameter counts, for [`crate::trainable_summary`].
+pub fn freeze_all_but_adapters<B: Backend, M: Module<B>>(model: M) -> (M, usize, usize) {
+    crate::freeze_except(model, is_adapter_path)
+}
+
 /// Apply an optional adapter.
 pub fn maybe_adapt<B: Backend, const D: usize>(
     adapter: &Option<Adapter<B>>,
@@ -126,5 +139,25 @@ pub fn maybe_adapt<B: Backend, const D: usize>(
     match adapter {
         Some(a) => a.forward(x),
         None => x,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_adapter_path;
+
+    #[test]
+    fn adapter_paths() {
+        assert!(is_adapter_path(
+            "bert.encoder.layer.0.output.adapter.adapter_up.weight"
+        ));
+        assert!(is_adapter_path(
+            "transformer.h.1.attention_adapter.adapter_down.bias"
+        ));
+        assert!(is_adapter_path(
+            "Bart.model.decoder.layers.0.output_adapter.adapter_up.weight"
+        ));
+        assert!(!is_adapter_path("transformer.h.1.attn.c_proj.weight"));
+        assert!(!is_adapter_path("model.decoder.layers.0.fc2.lora.0.lora_A"));
     }
 }

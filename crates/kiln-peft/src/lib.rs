@@ -24,7 +24,10 @@ pub mod lora;
 pub mod model;
 pub mod prompt;
 
-pub use adapter::{Adapter, AdapterActivation, AdapterConfig, AdapterPlacement};
+pub use adapter::{
+    freeze_all_but_adapters, is_adapter_path, Adapter, AdapterActivation, AdapterConfig,
+    AdapterPlacement,
+};
 pub use config::{Bias, InitLoraWeights, LayerIndices, LoraConfig, TargetMatcher, Targets};
 pub use error::{PeftError, Result};
 pub use freeze::{freeze_except, trainable_summary};

@@ -1,6 +1,8 @@
 //! kiln-train integration tests: the loop (resume, non-finite loss, schedule) on the bundled tiny BERT and
 //! sentiment samples.
 
+mod adapters;
+
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
