@@ -499,6 +499,7 @@ fn main() {
             "fixtures/peft/generate_peft.py",
             "fixtures/peft/generate_prompt.py",
             "fixtures/peft/generate_seq2seq.py",
+            "fixtures/peft/generate_prompt_cls.py",
         ]
         .iter()
         .try_for_each(|script| {

@@ -493,8 +493,20 @@ impl<B: Backend> BertModel<B> {
         token_type_ids: Option<Tensor<B, 2, Int>>,
         attention_mask: Option<&[Vec<u8>]>,
     ) -> Result<BertModelOutput<B>> {
-        let device = input_ids.device();
-        let [b, s] = input_ids.dims();
+        let words = self.embeddings.word_embeddings.forward(input_ids);
+        self.forward_embeds(words, token_type_ids, attention_mask)
+    }
+
+    /// [`Self::forward`] from word embeddings `[b, s, d]` (transformers' `inputs_embeds`): positions, token
+    /// types, LayerNorm, the encoder and the pooler (which reads position 0).
+    pub fn forward_embeds(
+        &self,
+        words: Tensor<B, 3>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+        attention_mask: Option<&[Vec<u8>]>,
+    ) -> Result<BertModelOutput<B>> {
+        let device = words.device();
+        let [b, s, _] = words.dims();
         if s == 0 || s > self.max_positions() {
             return Err(Error::Input(format!(
                 "sequence length {s} is outside 1..={}",
@@ -529,7 +541,7 @@ impl<B: Backend> BertModel<B> {
             .unsqueeze::<2>()
             .repeat_dim(0, b);
         let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([b, s], &device));
-        let x = e.word_embeddings.forward(input_ids)
+        let x = words
             + e.position_embeddings.forward(positions)
             + e.token_type_embeddings.forward(types);
         let mut x = e.dropout.forward(e.LayerNorm.forward(x));

@@ -16,6 +16,7 @@ pub mod icl;
 pub mod opt;
 pub mod peft;
 pub mod prompt;
+pub mod prompt_bert;
 pub mod prompt_seq2seq;
 pub mod scoring;
 pub mod seq2seq;

@@ -28,8 +28,56 @@ use crate::causal::{CausalLm, CausalSession};
 use crate::error::{Error, Result};
 use crate::generation::DecodeSession;
 
-fn peft_err(e: PeftError) -> Error {
+pub(crate) fn peft_err(e: PeftError) -> Error {
     Error::Input(e.to_string())
+}
+
+/// The initial prompt rows of a new prompt-tuning adapter: `TEXT` init embeds the tokenized init text (repeated /
+/// truncated to the stored rows) with `embed` (the model's word embeddings, as peft's `word_embeddings`); `RANDOM`
+/// gives `None` (the encoder draws N(0, 1)); `SAMPLE_VOCAB` is not implemented.
+pub(crate) fn text_init_rows<B: Backend>(
+    config: &PromptLearningConfig,
+    init_ids: Option<&[u32]>,
+    device: &B::Device,
+    embed: impl FnOnce(Tensor<B, 2, Int>) -> Tensor<B, 3>,
+) -> Result<Option<Tensor<B, 2>>> {
+    match (config.method, config.prompt_tuning_init.as_str()) {
+        (PromptMethod::PromptTuning, "TEXT") => {
+            let ids = init_ids
+                .ok_or_else(|| Error::Input("TEXT init needs the tokenized init text".into()))?;
+            let ids = text_init_ids(ids, config.stored_rows());
+            if ids.is_empty() {
+                return Err(Error::Input(
+                    "TEXT init: the init text has no tokens".into(),
+                ));
+            }
+            let t = ids_tensor::<B>(&[ids], device);
+            Ok(Some(embed(t).squeeze_dim::<2>(0).detach()))
+        }
+        (PromptMethod::PromptTuning, "SAMPLE_VOCAB") => Err(Error::Input(
+            "prompt_tuning_init SAMPLE_VOCAB is not implemented for new prompts".into(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Check a loaded `prompt_embeddings` against its resolved config and turn it into the prompt's rows.
+pub(crate) fn prompt_rows_from_file<B: Backend>(
+    config: &PromptLearningConfig,
+    t: kiln_peft::RawTensor,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>> {
+    let want = vec![config.stored_rows(), config.row_width()];
+    if t.shape != want {
+        return Err(peft_err(PeftError::ShapeMismatch {
+            path: dir.join(kiln_peft::io::WEIGHTS_FILE),
+            key: kiln_peft::prompt::PROMPT_KEY.into(),
+            expected: want,
+            found: t.shape,
+        }));
+    }
+    Ok(Tensor::from_data(TensorData::new(t.data, t.shape), device))
 }
 
 /// A decoder-only model with a trainable prompt (peft's `PeftModelForCausalLM` for `PROMPT_TUNING` /
@@ -62,28 +110,8 @@ impl<B: Backend> PromptModel<B> {
             .resolve(here, token_dim, model.n_layer(), model.n_head())
             .map_err(peft_err)?;
         let device = CausalLm::device(&model);
-        let rows = match (config.method, config.prompt_tuning_init.as_str()) {
-            (PromptMethod::PromptTuning, "TEXT") => {
-                let ids = init_ids.ok_or_else(|| {
-                    Error::Input("TEXT init needs the tokenized init text".into())
-                })?;
-                let ids = text_init_ids(ids, config.num_virtual_tokens);
-                if ids.is_empty() {
-                    return Err(Error::Input(
-                        "TEXT init: the init text has no tokens".into(),
-                    ));
-                }
-                let t = ids_tensor::<B>(&[ids], &device);
-                Some(model.input_embeddings(t).squeeze_dim::<2>(0))
-            }
-            (PromptMethod::PromptTuning, "SAMPLE_VOCAB") => {
-                return Err(Error::Input(
-                    "prompt_tuning_init SAMPLE_VOCAB is not implemented for new prompts".into(),
-                ))
-            }
-            _ => None,
-        };
-        let prompt = PromptEncoder::init(&config, rows.map(|r| r.detach()), &device);
+        let rows = text_init_rows(&config, init_ids, &device, |t| model.input_embeddings(t))?;
+        let prompt = PromptEncoder::init(&config, rows, &device);
         Ok(Self {
             model,
             prompt,
@@ -118,18 +146,9 @@ impl<B: Backend> PromptModel<B> {
                 msg: "the file holds the projection's output; it can be loaded for inference only (as in peft)".into(),
             }));
         }
-        let want = vec![config.stored_rows(), config.row_width()];
-        if t.shape != want {
-            return Err(peft_err(PeftError::ShapeMismatch {
-                path: dir.join(kiln_peft::io::WEIGHTS_FILE),
-                key: kiln_peft::prompt::PROMPT_KEY.into(),
-                expected: want,
-                found: t.shape,
-            }));
-        }
         config.inference_mode = !is_trainable;
         let device = CausalLm::device(&model);
-        let rows = Tensor::<B, 2>::from_data(TensorData::new(t.data, t.shape), &device);
+        let rows = prompt_rows_from_file(&config, t, dir, &device)?;
         Ok(Self {
             model,
             prompt: PromptEncoder::from_rows(rows),

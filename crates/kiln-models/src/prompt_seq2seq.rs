@@ -19,18 +19,15 @@ use std::path::Path;
 use burn::module::Module;
 use burn::prelude::*;
 use kiln_peft::prompt::{
-    read_prompt, save_prompt, text_init_ids, PromptEncoder, PromptLearningConfig, PromptMethod,
+    read_prompt, save_prompt, PromptEncoder, PromptLearningConfig, PromptMethod,
 };
 use kiln_peft::PeftError;
 
 use crate::attention::{ids_tensor, KvCache, LayerCache};
 use crate::auto::Seq2SeqModel;
 use crate::error::{Error, Result};
+use crate::prompt::{peft_err, prompt_rows_from_file, text_init_rows};
 use crate::seq2seq::EncoderDecoder;
-
-fn peft_err(e: PeftError) -> Error {
-    Error::Input(e.to_string())
-}
 
 /// An encoder-decoder model with a trainable prompt (peft's `PeftModelForSeq2SeqLM` for `PROMPT_TUNING` /
 /// `PREFIX_TUNING`). The base model is frozen; only `prompt` requires grad (unless loaded for inference).
@@ -98,27 +95,7 @@ impl<B: Backend> Seq2SeqPromptModel<B> {
         }
         resolve(&model, &mut config, Path::new("<config>"))?;
         let device = EncoderDecoder::<B>::device(&model);
-        let rows = match (config.method, config.prompt_tuning_init.as_str()) {
-            (PromptMethod::PromptTuning, "TEXT") => {
-                let ids = init_ids.ok_or_else(|| {
-                    Error::Input("TEXT init needs the tokenized init text".into())
-                })?;
-                let ids = text_init_ids(ids, config.stored_rows());
-                if ids.is_empty() {
-                    return Err(Error::Input(
-                        "TEXT init: the init text has no tokens".into(),
-                    ));
-                }
-                let t = ids_tensor::<B>(&[ids], &device);
-                Some(model.input_embeddings(t).squeeze_dim::<2>(0).detach())
-            }
-            (PromptMethod::PromptTuning, "SAMPLE_VOCAB") => {
-                return Err(Error::Input(
-                    "prompt_tuning_init SAMPLE_VOCAB is not implemented for new prompts".into(),
-                ))
-            }
-            _ => None,
-        };
+        let rows = text_init_rows(&config, init_ids, &device, |t| model.input_embeddings(t))?;
         let prompt = PromptEncoder::init(&config, rows, &device);
         Ok(Self {
             model,
@@ -141,18 +118,9 @@ impl<B: Backend> Seq2SeqPromptModel<B> {
                 msg: "the file holds the projection's output; it can be loaded for inference only (as in peft)".into(),
             }));
         }
-        let want = vec![config.stored_rows(), config.row_width()];
-        if t.shape != want {
-            return Err(peft_err(PeftError::ShapeMismatch {
-                path: dir.join(kiln_peft::io::WEIGHTS_FILE),
-                key: kiln_peft::prompt::PROMPT_KEY.into(),
-                expected: want,
-                found: t.shape,
-            }));
-        }
         config.inference_mode = !is_trainable;
         let device = EncoderDecoder::<B>::device(&model);
-        let rows = Tensor::<B, 2>::from_data(TensorData::new(t.data, t.shape), &device);
+        let rows = prompt_rows_from_file(&config, t, dir, &device)?;
         Ok(Self {
             model,
             prompt: PromptEncoder::from_rows(rows),

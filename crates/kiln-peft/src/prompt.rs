@@ -243,6 +243,24 @@ impl PromptLearningConfig {
         self.task_type.as_deref() == Some("SEQ_2_SEQ_LM")
     }
 
+    /// Whether the config is for sequence classification (`task_type` `SEQ_CLS`: peft trains and saves the
+    /// classification head beside the prompt, as `modules_to_save`).
+    pub fn is_seq_cls(&self) -> bool {
+        self.task_type.as_deref() == Some("SEQ_CLS")
+    }
+
+    /// For sequence classification (peft's `SEQ_CLS`; prompt tuning only): the head is saved with the prompt, as
+    /// peft writes it (`modules_to_save: ["classifier", "score", "classifier", "score"]`).
+    pub fn for_seq_cls(mut self) -> Self {
+        self.task_type = Some("SEQ_CLS".into());
+        self.num_transformer_submodules = Some(1);
+        self.other.insert(
+            "modules_to_save".into(),
+            json!(["classifier", "score", "classifier", "score"]),
+        );
+        self
+    }
+
     /// peft's default `num_transformer_submodules`: 2 for `SEQ_2_SEQ_LM`, else 1.
     fn default_submodules(&self) -> usize {
         if self.is_seq2seq() {
@@ -285,11 +303,18 @@ impl PromptLearningConfig {
             });
         }
         if let Some(t) = &self.task_type {
-            if t != "CAUSAL_LM" && t != "SEQ_2_SEQ_LM" {
+            if t == "SEQ_CLS" && self.method == PromptMethod::PrefixTuning {
+                return unsupported(
+                    "task_type",
+                    "SEQ_CLS prefix tuning: peft 0.21.2 cannot run it on BERT with transformers 5.24 \
+                     (\"Model does not support past key values which are required for prefix tuning\")",
+                );
+            }
+            if t != "CAUSAL_LM" && t != "SEQ_2_SEQ_LM" && t != "SEQ_CLS" {
                 return unsupported(
                     "task_type",
                     &format!(
-                        "`{t}`: prompt learning is implemented for CAUSAL_LM and SEQ_2_SEQ_LM only"
+                        "`{t}`: prompt learning is implemented for CAUSAL_LM, SEQ_2_SEQ_LM and SEQ_CLS (prompt tuning)"
                     ),
                 );
             }
@@ -310,10 +335,11 @@ impl PromptLearningConfig {
             .other
             .get("modules_to_save")
             .is_some_and(|v| !v.is_null())
+            && !self.is_seq_cls()
         {
             return unsupported(
                 "modules_to_save",
-                "not supported with prompt learning in kiln",
+                "supported with prompt learning only for SEQ_CLS (the classification head)",
             );
         }
         if self.method == PromptMethod::PromptTuning
@@ -356,7 +382,12 @@ impl PromptLearningConfig {
         put("revision", json!(self.revision));
         put("inference_mode", json!(self.inference_mode));
         put("auto_mapping", Value::Null);
-        put("modules_to_save", Value::Null);
+        let mts = self
+            .other
+            .get("modules_to_save")
+            .cloned()
+            .unwrap_or(Value::Null);
+        put("modules_to_save", mts);
         match self.method {
             PromptMethod::PromptTuning => {
                 put("prompt_tuning_init", json!(self.prompt_tuning_init));
@@ -589,8 +620,24 @@ pub fn save_prompt<B: Backend>(
 }
 
 /// Read an adapter directory: its config and `prompt_embeddings` (checked to be `[n, row_width]` once the config
-/// is resolved by the caller; here only the key set is checked).
+/// is resolved by the caller; here only the key set is checked). Any other tensor is an error.
 pub fn read_prompt(dir: &Path) -> Result<(PromptLearningConfig, RawTensor)> {
+    let (cfg, t, extra) = read_prompt_with_modules(dir)?;
+    if let Some(k) = extra.keys().next() {
+        return Err(PeftError::UnsupportedKey {
+            path: dir.join(WEIGHTS_FILE),
+            key: k.clone(),
+            kind: "tensor other than `prompt_embeddings`".into(),
+        });
+    }
+    Ok((cfg, t))
+}
+
+/// [`read_prompt`] for configs with `modules_to_save` (SEQ_CLS): also returns the saved modules' tensors, keyed
+/// as peft writes them (`base_model.classifier.weight`, Hugging Face layout).
+pub fn read_prompt_with_modules(
+    dir: &Path,
+) -> Result<(PromptLearningConfig, RawTensor, BTreeMap<String, RawTensor>)> {
     let cfg = PromptLearningConfig::load(&dir.join(CONFIG_FILE))?;
     let path = dir.join(WEIGHTS_FILE);
     let mut file = read_tensors(&path)?;
@@ -600,14 +647,24 @@ pub fn read_prompt(dir: &Path) -> Result<(PromptLearningConfig, RawTensor)> {
             path: path.clone(),
             key: PROMPT_KEY.into(),
         })?;
-    if let Some(k) = file.keys().next() {
-        return Err(PeftError::UnsupportedKey {
-            path,
-            key: k.clone(),
-            kind: "tensor other than `prompt_embeddings`".into(),
-        });
+    Ok((cfg, t, file))
+}
+
+/// [`save_prompt`] plus the `modules_to_save` tensors (`extra`, keyed and laid out as peft writes them).
+pub fn save_prompt_with_modules<B: Backend>(
+    dir: &Path,
+    cfg: &PromptLearningConfig,
+    encoder: &PromptEncoder<B>,
+    extra: BTreeMap<String, RawTensor>,
+) -> Result<()> {
+    save_prompt(dir, cfg, encoder)?;
+    if extra.is_empty() {
+        return Ok(());
     }
-    Ok((cfg, t))
+    let path = dir.join(WEIGHTS_FILE);
+    let mut all = read_tensors(&path)?;
+    all.extend(extra);
+    write_tensors(&path, &all)
 }
 
 #[cfg(test)]
@@ -638,5 +695,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, PeftError::Unsupported { .. }), "{e}");
+        let e = PromptLearningConfig::from_json(
+            p,
+            r#"{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "task_type": "TOKEN_CLS"}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(e, PeftError::Unsupported { .. }), "{e}");
+        let c = PromptLearningConfig::prompt_tuning(2).for_seq_cls();
+        assert_eq!(PromptLearningConfig::from_json(p, &c.to_json()).unwrap(), c);
     }
 }

@@ -13,6 +13,7 @@ mod icl;
 mod opt;
 mod peft;
 mod prompt;
+mod prompt_bert;
 mod prompt_seq2seq;
 mod s2s;
 mod t5;

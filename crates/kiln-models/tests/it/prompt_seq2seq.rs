@@ -14,7 +14,7 @@ use kiln_models::generation::GenerationConfig;
 use kiln_models::prompt_seq2seq::Seq2SeqPromptModel;
 use kiln_models::seq2seq::generate;
 use kiln_models::tokenizer::Tokenizer;
-use kiln_peft::{read_tensors, PromptLearningConfig};
+use kiln_peft::PromptLearningConfig;
 use serde_json::Value;
 
 use crate::common::*;
@@ -156,21 +156,8 @@ fn save_load_round_trip_in_peft_layout() {
             .unwrap();
         let tmp = tempfile::tempdir().unwrap();
         m.save_pretrained(tmp.path()).unwrap();
-        let theirs = read_tensors(&dir(name).join("adapter_model.safetensors")).unwrap();
-        let ours = read_tensors(&tmp.path().join("adapter_model.safetensors")).unwrap();
-        assert_eq!(
-            theirs.keys().collect::<Vec<_>>(),
-            ours.keys().collect::<Vec<_>>()
-        );
-        for (k, t) in &theirs {
-            assert_eq!(t.shape, ours[k].shape, "{name} {k}");
-            assert!(max_abs_diff(&t.data, &ours[k].data) < 1e-6, "{name} {k}");
-        }
-        let cfg = |p: &std::path::Path| -> Value {
-            serde_json::from_str(&std::fs::read_to_string(p.join("adapter_config.json")).unwrap())
-                .unwrap()
-        };
-        let (a, b2) = (cfg(&dir(name)), cfg(tmp.path()));
+        assert_same_tensors(&dir(name), tmp.path(), 1e-6);
+        let (a, b2) = (adapter_config(&dir(name)), adapter_config(tmp.path()));
         for k in [
             "peft_type",
             "task_type",
@@ -287,16 +274,6 @@ fn adamw_trains_only_the_prompt_and_the_base_stays_bit_identical() {
         before.visit(&mut visitor);
         assert_eq!(a.len(), visitor.0.len());
         assert!(a == visitor.0, "{b}: base weights changed");
-    }
-}
-
-/// Every float parameter's values, in visiting order.
-struct Collect(Vec<Vec<f32>>);
-
-impl<BB: Backend> burn::module::ModuleVisitor<BB> for Collect {
-    fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<BB, D>>) {
-        self.0
-            .push(p.val().into_data().convert::<f32>().to_vec().unwrap());
     }
 }
 
