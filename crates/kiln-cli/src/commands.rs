@@ -768,6 +768,10 @@ pub struct TrainArgs {
     /// Continue from the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Also write the checkpoint every this many optimizer steps (it is always written at the end of
+    /// each epoch).
+    #[arg(long)]
+    pub save_every_steps: Option<usize>,
     /// Bottleneck size of the adapters (bert-adapters-sst2).
     #[arg(long)]
     pub adapter_size: Option<usize>,
@@ -785,9 +789,15 @@ pub fn train(a: TrainArgs) -> Res {
             kiln_train::recipes::RECIPES.join(", ")
         ));
     }
-    if a.epochs == Some(0) || a.batch_size == Some(0) || a.learning_rate.is_some_and(|l| !(l > 0.0))
+    if a.epochs == Some(0)
+        || a.batch_size == Some(0)
+        || a.save_every_steps == Some(0)
+        || a.learning_rate.is_some_and(|l| !(l > 0.0))
     {
-        return Err("--epochs, --batch-size and --learning-rate must be positive".into());
+        return Err(
+            "--epochs, --batch-size, --save-every-steps and --learning-rate must be positive"
+                .into(),
+        );
     }
     let device = backend::device()?;
     let args = kiln_train::recipes::RecipeArgs {
@@ -802,6 +812,7 @@ pub fn train(a: TrainArgs) -> Res {
         max_steps: a.max_steps,
         seed: a.seed,
         resume: a.resume,
+        save_every_steps: a.save_every_steps,
         progress: !a.no_progress && !a.json,
         adapter_size: a.adapter_size,
     };
