@@ -79,6 +79,19 @@ pub struct GenArgs {
 }
 
 impl GenArgs {
+    /// Reject flag values that are wrong whatever the checkpoint's generation_config.json says (num_beams 0,
+    /// top_p outside (0, 1], a temperature that is not positive, …), before anything is loaded. The flags are
+    /// laid over the defaults with sampling on, which turns off the one check that depends on other fields
+    /// (num_return_sequences vs num_beams), so every error here is an error of the flags themselves; that
+    /// check runs again on the checkpoint's settings once loaded ([`GenArgs::apply`]).
+    pub fn precheck(&self) -> Result<(), String> {
+        let base = GenerationConfig {
+            do_sample: true,
+            ..GenerationConfig::default()
+        };
+        self.apply(base).map(|_| ())
+    }
+
     /// Overlay the flags on the checkpoint defaults and validate the result.
     pub fn apply(
         &self,
@@ -146,6 +159,7 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(a: GenerateArgs) -> Res {
+    a.gen.precheck()?;
     let device = backend::device()?;
     let mut pipe = CausalPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
     pipe.model = with_adapter(pipe.model, a.adapter.as_ref())?;
@@ -461,6 +475,7 @@ pub struct ZeroShotArgs {
 }
 
 pub fn zero_shot(a: ZeroShotArgs) -> Res {
+    a.gen.precheck()?;
     let device = backend::device()?;
     let pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device)
         .map_err(s)?;
@@ -522,6 +537,7 @@ pub struct SummarizeArgs {
 }
 
 pub fn summarize(a: SummarizeArgs) -> Res {
+    a.gen.precheck()?;
     let device = backend::device()?;
     let mut pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device)
         .map_err(s)?;

@@ -219,13 +219,14 @@ fn every_recipe_runs_offline_on_the_bundled_defaults() {
 
 #[test]
 fn nonsense_flags_are_rejected_before_any_work() {
-    let gpt2 = fx("gpt2");
+    // A model that does not exist: a flag error (not a loading error) shows the flags are checked first.
+    let missing = "/nonexistent/model-for-flag-checks".to_string();
     for (args, needle) in [
         (
             vec![
                 "generate",
                 "--model-dir",
-                &gpt2,
+                &missing,
                 "--prompt",
                 "hi",
                 "--num-beams",
@@ -237,7 +238,7 @@ fn nonsense_flags_are_rejected_before_any_work() {
             vec![
                 "generate",
                 "--model-dir",
-                &gpt2,
+                &missing,
                 "--prompt",
                 "hi",
                 "--do-sample",
@@ -250,7 +251,7 @@ fn nonsense_flags_are_rejected_before_any_work() {
             vec![
                 "generate",
                 "--model-dir",
-                &gpt2,
+                &missing,
                 "--prompt",
                 "hi",
                 "--do-sample",
@@ -263,7 +264,7 @@ fn nonsense_flags_are_rejected_before_any_work() {
             vec![
                 "generate",
                 "--model-dir",
-                &gpt2,
+                &missing,
                 "--prompt",
                 "hi",
                 "--early-stopping",
@@ -282,8 +283,46 @@ fn nonsense_flags_are_rejected_before_any_work() {
             "nonexistent",
         ),
         (
+            vec![
+                "zero-shot",
+                "--model-dir",
+                &missing,
+                "--context",
+                "c",
+                "--question",
+                "q",
+                "--top-p",
+                "0",
+            ],
+            "top_p",
+        ),
+        (
+            vec![
+                "summarize",
+                "--model-dir",
+                &missing,
+                "--input",
+                "/nonexistent/article.txt",
+                "--num-return-sequences",
+                "0",
+            ],
+            "num_return_sequences",
+        ),
+        (
             vec!["train", "--recipe", "no-such-recipe"],
             "unknown recipe",
+        ),
+        (
+            vec![
+                "train",
+                "--recipe",
+                "bert-sst2",
+                "--model",
+                &missing,
+                "--save-every-steps",
+                "0",
+            ],
+            "positive",
         ),
         (
             vec!["train", "--recipe", "bert-sst2", "--epochs", "0"],
@@ -294,6 +333,12 @@ fn nonsense_flags_are_rejected_before_any_work() {
         assert!(!ok, "{args:?} should fail");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        if needle != "nonexistent" {
+            assert!(
+                !stderr.contains("model-for-flag-checks"),
+                "{args:?}: rejected only after trying to load the model: {stderr}"
+            );
+        }
     }
 }
 
