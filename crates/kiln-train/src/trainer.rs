@@ -393,6 +393,14 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             p.display()
         );
     }
+    // One checkpoint: the model in f32, and Adam's two moments per trainable parameter.
+    let params = count_params::<B, _>(&model) as u64;
+    let trainable = if trainable_params == 0 {
+        params
+    } else {
+        trainable_params as u64
+    };
+    check_free_space(&cfg.out_dir, 4 * (params + 2 * trainable), "one checkpoint")?;
     let device = model
         .devices()
         .into_iter()
@@ -434,14 +442,6 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
         writeln!(metrics, "{v}").map_err(|e| io(&metrics_path, e))
     };
     let total_params = count_params::<B, _>(&model);
-    // One checkpoint: the model in f32, and Adam's two moments per trainable parameter.
-    let trainable = if trainable_params == 0 {
-        total_params
-    } else {
-        trainable_params
-    };
-    let checkpoint_bytes = 4 * (total_params as u64 + 2 * trainable as u64);
-    check_free_space(&cfg.out_dir, checkpoint_bytes, "one checkpoint")?;
     let (metric_name, higher_better) = task.primary_metric();
     let t0 = Instant::now();
     let mut examples = 0usize;
