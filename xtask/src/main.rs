@@ -427,6 +427,10 @@ fn fuzz(secs: u64, targets: &[String], sanitizer: &str) -> Result<(), String> {
             .output()
             .map_err(|e| format!("cargo fuzz: {e} (install it with `cargo install cargo-fuzz`)"))?;
         let log = String::from_utf8_lossy(&out.stderr);
+        // Keep the whole libFuzzer log (fuzz/logs/ is git-ignored) for the figures in docs/reliability.md.
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+        std::fs::write(logs.join(format!("{t}.log")), log.as_bytes()).map_err(|e| e.to_string())?;
         let stat = |k: &str| {
             log.lines()
                 .find_map(|l| l.strip_prefix(k))

@@ -79,6 +79,19 @@ pub struct GenArgs {
 }
 
 impl GenArgs {
+    /// Reject flag values that are wrong whatever the checkpoint's generation_config.json says (num_beams 0,
+    /// top_p outside (0, 1], a temperature that is not positive, …), before anything is loaded. The flags are
+    /// laid over the defaults with sampling on, which turns off the one check that depends on other fields
+    /// (num_return_sequences vs num_beams), so every error here is an error of the flags themselves; that
+    /// check runs again on the checkpoint's settings once loaded ([`GenArgs::apply`]).
+    pub fn precheck(&self) -> Result<(), String> {
+        let base = GenerationConfig {
+            do_sample: true,
+            ..GenerationConfig::default()
+        };
+        self.apply(base).map(|_| ())
+    }
+
     /// Overlay the flags on the checkpoint defaults and validate the result.
     pub fn apply(
         &self,
@@ -146,6 +159,7 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(a: GenerateArgs) -> Res {
+    a.gen.precheck()?;
     let device = backend::device()?;
     let mut pipe = CausalPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
     let prompt_model = match a.adapter.as_ref() {
@@ -473,6 +487,7 @@ pub struct ZeroShotArgs {
 }
 
 pub fn zero_shot(a: ZeroShotArgs) -> Res {
+    a.gen.precheck()?;
     let device = backend::device()?;
     let pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device)
         .map_err(s)?;
@@ -534,6 +549,7 @@ pub struct SummarizeArgs {
 }
 
 pub fn summarize(a: SummarizeArgs) -> Res {
+    a.gen.precheck()?;
     let device = backend::device()?;
     let mut pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device)
         .map_err(s)?;
@@ -803,6 +819,10 @@ pub struct TrainArgs {
     /// Continue from the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Also write the checkpoint every this many optimizer steps (it is always written at the end of
+    /// each epoch).
+    #[arg(long)]
+    pub save_every_steps: Option<usize>,
     /// Bottleneck size of the adapters (bert-adapters-sst2).
     #[arg(long)]
     pub adapter_size: Option<usize>,
@@ -826,10 +846,11 @@ pub fn train(a: TrainArgs) -> Res {
     if a.epochs == Some(0)
         || a.batch_size == Some(0)
         || a.num_virtual_tokens == Some(0)
+        || a.save_every_steps == Some(0)
         || a.learning_rate.is_some_and(|l| !(l > 0.0))
     {
         return Err(
-            "--epochs, --batch-size, --num-virtual-tokens and --learning-rate must be positive"
+            "--epochs, --batch-size, --num-virtual-tokens, --save-every-steps and --learning-rate must be positive"
                 .into(),
         );
     }
@@ -846,6 +867,7 @@ pub fn train(a: TrainArgs) -> Res {
         max_steps: a.max_steps,
         seed: a.seed,
         resume: a.resume,
+        save_every_steps: a.save_every_steps,
         progress: !a.no_progress && !a.json,
         adapter_size: a.adapter_size,
         num_virtual_tokens: a.num_virtual_tokens,

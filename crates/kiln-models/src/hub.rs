@@ -88,10 +88,16 @@ impl Source {
         if p.is_dir() {
             return Ok(Source::Dir(p.to_path_buf()));
         }
+        // A hub id names a cache folder (`models--owner--name`) and URL segments: one or two plain
+        // components, never `.`/`..`, a separator or a control character.
         if spec.starts_with('.')
             || spec.starts_with('/')
             || spec.split('/').count() > 2
             || spec.is_empty()
+            || spec
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+            || spec.contains(|c: char| c == '\\' || c.is_control())
         {
             return Err(Error::MissingFile {
                 path: p.to_path_buf(),
@@ -132,6 +138,7 @@ impl Source {
     /// The path of `file`, downloading it into the cache when needed. `Ok(None)` when the file does not
     /// exist (locally, or on the hub / in the offline cache).
     pub fn file(&self, file: &str) -> Result<Option<PathBuf>> {
+        check_repo_path(self, file)?;
         match self {
             Source::Dir(d) => {
                 let p = d.join(file);
@@ -281,6 +288,36 @@ impl Source {
             }
         }
     }
+}
+
+/// A file name inside a repository comes from input data (an index's `weight_map`, a hub listing): it must
+/// stay inside the repository (and the hub cache's snapshot folder), so it is a relative `/`-separated
+/// path without `.`/`..`/empty components, backslashes or control characters.
+fn check_repo_path(src: &Source, file: &str) -> Result<()> {
+    let bad = file.is_empty()
+        || file.starts_with('/')
+        || file.contains(|c: char| c == '\\' || c.is_control())
+        || file
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if !bad {
+        return Ok(());
+    }
+    let msg = format!(
+        "unsafe file name `{}` (it would leave the repository)",
+        file.escape_debug()
+    );
+    Err(match src {
+        Source::Dir(d) => Error::MissingFile {
+            path: d.clone(),
+            hint: format!(": {msg}"),
+        },
+        Source::Hub { id, .. } => Error::Hub {
+            repo: id.clone(),
+            file: file.into(),
+            msg,
+        },
+    })
 }
 
 /// Collect the files under `dir` (following symlinks, as the hub cache's snapshots are links into `blobs/`).

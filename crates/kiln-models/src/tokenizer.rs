@@ -53,6 +53,10 @@ impl Tokenizer {
         if wp.is_file() {
             return Self::from_wordpiece_vocab(&wp, Self::do_lower_case(dir)?);
         }
+        if vocab.is_file() || merges.is_file() {
+            // One of the BPE pair without the other: name the missing one (from_bpe_files checks both).
+            return Self::from_bpe_files(&vocab, &merges);
+        }
         Err(Error::MissingFile {
             path: json,
             hint: " (nor vocab.json + merges.txt, nor vocab.txt)".into(),
@@ -113,7 +117,7 @@ impl Tokenizer {
             if !p.is_file() {
                 return Err(Error::MissingFile {
                     path: p.to_path_buf(),
-                    hint: String::new(),
+                    hint: " (a byte-level BPE tokenizer needs vocab.json and merges.txt)".into(),
                 });
             }
         }

@@ -59,6 +59,10 @@ pub enum PeftError {
     #[error("adapter `{0}` already exists")]
     DuplicateAdapter(String),
 
+    /// An adapter name that cannot be a single directory name (peft saves adapter `name` in `dir/name`).
+    #[error("invalid adapter name `{name}`: {why}")]
+    InvalidAdapterName { name: String, why: &'static str },
+
     #[error("no adapter named `{name}` (have: {have})")]
     UnknownAdapter { name: String, have: String },
 

@@ -212,6 +212,7 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
     /// peft's `save_pretrained`: adapter `default` in `dir`, every other adapter in `dir/<name>`.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         for name in self.adapter_names() {
+            crate::lora::check_adapter_name(name)?;
             let d = if name == "default" {
                 dir.to_path_buf()
             } else {

@@ -33,6 +33,6 @@ pub use error::{PeftError, Result};
 pub use freeze::{freeze_except, trainable_summary};
 pub use io::{read_tensors, write_tensors, RawTensor};
 pub use linear::{LoraInit, LoraLayer, PeftLinear};
-pub use lora::{LoraModel, ParamCount, PlannedLayer};
+pub use lora::{check_adapter_name, LoraModel, ParamCount, PlannedLayer};
 pub use model::{base_params, BaseParam, PeftModel};
 pub use prompt::{PromptEncoder, PromptLearningConfig, PromptMethod};

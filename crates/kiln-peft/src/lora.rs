@@ -12,6 +12,28 @@ use crate::error::{PeftError, Result};
 use crate::linear::{LoraInit, LoraLayer};
 use crate::model::{base_params, linear_paths, map_base_params, BaseParam, ParamAction, PeftModel};
 
+/// Check that an adapter name can name a subdirectory of a save directory and nothing else: not empty, no
+/// `.` (as peft, whose adapters are `ModuleDict` keys; this also rules out `.` and `..`), no path
+/// separator, no NUL. [`LoraModel::save_pretrained`] writes adapter `name` into `dir/name`, so a name
+/// from input data can never lead a write out of `dir`.
+pub fn check_adapter_name(name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        "empty"
+    } else if name.contains('.') {
+        "contains `.` (peft adapter names cannot; `..` would leave the save directory)"
+    } else if name.contains(['/', '\\']) {
+        "contains a path separator"
+    } else if name.contains('\0') {
+        "contains NUL"
+    } else {
+        return Ok(());
+    };
+    Err(PeftError::InvalidAdapterName {
+        name: name.into(),
+        why,
+    })
+}
+
 /// A model with named LoRA adapters (peft's `PeftModel` around a `LoraModel`).
 ///
 /// The wrapped model stays a plain kiln model: run it through [`Self::model`] (its forward passes include the
@@ -111,6 +133,7 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
         name: &str,
         mut config: LoraConfig,
     ) -> Result<(LoraConfig, Vec<PlannedLayer>)> {
+        check_adapter_name(name)?;
         if self.adapters.iter().any(|(n, _)| n == name) {
             return Err(PeftError::DuplicateAdapter(name.into()));
         }

@@ -50,6 +50,8 @@ pub struct RecipeArgs {
     pub max_steps: Option<usize>,
     pub seed: Option<u64>,
     pub resume: bool,
+    /// Also checkpoint every this many optimizer steps (besides the end of each epoch).
+    pub save_every_steps: Option<usize>,
     pub progress: bool,
     /// Bottleneck size for the adapter recipes.
     pub adapter_size: Option<usize>,
@@ -62,6 +64,25 @@ fn load_opts(max: Option<usize>) -> LoadOptions {
         max_samples: max,
         ..Default::default()
     }
+}
+
+/// The features of a tokenized split, warning on stderr about rows cut to the length limit (a row longer
+/// than the model takes is truncated, never an error or an index panic).
+fn features(what: &str, t: kiln_data::Tokenized) -> Vec<kiln_data::Features> {
+    let n = t.features.len();
+    if t.truncated > 0 {
+        eprintln!(
+            "warning: {} of {n} {what} rows were longer than the length limit and were truncated",
+            t.truncated
+        );
+    }
+    if t.truncated_targets > 0 {
+        eprintln!(
+            "warning: {} of {n} {what} targets were longer than the length limit and were truncated",
+            t.truncated_targets
+        );
+    }
+    t.features
 }
 
 fn write_json(path: &std::path::Path, v: &Value) -> Result<()> {
@@ -112,6 +133,7 @@ fn train_config(a: &RecipeArgs, epochs: usize, lr: f64, optimizer: OptimizerKind
         max_steps: a.max_steps,
         out_dir: a.out_dir.clone(),
         resume: a.resume,
+        save_every_steps: a.save_every_steps,
         progress: a.progress,
         ..Default::default()
     }
@@ -137,7 +159,10 @@ fn t5_prompt_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Res
     let pad = pipe.generation.pad_token_id.unwrap_or(0);
     let bs = a.batch_size.unwrap_or(16);
     let train_b = Batcher::new(
-        tokenize_seq2seq(&pipe.tokenizer, &train_ex, lengths)?.features,
+        features(
+            "training",
+            tokenize_seq2seq(&pipe.tokenizer, &train_ex, lengths)?,
+        ),
         BatchOptions {
             batch_size: bs,
             pad_id: pad,
@@ -147,7 +172,10 @@ fn t5_prompt_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Res
         },
     )?;
     let eval_b = Batcher::new(
-        tokenize_seq2seq(&pipe.tokenizer, &eval_ex, lengths)?.features,
+        features(
+            "evaluation",
+            tokenize_seq2seq(&pipe.tokenizer, &eval_ex, lengths)?,
+        ),
         BatchOptions {
             batch_size: bs,
             pad_id: pad,
@@ -195,14 +223,16 @@ fn bert_sst2<B: AutodiffBackend>(
         .clone()
         .unwrap_or_else(|| "stanfordnlp/sst2".into());
     let dir = resolve_model(&model_spec)?;
-    let (_, model, load) = bert::load_for_classification::<B>(&dir, device)?;
+    let (bert_cfg, model, load) = bert::load_for_classification::<B>(&dir, device)?;
+    // 64 tokens as the seed notebook, never more than the model has positions for.
+    let max_len = Some(bert_cfg.max_position_embeddings.min(64));
     let tok = Tokenizer::from_dir(&dir)?;
     let pad = tok.token_to_id("[PAD]").unwrap_or(0);
     let bs = a.batch_size.unwrap_or(16);
     let train_ex = load_sst2(&data, Split::Train, &load_opts(a.max_samples))?.examples;
     let eval_ex = load_sst2(&data, Split::Validation, &load_opts(a.max_eval_samples))?.examples;
     let train_b = Batcher::new(
-        tokenize_sentiment(&tok, &train_ex, Some(64))?.features,
+        features("training", tokenize_sentiment(&tok, &train_ex, max_len)?),
         BatchOptions {
             batch_size: bs,
             pad_id: pad,
@@ -212,7 +242,7 @@ fn bert_sst2<B: AutodiffBackend>(
         },
     )?;
     let eval_b = Batcher::new(
-        tokenize_sentiment(&tok, &eval_ex, Some(64))?.features,
+        features("evaluation", tokenize_sentiment(&tok, &eval_ex, max_len)?),
         BatchOptions {
             batch_size: bs,
             pad_id: pad,
@@ -390,7 +420,10 @@ fn bart_cnndm<B: AutodiffBackend>(
     let pad = pipe.generation.pad_token_id.unwrap_or(1);
     let bs = a.batch_size.unwrap_or(4);
     let train_b = Batcher::new(
-        tokenize_seq2seq(&pipe.tokenizer, &train_ex, lengths)?.features,
+        features(
+            "training",
+            tokenize_seq2seq(&pipe.tokenizer, &train_ex, lengths)?,
+        ),
         BatchOptions {
             batch_size: bs,
             pad_id: pad,
@@ -401,7 +434,10 @@ fn bart_cnndm<B: AutodiffBackend>(
         },
     )?;
     let eval_b = Batcher::new(
-        tokenize_seq2seq(&pipe.tokenizer, &eval_ex, lengths)?.features,
+        features(
+            "evaluation",
+            tokenize_seq2seq(&pipe.tokenizer, &eval_ex, lengths)?,
+        ),
         BatchOptions {
             batch_size: bs,
             pad_id: pad,
@@ -531,7 +567,10 @@ fn prompt_tuning_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) ->
         .unwrap_or(0);
     let bs = a.batch_size.unwrap_or(8);
     let train_b = Batcher::new(
-        kiln_data::tokenize_texts(&pipe.tokenizer, &refs, Some(96))?.features,
+        features(
+            "training",
+            kiln_data::tokenize_texts(&pipe.tokenizer, &refs, Some(96))?,
+        ),
         BatchOptions {
             batch_size: bs,
             pad_id: pad,

@@ -198,6 +198,7 @@ fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B> + Clone, O: Optimize
         .map_err(|e| io(&tmp, e))?;
     rec.record(optim.to_record(), tmp.join("optimizer"))
         .map_err(|e| io(&tmp, e))?;
+    test_hook_stall(name, &tmp);
     let st = serde_json::to_string(state).map_err(|e| io(&tmp, e))?;
     std::fs::write(tmp.join("state.json"), st).map_err(|e| io(&tmp, e))?;
     if fin.exists() {
@@ -211,6 +212,60 @@ fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B> + Clone, O: Optimize
         std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
     }
     Ok(())
+}
+
+/// Test hook (used by kiln-cli's `killed_during_a_checkpoint_write_resumes_from_the_last_complete_one`):
+/// with `KILN_TEST_STALL_IN_CHECKPOINT=<n>` in the environment, the `n`-th write of `checkpoint` in this
+/// process tears its temp directory (the optimizer file cut to half its length, no `state.json`), prints
+/// `kiln-test: stalled in checkpoint write <dir>` to stderr and sleeps until the test kills the process.
+/// Without the variable it does nothing.
+fn test_hook_stall(name: &str, tmp: &Path) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    if name != "checkpoint" {
+        return;
+    }
+    let Some(n) = std::env::var("KILN_TEST_STALL_IN_CHECKPOINT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    if WRITES.fetch_add(1, Ordering::SeqCst) + 1 != n {
+        return;
+    }
+    if let Ok(rd) = std::fs::read_dir(tmp) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with("optimizer"))
+            {
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = f.set_len(len / 2);
+                    let _ = f.sync_all();
+                }
+            }
+        }
+    }
+    eprintln!("kiln-test: stalled in checkpoint write {}", tmp.display());
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// Remove temp directories left by a run killed while writing a checkpoint (`checkpoint.tmp`, `best.tmp`):
+/// they are never complete, and [`latest_checkpoint`] never reads them. Returns the ones removed.
+pub fn remove_stale_temps(out_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for name in ["checkpoint.tmp", "best.tmp"] {
+        let p = out_dir.join(name);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| io(&p, e))?;
+            removed.push(p);
+        }
+    }
+    Ok(removed)
 }
 
 /// The newest complete checkpoint directory: `checkpoint`, or `checkpoint.old` if a run died between
@@ -235,6 +290,42 @@ pub fn check_out_dir(dir: &Path) -> Result<()> {
         .map_err(|e| io(dir, format!("output directory is not writable: {e}")))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
+}
+
+/// Bytes free for an unprivileged writer on the filesystem holding `dir` (`None` where it cannot be told).
+pub fn free_space(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a NUL-terminated path and `st` a properly sized, writable statvfs.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// Check that `dir` has room for `needed` bytes (a disk that is already too full is reported before
+/// training starts, not at the first checkpoint). Does nothing where the free space cannot be told.
+pub fn check_free_space(dir: &Path, needed: u64, what: &str) -> Result<()> {
+    match free_space(dir) {
+        Some(free) if free < needed => Err(io(
+            dir,
+            format!(
+                "not enough free disk space for {what}: about {} MiB needed, {} MiB free",
+                needed.div_ceil(1 << 20),
+                free / (1 << 20)
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Train `model` on `task` with batches from `batcher`.
@@ -296,6 +387,20 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
     trainable_params: usize,
 ) -> Result<(T::Model, TrainReport)> {
     check_out_dir(&cfg.out_dir)?;
+    for p in remove_stale_temps(&cfg.out_dir)? {
+        eprintln!(
+            "removed {}: an incomplete checkpoint left by an interrupted run",
+            p.display()
+        );
+    }
+    // One checkpoint: the model in f32, and Adam's two moments per trainable parameter.
+    let params = count_params::<B, _>(&model) as u64;
+    let trainable = if trainable_params == 0 {
+        params
+    } else {
+        trainable_params as u64
+    };
+    check_free_space(&cfg.out_dir, 4 * (params + 2 * trainable), "one checkpoint")?;
     let device = model
         .devices()
         .into_iter()

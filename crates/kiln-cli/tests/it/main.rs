@@ -264,13 +264,14 @@ fn every_recipe_runs_offline_on_the_bundled_defaults() {
 
 #[test]
 fn nonsense_flags_are_rejected_before_any_work() {
-    let gpt2 = fx("gpt2");
+    // A model that does not exist: a flag error (not a loading error) shows the flags are checked first.
+    let missing = "/nonexistent/model-for-flag-checks".to_string();
     for (args, needle) in [
         (
             vec![
                 "generate",
                 "--model-dir",
-                &gpt2,
+                &missing,
                 "--prompt",
                 "hi",
                 "--num-beams",
@@ -282,7 +283,7 @@ fn nonsense_flags_are_rejected_before_any_work() {
             vec![
                 "generate",
                 "--model-dir",
-                &gpt2,
+                &missing,
                 "--prompt",
                 "hi",
                 "--do-sample",
@@ -295,7 +296,7 @@ fn nonsense_flags_are_rejected_before_any_work() {
             vec![
                 "generate",
                 "--model-dir",
-                &gpt2,
+                &missing,
                 "--prompt",
                 "hi",
                 "--do-sample",
@@ -308,7 +309,7 @@ fn nonsense_flags_are_rejected_before_any_work() {
             vec![
                 "generate",
                 "--model-dir",
-                &gpt2,
+                &missing,
                 "--prompt",
                 "hi",
                 "--early-stopping",
@@ -327,8 +328,46 @@ fn nonsense_flags_are_rejected_before_any_work() {
             "nonexistent",
         ),
         (
+            vec![
+                "zero-shot",
+                "--model-dir",
+                &missing,
+                "--context",
+                "c",
+                "--question",
+                "q",
+                "--top-p",
+                "0",
+            ],
+            "top_p",
+        ),
+        (
+            vec![
+                "summarize",
+                "--model-dir",
+                &missing,
+                "--input",
+                "/nonexistent/article.txt",
+                "--num-return-sequences",
+                "0",
+            ],
+            "num_return_sequences",
+        ),
+        (
             vec!["train", "--recipe", "no-such-recipe"],
             "unknown recipe",
+        ),
+        (
+            vec![
+                "train",
+                "--recipe",
+                "bert-sst2",
+                "--model",
+                &missing,
+                "--save-every-steps",
+                "0",
+            ],
+            "positive",
         ),
         (
             vec!["train", "--recipe", "bert-sst2", "--epochs", "0"],
@@ -339,6 +378,12 @@ fn nonsense_flags_are_rejected_before_any_work() {
         assert!(!ok, "{args:?} should fail");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        if needle != "nonexistent" {
+            assert!(
+                !stderr.contains("model-for-flag-checks"),
+                "{args:?}: rejected only after trying to load the model: {stderr}"
+            );
+        }
     }
 }
 
@@ -653,4 +698,197 @@ fn kiln_with_adapter(args: &[&str], adapter: Option<&str>) -> String {
     let (ok, out, err) = kiln(&all);
     assert!(ok, "{err}");
     out
+}
+
+/// `kiln train --recipe bert-sst2` on the tiny BERT and 48 sentiment rows: 6 steps per epoch, 2 epochs,
+/// the checkpoint also written every 4 steps (so: step 4, end of epoch 1 = step 6, step 8, end = step 12).
+fn checkpointed_train_args(out: &Path) -> Vec<String> {
+    [
+        "train",
+        "--recipe",
+        "bert-sst2",
+        "--model",
+        &fx("bert"),
+        "--dataset",
+        &fx("samples/sentiment"),
+        "--max-samples",
+        "48",
+        "--max-eval-samples",
+        "16",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--save-every-steps",
+        "4",
+        "--out",
+        &out.display().to_string(),
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn train_losses(out: &Path) -> Vec<(usize, f64)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train_report.json")).unwrap())
+            .unwrap();
+    serde_json::from_value(v["state"]["losses"].clone()).unwrap()
+}
+
+/// A run SIGKILLed while it writes a checkpoint (the test hook in `kiln_train::trainer` tears the temp
+/// directory and stalls there) resumes, in a new process, from the last complete checkpoint, and ends
+/// with exactly the losses of an uninterrupted run.
+#[test]
+fn killed_during_a_checkpoint_write_resumes_from_the_last_complete_one() {
+    use std::io::BufRead;
+    let t = tempfile::tempdir().unwrap();
+    let whole = t.path().join("whole");
+    let (ok, _, err) = kiln(
+        &checkpointed_train_args(&whole)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(ok, "uninterrupted run failed: {err}");
+    let want = train_losses(&whole);
+    assert_eq!(want.len(), 12);
+
+    // Killed in the second checkpoint write (end of epoch 1, step 6): the complete one is step 4's.
+    let part = t.path().join("part");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(checkpointed_train_args(&part))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("KILN_TEST_STALL_IN_CHECKPOINT", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).unwrap();
+        assert!(n > 0, "kiln exited before the checkpoint hook: {seen}");
+        seen.push_str(&line);
+        if line.starts_with("kiln-test: stalled in checkpoint write") {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL, mid-write
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    // What the kill left: a torn temp directory next to the previous complete checkpoint.
+    let tmp = part.join("checkpoint.tmp");
+    assert!(tmp.is_dir(), "the kill should leave checkpoint.tmp");
+    assert!(!tmp.join("state.json").exists());
+    let len = |p: PathBuf| std::fs::metadata(p).unwrap().len();
+    assert!(
+        len(tmp.join("optimizer.mpk")) < len(part.join("checkpoint/optimizer.mpk")),
+        "the optimizer file in the temp directory is torn"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(part.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["step"], 4, "last complete checkpoint");
+    assert!(!part.join("train_report.json").exists());
+
+    let mut args = checkpointed_train_args(&part);
+    args.push("--resume".into());
+    let (ok, _, err) = kiln(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "resumed run failed: {err}");
+    assert!(
+        err.contains("checkpoint.tmp") && err.contains("interrupted"),
+        "the stale temp is reported: {err}"
+    );
+    assert!(!tmp.exists(), "the torn temp directory is removed");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(part.join("train_report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["resumed_from"],
+        serde_json::json!({"epoch": 0, "batch": 4}),
+        "resumed from step 4's checkpoint"
+    );
+    assert_eq!(
+        train_losses(&part),
+        want,
+        "the resumed run must end with the uninterrupted run's losses"
+    );
+}
+
+/// The output directory is checked before anything is loaded: with a model that does not exist, the
+/// error is still the output directory's.
+#[test]
+fn unwritable_output_directory_is_reported_before_loading_anything() {
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = file.join("run").display().to_string();
+    let (ok, _, stderr) = kiln(&[
+        "train",
+        "--recipe",
+        "bert-sst2",
+        "--model",
+        "/nonexistent/model",
+        "--out",
+        &out,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&out) && stderr.contains("cannot create output directory"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("nonexistent/model"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A dataset row longer than the model takes is truncated with a warning, never an error or a panic.
+#[test]
+fn rows_longer_than_the_model_are_truncated_with_a_warning() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let long = "the film is long and dull . ".repeat(400);
+    for split in ["train", "validation"] {
+        let rows: String = (0..4)
+            .map(|i| {
+                let s = if i == 0 { long.as_str() } else { "a fine film" };
+                format!(
+                    "{}\n",
+                    serde_json::json!({"idx": i, "sentence": s, "label": i % 2})
+                )
+            })
+            .collect();
+        std::fs::write(data.join(format!("{split}.jsonl")), rows).unwrap();
+    }
+    let out = t.path().join("out").display().to_string();
+    let (ok, _, stderr) = kiln(&[
+        "train",
+        "--recipe",
+        "bert-sst2",
+        "--model",
+        &fx("bert"),
+        "--dataset",
+        &data.display().to_string(),
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--out",
+        &out,
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("warning: 1 of 4 training rows were longer than the length limit"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: 1 of 4 evaluation rows"),
+        "{stderr}"
+    );
 }

@@ -384,4 +384,27 @@ fn corrupt_or_missing_tokenizer() {
     std::fs::write(d.join("merges.txt"), "#version: 0.2\na b c d\n").unwrap();
     let e = Tokenizer::from_dir(&d).unwrap_err();
     assert!(matches!(&e, Error::Tokenizer { .. }), "{e}");
+    // A vocab.json that is not JSON, named.
+    std::fs::write(d.join("merges.txt"), "#version: 0.2\na b\n").unwrap();
+    std::fs::write(d.join("vocab.json"), "not json at all").unwrap();
+    let e = Tokenizer::from_dir(&d).unwrap_err();
+    assert!(
+        matches!(&e, Error::Tokenizer { path, .. } if path.ends_with("vocab.json")),
+        "{e}"
+    );
+    // One of the pair missing: the missing file is named.
+    std::fs::write(d.join("vocab.json"), "{\"a\": 0, \"b\": 1, \"ab\": 2}").unwrap();
+    std::fs::remove_file(d.join("merges.txt")).unwrap();
+    let e = Tokenizer::from_dir(&d).unwrap_err();
+    assert!(
+        matches!(&e, Error::MissingFile { path, .. } if path.ends_with("merges.txt")),
+        "{e}"
+    );
+    std::fs::write(d.join("merges.txt"), "#version: 0.2\na b\n").unwrap();
+    std::fs::remove_file(d.join("vocab.json")).unwrap();
+    let e = Tokenizer::from_dir(&d).unwrap_err();
+    assert!(
+        matches!(&e, Error::MissingFile { path, .. } if path.ends_with("vocab.json")),
+        "{e}"
+    );
 }

@@ -215,3 +215,64 @@ fn env_settings_follow_python() {
     assert_eq!(o.revision, "main");
     assert!(o.cache_dir.ends_with("hub"), "{}", o.cache_dir.display());
 }
+
+/// Hub ids and file names come from input data (command lines, dataset ids, an index's `weight_map`);
+/// neither can lead a download out of the cache.
+#[test]
+fn hub_ids_and_file_names_cannot_leave_the_cache() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    for id in [
+        "a/..",
+        "../x",
+        "a/../../b",
+        "a//b",
+        "a/.",
+        "a\\..\\b",
+        "a/b\n",
+    ] {
+        assert!(
+            Source::resolve(id, opts(&cache, None, true)).is_err(),
+            "model id {id:?}"
+        );
+        assert!(
+            Source::resolve_dataset(id, opts(&cache, None, true)).is_err(),
+            "dataset id {id:?}"
+        );
+    }
+    // A repository whose index names a shard outside the snapshot folder.
+    let repo = t.path().join("served");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::copy(
+        fixtures().join("gpt2/config.json"),
+        repo.join("config.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"transformer.wte.weight": "../../../../escaped.safetensors"}}"#,
+    )
+    .unwrap();
+    let hub = FakeHub::start(HashMap::from([("kiln-test/evil".to_string(), repo)]));
+    let src = Source::resolve("kiln-test/evil", opts(&cache, Some(&hub.url), false)).unwrap();
+    match src.materialise() {
+        Err(Error::Hub { file, msg, .. }) => {
+            assert_eq!(file, "../../../../escaped.safetensors");
+            assert!(msg.contains("unsafe file name"), "{msg}");
+        }
+        other => panic!("expected a hub error, got {other:?}"),
+    }
+    for f in ["/etc/passwd", "a/../../b", "", "./x"] {
+        assert!(src.file(f).is_err(), "{f:?}");
+    }
+    let mut top: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        ["cache", "served"],
+        "nothing written outside the cache"
+    );
+}

@@ -449,6 +449,61 @@ fn named_adapters_switch_with_set_adapter() {
     );
 }
 
+/// Adapter names come from callers (and so from input data); `save_pretrained` writes adapter `name` into
+/// `dir/name`, so a name that is not a plain directory name is refused before anything is attached or
+/// written, and nothing lands outside the save directory.
+#[test]
+fn adapter_names_cannot_lead_writes_out_of_the_save_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let save = t.path().join("save");
+    let mut lm =
+        LoraModel::from_pretrained(causal("opt"), &adapter_dir("opt-lora"), false).unwrap();
+    for bad in [
+        "..",
+        "../escaped",
+        "/tmp/abs",
+        "a/b",
+        "a\\b",
+        "",
+        ".",
+        "x.y",
+        "nul\0",
+    ] {
+        assert!(
+            matches!(
+                lm.load_adapter(&adapter_dir("opt-rslora-all"), bad, false),
+                Err(PeftError::InvalidAdapterName { .. })
+            ),
+            "load_adapter({bad:?})"
+        );
+        assert!(
+            matches!(
+                lm.add_adapter(bad, kiln_peft::LoraConfig::default()),
+                Err(PeftError::InvalidAdapterName { .. })
+            ),
+            "add_adapter({bad:?})"
+        );
+    }
+    assert_eq!(lm.adapter_names(), ["default"], "nothing was attached");
+    lm.load_adapter(&adapter_dir("opt-rslora-all"), "second-one_2", false)
+        .unwrap();
+    lm.save_pretrained(&save).unwrap();
+    assert!(save.join("adapter_model.safetensors").is_file());
+    assert!(save
+        .join("second-one_2/adapter_model.safetensors")
+        .is_file());
+    let mut outside: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    outside.sort();
+    assert_eq!(
+        outside,
+        ["save"],
+        "nothing written beside the save directory"
+    );
+}
+
 // ------------------------------------------------------------------------------------------ errors
 
 fn copy_adapter(name: &str) -> (tempfile::TempDir, PathBuf) {

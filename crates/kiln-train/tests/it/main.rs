@@ -238,3 +238,66 @@ fn bad_settings_are_rejected_before_work() {
     };
     assert!(matches!(train(&task, model, &tb, &c, 0), Err(Error::Io(_))));
 }
+
+#[test]
+fn unwritable_or_full_output_directory_is_reported_before_training() {
+    let _guard = serial();
+    let t = tempfile::tempdir().unwrap();
+    let (model, tb, eb) = setup();
+    let task = Classification { eval: eb };
+    // An output path below a regular file can never be created (whoever runs the test, root included).
+    let file = t.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = file.join("run");
+    let c = TrainConfig {
+        out_dir: out.clone(),
+        ..cfg(t.path())
+    };
+    let e = train(&task, model, &tb, &c, 0).unwrap_err();
+    assert!(matches!(e, Error::Io(_)), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&out.display().to_string()) && msg.contains("cannot create output directory"),
+        "{msg}"
+    );
+
+    // A read-only directory: only meaningful where permission bits stop this process (not as root).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let ro = t.path().join("read-only");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let blocked = std::fs::write(ro.join("probe"), b"x").is_err();
+        if blocked {
+            let (model, tb, _) = setup();
+            let c = TrainConfig {
+                out_dir: ro.clone(),
+                ..cfg(t.path())
+            };
+            let e = train(&task, model, &tb, &c, 0).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&ro.display().to_string()) && msg.contains("not writable"),
+                "{msg}"
+            );
+        } else {
+            eprintln!(
+                "running as root: permission bits do not block writes; read-only case skipped"
+            );
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    // Free space: known for the temp dir, and a need larger than any disk is refused, naming the directory.
+    assert!(kiln_train::trainer::free_space(t.path()).is_some_and(|b| b > 0));
+    let e = kiln_train::trainer::check_free_space(t.path(), u64::MAX / 2, "one checkpoint")
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&t.path().display().to_string())
+            && msg.contains("not enough free disk space for one checkpoint"),
+        "{msg}"
+    );
+    kiln_train::trainer::check_free_space(t.path(), 1, "one checkpoint").unwrap();
+}
