@@ -3,11 +3,17 @@
 configs in bench/configs/, fp32, CPU, the given thread count). Prints one JSON object.
 
     python bench/reference/bench.py generate --threads 2 [--quick]
+
+The training workloads (train-bart-lora, train-bart-full, train-bert-adapters) time one optimizer step as kiln's
+`kiln bench train-…` does: forward, token / class cross-entropy, backward, gradient clipping at norm 1.0, AdamW
+(lr 1e-4, weight decay 0.01, eps 1e-8), with every dropout set to 0 (kiln's BART has none). Run one workload per
+process: `peak_rss_bytes` is the process's peak resident memory (getrusage ru_maxrss).
 """
 import argparse
 import json
 import os
 import statistics
+import resource
 import time
 from pathlib import Path
 
@@ -75,15 +81,135 @@ def bert(quick):
     return {"bert_forward_b16_s64": r}
 
 
+def ids(rows, length, lo, hi):
+    return torch.randint(lo, hi, (rows, length))
+
+
+def train_timing(step, forward, reps, fwd_reps):
+    losses = []
+
+    def one():
+        losses.append(step())
+
+    r = timeit(one, reps)
+    f = timeit(forward, fwd_reps)
+    r["steps_per_s"] = 1.0 / r["median_s"]
+    r["forward_median_s"] = f["median_s"]
+    r["losses"] = losses
+    return r
+
+
+def make_step(model, loss_fn):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, eps=1e-8)
+
+    def step():
+        loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def forward():
+        loss_fn().item()
+
+    return step, forward, sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
+
+
+def train_bart(quick, lora):
+    torch.manual_seed(0)
+    cfg = load_config("bart-base")
+    cfg.dropout = cfg.attention_dropout = cfg.activation_dropout = 0.0
+    model = transformers.BartForConditionalGeneration(cfg)
+    if lora:
+        import peft
+        model = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_2_SEQ_LM", r=8, lora_alpha=16,
+                                                           lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    model.train()
+    b, src, tgt = (2, 128, 32) if quick else (4, 512, 128)
+    x = ids(b, src, 3, 50000)
+    labels = ids(b, tgt, 3, 50000)
+    mask = torch.ones_like(x)
+    # labels= makes transformers shift them right after decoder_start_token_id and take the mean token CE.
+    step, forward, trainable, total = make_step(model, lambda: model(input_ids=x, attention_mask=mask,
+                                                                     labels=labels).loss)
+    r = train_timing(step, forward, 2 if quick else 3, 1 if quick else 2)
+    r.update(shape={"batch": b, "source": src, "target": tgt}, trainable_params=trainable, total_params=total)
+    return r
+
+
+class BottleneckAdapter(torch.nn.Module):
+    """Pfeiffer adapter as kiln's (`kiln_peft::Adapter`): x + up(relu(down(x))), up initialised to zero."""
+
+    def __init__(self, d, m):
+        super().__init__()
+        self.adapter_down = torch.nn.Linear(d, m)
+        self.adapter_up = torch.nn.Linear(m, d)
+        torch.nn.init.normal_(self.adapter_down.weight, std=0.02)
+        torch.nn.init.zeros_(self.adapter_down.bias)
+        torch.nn.init.zeros_(self.adapter_up.weight)
+        torch.nn.init.zeros_(self.adapter_up.bias)
+
+    def forward(self, x):
+        return x + self.adapter_up(torch.relu(self.adapter_down(x)))
+
+
+class DenseWithAdapter(torch.nn.Module):
+    """A layer's output dense followed by its adapter (kiln applies the adapter there, before the residual and
+    LayerNorm)."""
+
+    def __init__(self, dense, adapter):
+        super().__init__()
+        self.dense = dense
+        self.adapter = adapter
+
+    def forward(self, x):
+        return self.adapter(self.dense(x))
+
+
+def train_bert_adapters(quick):
+    torch.manual_seed(0)
+    cfg = load_config("bert-base-uncased")
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
+    cfg.num_labels = 2
+    model = transformers.BertForSequenceClassification(cfg)
+    for layer in model.bert.encoder.layer:
+        layer.output.dense = DenseWithAdapter(layer.output.dense, BottleneckAdapter(cfg.hidden_size, 64))
+    for name, p in model.named_parameters():
+        p.requires_grad = ".adapter." in name or name.startswith("classifier.")
+    model.train()
+    b, t = (4, 32) if quick else (16, 64)
+    x = ids(b, t, 0, 30522)
+    mask = torch.ones_like(x)
+    labels = torch.arange(b) % 2
+    step, forward, trainable, total = make_step(model, lambda: model(input_ids=x, attention_mask=mask,
+                                                                     labels=labels).loss)
+    r = train_timing(step, forward, 2 if quick else 5, 1 if quick else 3)
+    r.update(shape={"batch": b, "seq": t, "num_labels": 2}, trainable_params=trainable, total_params=total)
+    return r
+
+
+WORKLOADS = {
+    "generate": generate,
+    "bert": bert,
+    "seq2seq": seq2seq,
+    "train-bart-lora": lambda q: {"train_bart_lora": train_bart(q, True)},
+    "train-bart-full": lambda q: {"train_bart_full": train_bart(q, False)},
+    "train-bert-adapters": lambda q: {"train_bert_adapters": train_bert_adapters(q)},
+}
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["generate", "bert", "seq2seq"])
+    ap.add_argument("what", choices=list(WORKLOADS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    res = {"generate": generate, "bert": bert, "seq2seq": seq2seq}[a.what](a.quick)
+    res = WORKLOADS[a.what](a.quick)
     print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "threads": a.threads,
+                      "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                       "results": res}))
 
 

@@ -25,7 +25,8 @@ enum Task {
     },
     /// Benchmarks, side by side with the Python reference when --python has it installed.
     Bench {
-        /// rouge | generate (GPT-2 and BART seq2seq) | bert | all
+        /// rouge | generate (GPT-2 and BART seq2seq) | bert | train (BART LoRA / full, BERT adapters) | all,
+        /// or one workload (seq2seq, train-bart-lora, train-bart-full, train-bert-adapters)
         #[arg(default_value = "all")]
         what: String,
         /// A Python with rouge-score / torch / transformers installed.
@@ -330,19 +331,41 @@ fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(
         }
         rows.push(row);
     }
-    for w in ["generate", "bert", "seq2seq"] {
-        if what != w && what != "all" && !(what == "generate" && w == "seq2seq") {
-            continue;
-        }
+    // Each workload in its own processes (kiln, then the PyTorch reference), so that each process's peak RSS is
+    // that workload's.
+    let groups: [(&str, &[&str]); 3] = [
+        ("generate", &["generate", "seq2seq"]),
+        ("bert", &["bert"]),
+        (
+            "train",
+            &["train-bart-lora", "train-bart-full", "train-bert-adapters"],
+        ),
+    ];
+    let workloads: Vec<&str> = if groups.iter().any(|(g, _)| *g == what) || what == "all" {
+        groups
+            .iter()
+            .filter(|(g, _)| what == *g || what == "all")
+            .flat_map(|(_, ws)| ws.iter().copied())
+            .collect()
+    } else {
+        groups
+            .iter()
+            .flat_map(|(_, ws)| ws.iter().copied())
+            .filter(|w| *w == what)
+            .collect()
+    };
+    for w in workloads {
         let bin = kiln_bin()?;
         let mut args = vec!["bench", w];
         if quick {
             args.push("--quick");
         }
+        eprintln!("xtask bench: {w} (kiln)");
         let k: Value =
             serde_json::from_str(kiln(&bin, &args)?.trim()).map_err(|e| e.to_string())?;
         let py: Option<Value> = match python {
             Some(py) => {
+                eprintln!("xtask bench: {w} (PyTorch)");
                 let mut c = Command::new(py);
                 c.arg(root().join("bench/reference/bench.py"))
                     .arg(w)
@@ -355,14 +378,20 @@ fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(
             None => None,
         };
         for (name, r) in k["results"].as_object().cloned().unwrap_or_default() {
-            let mut row = json!({"workload": name, "kiln_s": r["median_s"], "kiln": r});
+            let mut row = json!({"workload": name, "kiln_s": r["median_s"], "kiln": r,
+                                 "kiln_peak_rss_bytes": k["peak_rss_bytes"]});
             if let Some(p) = py.as_ref().and_then(|p| p["results"].get(&name)) {
                 row["torch_s"] = p["median_s"].clone();
                 row["torch"] = p.clone();
+                row["torch_peak_rss_bytes"] = py.as_ref().unwrap()["peak_rss_bytes"].clone();
                 // > 1 means kiln is faster.
                 row["speedup"] = json!(
                     p["median_s"].as_f64().unwrap_or(f64::NAN)
                         / r["median_s"].as_f64().unwrap_or(f64::NAN)
+                );
+                row["rss_ratio"] = json!(
+                    k["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN)
+                        / row["torch_peak_rss_bytes"].as_f64().unwrap_or(f64::NAN)
                 );
             }
             rows.push(row);
@@ -374,7 +403,18 @@ fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(
         &out.join("bench.json"),
         &serde_json::to_string_pretty(&report).unwrap(),
     )?;
-    let mut md = String::from("| workload | kiln | reference (PyTorch / rouge-score) | kiln speed-up |\n|---|---|---|---|\n");
+    let mut md = String::from(
+        "| workload | kiln (median [min–max]) | reference (PyTorch / rouge-score) | kiln speed-up | kiln peak RSS | \
+         PyTorch peak RSS | RSS kiln/PyTorch |\n|---|---|---|---|---|---|---|\n",
+    );
+    let range = |v: &Value| match (v["min_s"].as_f64(), v["max_s"].as_f64()) {
+        (Some(a), Some(b)) => format!(" [{a:.3}–{b:.3}]"),
+        _ => String::new(),
+    };
+    let mb = |v: &Value| {
+        v.as_f64()
+            .map_or("—".into(), |b| format!("{:.0} MB", b / 1e6))
+    };
     for r in &rows {
         let kiln_s = r["kiln_s"]
             .as_f64()
@@ -382,13 +422,19 @@ fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(
             .unwrap_or(f64::NAN);
         let ref_s = r["torch_s"].as_f64().or(r["rouge_score_s"].as_f64());
         md += &format!(
-            "| {} | {:.4} s | {} | {} |\n",
+            "| {} | {:.4} s{} | {} | {} | {} | {} | {} |\n",
             r["workload"].as_str().unwrap_or(""),
             kiln_s,
-            ref_s.map_or("—".into(), |s| format!("{s:.4} s")),
+            range(&r["kiln"]),
+            ref_s.map_or("—".into(), |s| format!("{s:.4} s{}", range(&r["torch"]))),
             r["speedup"]
                 .as_f64()
                 .map_or("—".into(), |s| format!("{s:.2}×")),
+            mb(&r["kiln_peak_rss_bytes"]),
+            mb(&r["torch_peak_rss_bytes"]),
+            r["rss_ratio"]
+                .as_f64()
+                .map_or("—".into(), |s| format!("{s:.2}")),
         );
     }
     write(&out.join("bench.md"), &md)?;

@@ -11,11 +11,11 @@ use kiln_models::config::RawConfig;
 use kiln_models::generation::{generate, GenerationConfig};
 use serde_json::{json, Value};
 
-use crate::backend::{self, Inference};
+use crate::backend::{self, Inference, Training};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// generate | bert
+    /// generate | bert | seq2seq | train-bart-lora | train-bart-full | train-bert-adapters
     pub what: String,
     /// Directory with the real configs (gpt2.json, bert-base-uncased.json).
     #[arg(long, default_value = "bench/configs")]
@@ -153,17 +153,220 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             r["tokens_per_s"] = json!(new as f64 / r["median_s"].as_f64().unwrap());
             results.insert("bart_beam4".into(), r);
         }
+        "train-bart-lora" | "train-bart-full" => {
+            let lora = a.what == "train-bart-lora";
+            results.insert(a.what.replace('-', "_"), train_bart(&a, lora)?);
+        }
+        "train-bert-adapters" => {
+            results.insert(a.what.replace('-', "_"), train_bert_adapters(&a)?);
+        }
         other => {
             return Err(format!(
-                "unknown benchmark `{other}` (generate, bert, seq2seq)"
+                "unknown benchmark `{other}` (generate, bert, seq2seq, train-bart-lora, train-bart-full, \
+                 train-bert-adapters)"
             ))
         }
     }
+    // One workload (group) per process: the OS's high-water mark is this workload's peak.
     println!(
         "{}",
-        json!({"backend": backend::name(), "threads": rayon_threads(), "results": results})
+        json!({"backend": backend::name(), "threads": rayon_threads(), "peak_rss_bytes": peak_rss(),
+               "results": results})
     );
     Ok(())
+}
+
+/// Peak resident memory of this process as the kernel counts it (`VmHWM`), in bytes.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
+}
+
+/// Deterministic pseudo-random token ids in `lo..hi` (the same workload every run).
+fn ids(rows: usize, len: usize, lo: u32, hi: u32, salt: u64) -> Vec<Vec<u32>> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ salt;
+    (0..rows)
+        .map(|_| {
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    lo + (x % (hi - lo) as u64) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// AdamW as `torch.optim.AdamW(lr, weight_decay=0.01, eps=1e-8)` plus gradient clipping at norm 1.0 (what
+/// kiln's trainer does by default; bench.py clips with `clip_grad_norm_`).
+fn adamw() -> burn::optim::AdamWConfig {
+    burn::optim::AdamWConfig::new()
+        .with_weight_decay(0.01)
+        .with_epsilon(1e-8)
+        .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)))
+}
+
+/// Time a training step `reps` times after one warm-up step; also the forward pass (loss) alone, so the
+/// backward + optimizer share is visible.
+fn time_train<M, L, F>(
+    reps: usize,
+    fwd_reps: usize,
+    model: M,
+    mut loss: L,
+    mut step: F,
+) -> Result<Value, String>
+where
+    L: FnMut(&M) -> Result<Tensor<Training, 1>, String>,
+    F: FnMut(M, Tensor<Training, 1>) -> M,
+{
+    let device = backend::device()?;
+    let mut model = Some(model);
+    let mut losses = Vec::new();
+    let mut r = time(reps, || {
+        let m = model.take().expect("model");
+        let l = loss(&m)?;
+        let m = step(m, l.clone());
+        let _ = Training::sync(&device);
+        losses.push(l.into_scalar().elem::<f64>());
+        model = Some(m);
+        Ok(())
+    })?;
+    let m = model.take().expect("model");
+    let f = time(fwd_reps, || {
+        let l = loss(&m)?;
+        let _ = l.into_scalar();
+        Ok(())
+    })?;
+    r["steps_per_s"] = json!(1.0 / r["median_s"].as_f64().unwrap());
+    r["forward_median_s"] = f["median_s"].clone();
+    r["losses"] = json!(losses);
+    Ok(r)
+}
+
+/// One AdamW step of BART-base (random init from bench/configs), batch 4 × source 512 × target 128
+/// (`--quick`: 2 × 128 × 32): token cross-entropy over the target, teacher forcing with the labels shifted
+/// right after `decoder_start_token_id` (as transformers does for `labels=`). kiln's BART has no dropout, so
+/// the PyTorch reference sets `dropout = attention_dropout = activation_dropout = 0`. LoRA: r 8, alpha 16,
+/// dropout 0, q_proj/v_proj, everything else frozen (peft's `get_peft_model`).
+fn train_bart(a: &BenchArgs, lora: bool) -> Result<Value, String> {
+    use burn::optim::{GradientsParams, Optimizer};
+    use kiln_models::seq2seq::EncoderDecoder;
+    let device = backend::device()?;
+    Training::seed(&device, 0);
+    let s = |e: kiln_models::Error| e.to_string();
+    let raw = RawConfig::load(&a.configs.join("bart-base.json")).map_err(s)?;
+    let cfg = kiln_models::bart::BartConfig::from_raw(&raw).map_err(s)?;
+    let model = cfg.init::<Training>(&device);
+    let base = kiln_peft::model::hf_param_count(&model);
+    let (model, trainable, total) = if lora {
+        let lcfg: kiln_peft::LoraConfig = serde_json::from_value(json!({
+            "peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+            "target_modules": ["q_proj", "v_proj"]
+        }))
+        .map_err(|e| e.to_string())?;
+        let lm = kiln_peft::LoraModel::inject(model, lcfg).map_err(|e| e.to_string())?;
+        let c = lm.trainable_parameters();
+        (lm.model, c.trainable, c.all)
+    } else {
+        (model, base, base)
+    };
+    let (b, src, tgt) = if a.quick { (2, 128, 32) } else { (4, 512, 128) };
+    let src_ids = ids(b, src, 3, 50_000, 1);
+    let labels_u = ids(b, tgt, 3, 50_000, 2);
+    let start = cfg.decoder_start_token_id.unwrap_or(2);
+    let dec: Vec<Vec<u32>> = labels_u
+        .iter()
+        .map(|r| {
+            std::iter::once(start)
+                .chain(r[..tgt - 1].iter().copied())
+                .collect()
+        })
+        .collect();
+    let labels: Vec<Vec<i64>> = labels_u
+        .iter()
+        .map(|r| r.iter().map(|&t| t as i64).collect())
+        .collect();
+    let mask = vec![vec![1u8; src]; b];
+    let mut optim =
+        adamw().init::<Training, kiln_models::bart::BartForConditionalGeneration<Training>>();
+    let dev = device.clone();
+    let mut r = time_train(
+        if a.quick { 2 } else { 3 },
+        if a.quick { 1 } else { 2 },
+        model,
+        |m| {
+            let ids = kiln_models::attention::ids_tensor::<Training>(&src_ids, &dev);
+            let enc = m.encoder_forward(ids, &mask).map_err(s)?;
+            let dec = kiln_models::attention::ids_tensor::<Training>(&dec, &dev);
+            let logits = m.decoder_logits(dec, enc, &mask).map_err(s)?;
+            Ok(kiln_train::loss::token_cross_entropy(logits, &labels))
+        },
+        |m, loss| {
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            optim.step(1e-4, m, grads)
+        },
+    )?;
+    r["shape"] = json!({"batch": b, "source": src, "target": tgt});
+    r["trainable_params"] = json!(trainable);
+    r["total_params"] = json!(total);
+    Ok(r)
+}
+
+/// One AdamW step of BERT-base with a 2-class head, frozen backbone and Pfeiffer bottleneck adapters of size 64
+/// after every layer's output dense (`with_frozen_adapters`; adapters and classifier trained), batch 16 × 64
+/// (`--quick`: 4 × 32), dropout 0 in both.
+fn train_bert_adapters(a: &BenchArgs) -> Result<Value, String> {
+    use burn::optim::{GradientsParams, Optimizer};
+    let device = backend::device()?;
+    Training::seed(&device, 0);
+    let s = |e: kiln_models::Error| e.to_string();
+    let raw = RawConfig::load(&a.configs.join("bert-base-uncased.json")).map_err(s)?;
+    let mut cfg = kiln_models::bert::BertConfig::from_raw(&raw).map_err(s)?;
+    cfg.hidden_dropout_prob = 0.0;
+    cfg.attention_probs_dropout_prob = 0.0;
+    cfg.classifier_dropout = Some(0.0);
+    let acfg = kiln_peft::AdapterConfig {
+        placement: kiln_peft::AdapterPlacement::Pfeiffer,
+        size: Some(64),
+        reduction_factor: None,
+        ..Default::default()
+    };
+    let (model, trainable, total) = cfg
+        .init_classifier::<Training>(&device)
+        .with_frozen_adapters(&acfg, false);
+    let (b, t) = if a.quick { (4, 32) } else { (16, 64) };
+    let batch = kiln_models::bert::BertBatch {
+        input_ids: ids(b, t, 0, 30_522, 3),
+        token_type_ids: vec![vec![0; t]; b],
+        attention_mask: vec![vec![1; t]; b],
+    };
+    let labels: Vec<i64> = (0..b as i64).map(|i| i % 2).collect();
+    let mut optim =
+        adamw().init::<Training, kiln_models::bert::BertForSequenceClassification<Training>>();
+    let mut r = time_train(
+        if a.quick { 2 } else { 5 },
+        if a.quick { 1 } else { 3 },
+        model,
+        |m| {
+            let logits = m.forward_batch(&batch).map_err(s)?;
+            Ok(kiln_train::loss::class_cross_entropy(logits, &labels))
+        },
+        |m, loss| {
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            optim.step(1e-4, m, grads)
+        },
+    )?;
+    r["shape"] = json!({"batch": b, "seq": t, "num_labels": cfg.num_labels()});
+    r["trainable_params"] = json!(trainable);
+    r["total_params"] = json!(total);
+    Ok(r)
 }
 
 fn rayon_threads() -> usize {

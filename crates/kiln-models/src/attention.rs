@@ -8,6 +8,17 @@ use burn::tensor::activation::softmax;
 /// gives the same probabilities without overflowing to NaN on fully masked rows).
 pub const MASKED: f32 = -1.0e9;
 
+/// Logits `[b, s, vocab]` through a tied embedding `[vocab, d]`: `hidden · Eᵀ` as one 2-D product over all
+/// `b·s` rows (burn 0.21 runs a rank-3 product as one product per batch row, re-packing the weight each time).
+pub fn tied_head<B: Backend>(hidden: Tensor<B, 3>, embedding: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [b, s, d] = hidden.dims();
+    let v = embedding.dims()[0];
+    hidden
+        .reshape([b * s, d])
+        .matmul(embedding.transpose())
+        .reshape([b, s, v])
+}
+
 /// `[b, s, h*d]` → `[b, h, s, d]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
     let [b, s, hd] = x.dims();

@@ -570,8 +570,7 @@ impl<B: Backend> EncoderDecoder<B> for BartForConditionalGeneration<B> {
     }
 
     fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let w = self.model.shared.weight.val();
-        hidden.matmul(w.transpose().unsqueeze::<3>())
+        crate::attention::tied_head(hidden, self.model.shared.weight.val())
             + self.final_logits_bias.val().unsqueeze::<3>()
     }
 

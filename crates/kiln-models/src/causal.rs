@@ -50,7 +50,7 @@ pub trait CausalLm<B: Backend> {
 pub struct CausalSession<'a, B: Backend, M: CausalLm<B>> {
     model: &'a M,
     /// `Eᵀ` `[d, vocab]`, materialised once per session.
-    head_t: Option<Tensor<B, 3>>,
+    head_t: Option<Tensor<B, 2>>,
     cache: KvCache<B>,
     mask: Vec<Vec<u8>>,
     next_pos: Vec<i64>,
@@ -67,7 +67,7 @@ impl<'a, B: Backend, M: CausalLm<B>> CausalSession<'a, B, M> {
                 .convert::<f32>()
                 .to_vec()
                 .expect("f32 weights");
-            Tensor::<B, 2>::from_data(TensorData::new(t, [d, v]), &device).unsqueeze::<3>()
+            Tensor::<B, 2>::from_data(TensorData::new(t, [d, v]), &device)
         });
         Self {
             model,
@@ -96,12 +96,17 @@ impl<'a, B: Backend, M: CausalLm<B>> CausalSession<'a, B, M> {
     fn last_logits(&self, h: Tensor<B, 3>) -> Vec<Vec<f32>> {
         let [b, s, d] = h.dims();
         let last = h.slice([0..b, s - 1..s, 0..d]);
+        // One [b, d] × [d, vocab] product: the head is read once for all rows (a rank-3 product would be one
+        // per row, re-reading the 154 MB GPT-2 head per beam).
         let logits = match &self.head_t {
-            Some(w) => last.matmul(w.clone()),
-            None => self.model.logits(last),
+            Some(w) => last.reshape([b, d]).matmul(w.clone()),
+            None => {
+                let l = self.model.logits(last);
+                let v = l.dims()[2];
+                l.reshape([b, v])
+            }
         };
-        let v = logits.dims()[2];
-        rows_f32(logits.reshape([b, v]))
+        rows_f32(logits)
     }
 }
 

@@ -275,7 +275,7 @@ impl<B: Backend> Gpt2LmHead<B> {
     /// Logits `[b, s, vocab]` from hidden states, through the tied embedding.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let w = self.transformer.wte.weight.val(); // [vocab, d]
-        hidden.matmul(w.transpose().unsqueeze::<3>())
+        crate::attention::tied_head(hidden, w)
     }
 
     /// Full forward without cache, as `GPT2LMHeadModel.forward`: logits `[b, s, vocab]`, positions

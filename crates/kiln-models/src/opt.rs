@@ -310,7 +310,7 @@ impl<B: Backend> OptForCausalLm<B> {
 
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let w = self.model.decoder.embed_tokens.weight.val();
-        hidden.matmul(w.transpose().unsqueeze::<3>())
+        crate::attention::tied_head(hidden, w)
     }
 
     /// Full forward as `OPTForCausalLM.forward`: positions from the mask's cumsum (padding at -1).

@@ -628,7 +628,7 @@ impl<B: Backend> EncoderDecoder<B> for T5ForConditionalGeneration<B> {
         };
         match &self.lm_head {
             Some(head) => head.forward(h),
-            None => h.matmul(self.shared.weight.val().transpose().unsqueeze::<3>()),
+            None => crate::attention::tied_head(h, self.shared.weight.val()),
         }
     }
 

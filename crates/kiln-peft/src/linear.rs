@@ -152,7 +152,24 @@ impl<B: Backend> PeftLinear<B> {
 
     /// `x W + b`, plus `scale · B(A(dropout(x)))` for every active, unmerged LoRA adapter (as peft's
     /// `lora.Linear.forward`). With no adapter this is exactly burn's `linear`.
+    ///
+    /// Inputs of rank > 2 are flattened to `[rows, d_in]` first: burn 0.21 runs `linear` on a rank-3 input as
+    /// one matrix product per batch row (each packing the weight again, and under autodiff a per-row weight
+    /// gradient that is then summed); one 2-D product over all rows is the same arithmetic, done once
+    /// (docs/performance.md).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if D > 2 {
+            let dims = x.dims();
+            let rows = dims[..D - 1].iter().product::<usize>();
+            let y = self.forward_2d(x.reshape([rows, dims[D - 1]]));
+            let mut out = dims;
+            out[D - 1] = self.d_out();
+            return y.reshape(out);
+        }
+        self.forward_2d(x)
+    }
+
+    fn forward_2d<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         if !self.lora.iter().any(|l| l.active && !l.merged) {
             return linear(x, self.weight.val(), bias);
