@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use kiln_data::*;
 
 use crate::common::*;
+use crate::fake_hub::FakeHub;
 
 fn sst2_split(split: Split) -> Vec<SentimentExample> {
     load_sst2(

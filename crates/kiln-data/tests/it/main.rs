@@ -2,6 +2,8 @@
 
 mod batching;
 mod common;
+#[path = "../../../kiln-models/tests/it/fake_hub.rs"]
+mod fake_hub;
 mod hub;
 mod malformed;
 mod parquet_files;

@@ -3,118 +3,14 @@
 //! hf-hub reads), then offline from the cache it filled.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use kiln_models::hub::{HubOptions, Source};
 use kiln_models::{gpt2, Error};
 
 use crate::common::*;
-
-/// A loopback HTTP server serving `repos` (`repo id → directory`). Stops when dropped.
-pub struct FakeHub {
-    pub url: String,
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-    pub requests: Arc<AtomicUsize>,
-}
-
-impl FakeHub {
-    pub fn start(repos: HashMap<String, PathBuf>) -> Self {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (s, n) = (server.clone(), requests.clone());
-        let thread = std::thread::spawn(move || {
-            for req in s.incoming_requests() {
-                n.fetch_add(1, Ordering::SeqCst);
-                let resp = Self::answer(&repos, &req);
-                let _ = req.respond(resp);
-            }
-        });
-        Self {
-            url,
-            server,
-            thread: Some(thread),
-            requests,
-        }
-    }
-
-    fn answer(
-        repos: &HashMap<String, PathBuf>,
-        req: &tiny_http::Request,
-    ) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        let not_found =
-            || tiny_http::Response::from_data(b"Entry not found".to_vec()).with_status_code(404);
-        let path = req.url().trim_start_matches('/');
-        let Some((repo, rest)) = path.split_once("/resolve/") else {
-            return not_found();
-        };
-        let Some((_rev, file)) = rest.split_once('/') else {
-            return not_found();
-        };
-        let Some(dir) = repos.get(repo) else {
-            return not_found();
-        };
-        if file.contains("..") {
-            return not_found();
-        }
-        let Ok(body) = std::fs::read(dir.join(file)) else {
-            return not_found();
-        };
-        let size = body.len();
-        // A content hash as the etag (the hub uses the sha256 of LFS files); any stable id works for hf-hub.
-        let etag = format!("{:016x}{:016x}", fnv(&body), size);
-        let range = req
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Range"))
-            .map(|h| h.value.as_str().to_string());
-        let (start, end) = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")) {
-            Some(r) => {
-                let (a, b) = r.split_once('-').unwrap();
-                let a: usize = a.parse().unwrap();
-                let b: usize = if b.is_empty() {
-                    size.saturating_sub(1)
-                } else {
-                    b.parse().unwrap()
-                };
-                (a.min(size), (b + 1).min(size))
-            }
-            None => (0, size),
-        };
-        let h =
-            |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
-        tiny_http::Response::from_data(body[start..end].to_vec())
-            .with_status_code(if range.is_some() { 206 } else { 200 })
-            .with_header(h("etag", &format!("\"{etag}\"")))
-            .with_header(h(
-                "x-repo-commit",
-                "0123456789abcdef0123456789abcdef01234567",
-            ))
-            .with_header(h(
-                "Content-Range",
-                &format!("bytes {start}-{}/{size}", end.saturating_sub(1)),
-            ))
-    }
-}
-
-impl Drop for FakeHub {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
-        (h ^ x as u64).wrapping_mul(0x100000001b3)
-    })
-}
+use crate::fake_hub::FakeHub;
 
 fn opts(cache: &Path, endpoint: Option<&str>, offline: bool) -> HubOptions {
     HubOptions {
@@ -167,6 +63,11 @@ fn download_into_cache_then_load_offline() {
     assert_logits_match(&dir);
     let served = hub.requests.load(Ordering::SeqCst);
     assert!(served > 0);
+    let sent = hub.downloads.lock().unwrap().clone();
+    assert!(
+        sent.iter().any(|f| f == "model.safetensors"),
+        "the weights came from the server: {sent:?}"
+    );
     drop(hub);
 
     // Offline: no server at all, everything from the cache.

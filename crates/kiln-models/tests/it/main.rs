@@ -6,6 +6,7 @@ mod bert;
 mod causal;
 mod common;
 mod errors;
+mod fake_hub;
 mod fixtures;
 mod gpt2;
 mod hub;
