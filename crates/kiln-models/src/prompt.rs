@@ -61,13 +61,24 @@ pub(crate) fn text_init_rows<B: Backend>(
     }
 }
 
-/// Check a loaded `prompt_embeddings` against its resolved config and turn it into the prompt's rows.
-pub(crate) fn prompt_rows_from_file<B: Backend>(
-    config: &PromptLearningConfig,
+/// The prompt stored in an adapter file (`t`, its `prompt_embeddings`) for a resolved `config`, as peft's
+/// `from_pretrained` loads it: checked against the config's shape, requiring grad iff `is_trainable` (which a prefix
+/// saved with `prefix_projection` cannot be: the file holds the projection's output, as in peft). Sets
+/// `config.inference_mode`.
+pub(crate) fn prompt_from_file<B: Backend>(
+    config: &mut PromptLearningConfig,
     t: kiln_peft::RawTensor,
     dir: &Path,
+    is_trainable: bool,
     device: &B::Device,
-) -> Result<Tensor<B, 2>> {
+) -> Result<PromptEncoder<B>> {
+    if is_trainable && config.prefix_projection {
+        return Err(peft_err(PeftError::Unsupported {
+            path: dir.join(kiln_peft::io::CONFIG_FILE),
+            field: "prefix_projection".into(),
+            msg: "the file holds the projection's output; it can be loaded for inference only (as in peft)".into(),
+        }));
+    }
     let want = vec![config.stored_rows(), config.row_width()];
     if t.shape != want {
         return Err(peft_err(PeftError::ShapeMismatch {
@@ -77,7 +88,14 @@ pub(crate) fn prompt_rows_from_file<B: Backend>(
             found: t.shape,
         }));
     }
-    Ok(Tensor::from_data(TensorData::new(t.data, t.shape), device))
+    config.inference_mode = !is_trainable;
+    let rows = Tensor::from_data(TensorData::new(t.data, t.shape), device);
+    let prompt = PromptEncoder::from_rows(rows);
+    Ok(if is_trainable {
+        prompt
+    } else {
+        prompt.no_grad()
+    })
 }
 
 /// A decoder-only model with a trainable prompt (peft's `PeftModelForCausalLM` for `PROMPT_TUNING` /
@@ -113,11 +131,10 @@ impl<B: Backend> PromptModel<B> {
         let rows = text_init_rows(&config, init_ids, &device, |t| model.input_embeddings(t))?;
         let prompt = PromptEncoder::init(&config, rows, &device);
         Ok(Self {
-            model,
+            model: model.no_grad(),
             prompt,
             config,
-        }
-        .freeze(true))
+        })
     }
 
     /// peft's `PeftModel.from_pretrained` for a prompt adapter directory. `is_trainable` makes the prompt
@@ -139,42 +156,18 @@ impl<B: Backend> PromptModel<B> {
                 model.n_head(),
             )
             .map_err(peft_err)?;
-        if is_trainable && config.prefix_projection {
-            return Err(peft_err(PeftError::Unsupported {
-                path: cfg_path,
-                field: "prefix_projection".into(),
-                msg: "the file holds the projection's output; it can be loaded for inference only (as in peft)".into(),
-            }));
-        }
-        config.inference_mode = !is_trainable;
         let device = CausalLm::device(&model);
-        let rows = prompt_rows_from_file(&config, t, dir, &device)?;
+        let prompt = prompt_from_file(&mut config, t, dir, is_trainable, &device)?;
         Ok(Self {
-            model,
-            prompt: PromptEncoder::from_rows(rows),
+            model: model.no_grad(),
+            prompt,
             config,
-        }
-        .freeze(is_trainable))
+        })
     }
 
     /// Write `adapter_config.json` + `adapter_model.safetensors` as peft's `save_pretrained`.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         save_prompt(dir, &self.config, &self.prompt).map_err(peft_err)
-    }
-
-    /// Freeze the base model; the prompt requires grad iff `trainable`.
-    fn freeze(self, trainable: bool) -> Self {
-        let Self {
-            model,
-            prompt,
-            config,
-        } = self;
-        let prompt = if trainable { prompt } else { prompt.no_grad() };
-        Self {
-            model: model.no_grad(),
-            prompt,
-            config,
-        }
     }
 
     pub fn num_virtual_tokens(&self) -> usize {

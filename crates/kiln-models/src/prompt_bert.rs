@@ -25,7 +25,7 @@ use kiln_peft::PeftError;
 use crate::attention::ids_tensor;
 use crate::bert::{BertBatch, BertForSequenceClassification};
 use crate::error::{Error, Result};
-use crate::prompt::{peft_err, prompt_rows_from_file, text_init_rows};
+use crate::prompt::{peft_err, prompt_from_file, text_init_rows};
 
 /// peft's keys for the saved classification head.
 pub const HEAD_WEIGHT: &str = "base_model.classifier.weight";
@@ -81,11 +81,10 @@ impl<B: Backend> BertPromptModel<B> {
         let rows = text_init_rows(&config, init_ids, &device, |t| words.forward(t))?;
         let prompt = PromptEncoder::init(&config, rows, &device);
         Ok(Self {
-            model,
+            model: freeze_backbone(model, true),
             prompt,
             config,
-        }
-        .freeze(true))
+        })
     }
 
     /// peft's `PeftModel.from_pretrained` for a `SEQ_CLS` prompt adapter: the prompt and the saved head.
@@ -101,31 +100,25 @@ impl<B: Backend> BertPromptModel<B> {
         let mut model = model;
         let device = model.classifier.weight.device();
         let [d, labels] = model.classifier.weight.dims();
-        if let Some(w) = extra.remove(HEAD_WEIGHT) {
-            if w.shape != [labels, d] {
-                return Err(peft_err(PeftError::ShapeMismatch {
+        // peft's saved head, `[labels, d]` (Hugging Face layout) and `[labels]`.
+        let mut take = |key: &str, shape: Vec<usize>| -> Result<Option<TensorData>> {
+            match extra.remove(key) {
+                None => Ok(None),
+                Some(t) if t.shape == shape => Ok(Some(TensorData::new(t.data, shape))),
+                Some(t) => Err(peft_err(PeftError::ShapeMismatch {
                     path: weights.clone(),
-                    key: HEAD_WEIGHT.into(),
-                    expected: vec![labels, d],
-                    found: w.shape,
-                }));
+                    key: key.into(),
+                    expected: shape,
+                    found: t.shape,
+                })),
             }
-            let w = Tensor::<B, 2>::from_data(TensorData::new(w.data, [labels, d]), &device);
-            model.classifier.weight = Param::from_tensor(w.transpose());
+        };
+        if let Some(w) = take(HEAD_WEIGHT, vec![labels, d])? {
+            let w = Tensor::<B, 2>::from_data(w, &device).transpose();
+            model.classifier.weight = Param::from_tensor(w);
         }
-        if let Some(bias) = extra.remove(HEAD_BIAS) {
-            if bias.shape != [labels] {
-                return Err(peft_err(PeftError::ShapeMismatch {
-                    path: weights.clone(),
-                    key: HEAD_BIAS.into(),
-                    expected: vec![labels],
-                    found: bias.shape,
-                }));
-            }
-            model.classifier.bias = Some(Param::from_tensor(Tensor::from_data(
-                TensorData::new(bias.data, [labels]),
-                &device,
-            )));
+        if let Some(bias) = take(HEAD_BIAS, vec![labels])? {
+            model.classifier.bias = Some(Param::from_tensor(Tensor::from_data(bias, &device)));
         }
         if let Some(k) = extra.keys().next() {
             return Err(peft_err(PeftError::UnsupportedKey {
@@ -134,14 +127,12 @@ impl<B: Backend> BertPromptModel<B> {
                 kind: "tensor other than the prompt and the classifier".into(),
             }));
         }
-        config.inference_mode = !is_trainable;
-        let rows = prompt_rows_from_file(&config, t, dir, &device)?;
+        let prompt = prompt_from_file(&mut config, t, dir, is_trainable, &device)?;
         Ok(Self {
-            model,
-            prompt: PromptEncoder::from_rows(rows),
+            model: freeze_backbone(model, is_trainable),
+            prompt,
             config,
-        }
-        .freeze(is_trainable))
+        })
     }
 
     /// Write the prompt and the classification head as peft's `save_pretrained` does.
@@ -163,23 +154,6 @@ impl<B: Backend> BertPromptModel<B> {
             );
         }
         save_prompt_with_modules(dir, &self.config, &self.prompt, extra).map_err(peft_err)
-    }
-
-    /// Freeze the backbone; the prompt and the classifier require grad iff `trainable`.
-    fn freeze(self, trainable: bool) -> Self {
-        let Self {
-            model,
-            prompt,
-            config,
-        } = self;
-        let (model, _, _) =
-            kiln_peft::freeze_except(model, |p| trainable && p.starts_with("classifier"));
-        let prompt = if trainable { prompt } else { prompt.no_grad() };
-        Self {
-            model,
-            prompt,
-            config,
-        }
     }
 
     pub fn num_virtual_tokens(&self) -> usize {
@@ -244,4 +218,12 @@ impl<B: Backend> BertPromptModel<B> {
             Some(&batch.attention_mask),
         )
     }
+}
+
+/// Freeze the backbone; the classifier requires grad iff `train_head` (peft's `modules_to_save`).
+fn freeze_backbone<B: Backend>(
+    model: BertForSequenceClassification<B>,
+    train_head: bool,
+) -> BertForSequenceClassification<B> {
+    kiln_peft::freeze_except(model, |p| train_head && p.starts_with("classifier")).0
 }

@@ -21,12 +21,11 @@ use burn::prelude::*;
 use kiln_peft::prompt::{
     read_prompt, save_prompt, PromptEncoder, PromptLearningConfig, PromptMethod,
 };
-use kiln_peft::PeftError;
 
 use crate::attention::{ids_tensor, KvCache, LayerCache};
 use crate::auto::Seq2SeqModel;
 use crate::error::{Error, Result};
-use crate::prompt::{peft_err, prompt_rows_from_file, text_init_rows};
+use crate::prompt::{peft_err, prompt_from_file, text_init_rows};
 use crate::seq2seq::EncoderDecoder;
 
 /// An encoder-decoder model with a trainable prompt (peft's `PeftModelForSeq2SeqLM` for `PROMPT_TUNING` /
@@ -98,11 +97,10 @@ impl<B: Backend> Seq2SeqPromptModel<B> {
         let rows = text_init_rows(&config, init_ids, &device, |t| model.input_embeddings(t))?;
         let prompt = PromptEncoder::init(&config, rows, &device);
         Ok(Self {
-            model,
+            model: model.no_grad(),
             prompt,
             config,
-        }
-        .freeze(true))
+        })
     }
 
     /// peft's `PeftModel.from_pretrained` for a `SEQ_2_SEQ_LM` prompt adapter directory. `is_trainable` makes the
@@ -111,42 +109,18 @@ impl<B: Backend> Seq2SeqPromptModel<B> {
         let (mut config, t) = read_prompt(dir).map_err(peft_err)?;
         let cfg_path = dir.join(kiln_peft::io::CONFIG_FILE);
         resolve(&model, &mut config, &cfg_path)?;
-        if is_trainable && config.prefix_projection {
-            return Err(peft_err(PeftError::Unsupported {
-                path: cfg_path,
-                field: "prefix_projection".into(),
-                msg: "the file holds the projection's output; it can be loaded for inference only (as in peft)".into(),
-            }));
-        }
-        config.inference_mode = !is_trainable;
         let device = EncoderDecoder::<B>::device(&model);
-        let rows = prompt_rows_from_file(&config, t, dir, &device)?;
+        let prompt = prompt_from_file(&mut config, t, dir, is_trainable, &device)?;
         Ok(Self {
-            model,
-            prompt: PromptEncoder::from_rows(rows),
+            model: model.no_grad(),
+            prompt,
             config,
-        }
-        .freeze(is_trainable))
+        })
     }
 
     /// Write `adapter_config.json` + `adapter_model.safetensors` as peft's `save_pretrained`.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         save_prompt(dir, &self.config, &self.prompt).map_err(peft_err)
-    }
-
-    /// Freeze the base model; the prompt requires grad iff `trainable`.
-    fn freeze(self, trainable: bool) -> Self {
-        let Self {
-            model,
-            prompt,
-            config,
-        } = self;
-        let prompt = if trainable { prompt } else { prompt.no_grad() };
-        Self {
-            model: model.no_grad(),
-            prompt,
-            config,
-        }
     }
 
     pub fn num_virtual_tokens(&self) -> usize {

@@ -59,6 +59,18 @@ pub struct RecipeArgs {
     pub num_virtual_tokens: Option<usize>,
 }
 
+impl RecipeArgs {
+    /// `--model`, or the recipe's default hub id.
+    fn model_or(&self, default: &str) -> String {
+        self.model.clone().unwrap_or_else(|| default.into())
+    }
+
+    /// `--dataset`, or the recipe's default hub id.
+    fn dataset_or(&self, default: &str) -> String {
+        self.dataset.clone().unwrap_or_else(|| default.into())
+    }
+}
+
 fn load_opts(max: Option<usize>) -> LoadOptions {
     LoadOptions {
         max_samples: max,
@@ -141,11 +153,8 @@ fn train_config(a: &RecipeArgs, epochs: usize, lr: f64, optimizer: OptimizerKind
 
 /// Prompt-based full fine-tuning of t5-small on SST-2, scored by generation accuracy.
 fn t5_prompt_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
-    let model_spec = a.model.clone().unwrap_or_else(|| "t5-small".into());
-    let data = a
-        .dataset
-        .clone()
-        .unwrap_or_else(|| "stanfordnlp/sst2".into());
+    let model_spec = a.model_or("t5-small");
+    let data = a.dataset_or("stanfordnlp/sst2");
     let pipe = Seq2SeqPipeline::<B>::load(&model_spec, device)?;
     let prompt = PromptTemplate::default();
     let train_ex =
@@ -214,14 +223,8 @@ fn bert_sst2<B: AutodiffBackend>(
     device: &B::Device,
     adapters: bool,
 ) -> Result<Value> {
-    let model_spec = a
-        .model
-        .clone()
-        .unwrap_or_else(|| "bert-base-uncased".into());
-    let data = a
-        .dataset
-        .clone()
-        .unwrap_or_else(|| "stanfordnlp/sst2".into());
+    let model_spec = a.model_or("bert-base-uncased");
+    let data = a.dataset_or("stanfordnlp/sst2");
     let dir = resolve_model(&model_spec)?;
     let (bert_cfg, model, load) = bert::load_for_classification::<B>(&dir, device)?;
     // 64 tokens as the seed notebook, never more than the model has positions for.
@@ -377,14 +380,8 @@ fn bart_cnndm<B: AutodiffBackend>(
     device: &B::Device,
     method: Method,
 ) -> Result<Value> {
-    let model_spec = a
-        .model
-        .clone()
-        .unwrap_or_else(|| "facebook/bart-base".into());
-    let data = a
-        .dataset
-        .clone()
-        .unwrap_or_else(|| "abisee/cnn_dailymail".into());
+    let model_spec = a.model_or("facebook/bart-base");
+    let data = a.dataset_or("abisee/cnn_dailymail");
     let pipe = Seq2SeqPipeline::<B>::load(&model_spec, device)?;
     // The hub dataset has configs (3.0.0 is the seed's); a local directory or file is taken as it is.
     let config = (!std::path::Path::new(&data).exists()).then(|| "3.0.0".to_string());
@@ -542,14 +539,8 @@ fn sentiment_label(l: i64) -> &'static str {
 /// frozen, only the virtual token embeddings train on `Input: {sentence}\nOutput: {label}` texts; accuracy by
 /// label likelihood. The prompt is saved in the PEFT format under `out/adapter`.
 fn prompt_tuning_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
-    let model_spec = a
-        .model
-        .clone()
-        .unwrap_or_else(|| "facebook/opt-125m".into());
-    let data = a
-        .dataset
-        .clone()
-        .unwrap_or_else(|| "stanfordnlp/sst2".into());
+    let model_spec = a.model_or("facebook/opt-125m");
+    let data = a.dataset_or("stanfordnlp/sst2");
     let pipe = CausalPipeline::<B>::load(&model_spec, device)?;
     let train_ex = load_sst2(&data, Split::Train, &load_opts(a.max_samples))?.examples;
     let eval_ex = load_sst2(&data, Split::Validation, &load_opts(a.max_eval_samples))?.examples;
@@ -623,14 +614,8 @@ fn prompt_tuning_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) ->
 /// In-context learning with OPT: the notebook's three examples (or `k` from train), accuracy by label
 /// likelihood on the validation split. No training.
 fn opt_icl_sst2<B: burn::prelude::Backend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
-    let model_spec = a
-        .model
-        .clone()
-        .unwrap_or_else(|| "facebook/opt-125m".into());
-    let data = a
-        .dataset
-        .clone()
-        .unwrap_or_else(|| "stanfordnlp/sst2".into());
+    let model_spec = a.model_or("facebook/opt-125m");
+    let data = a.dataset_or("stanfordnlp/sst2");
     let pipe = CausalPipeline::<B>::load(&model_spec, device)?;
     let train = load_sst2(&data, Split::Train, &load_opts(Some(3)))?.examples;
     let examples: Vec<Example> = train
@@ -675,7 +660,7 @@ fn opt_icl_sst2<B: burn::prelude::Backend>(a: &RecipeArgs, device: &B::Device) -
 
 /// GPT-2 generation with the notebook's decoding settings: greedy, beam search and sampling.
 fn gpt2_generate<B: burn::prelude::Backend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
-    let model_spec = a.model.clone().unwrap_or_else(|| "gpt2".into());
+    let model_spec = a.model_or("gpt2");
     let pipe = CausalPipeline::<B>::load(&model_spec, device)?;
     let prompt = "I enjoy walking with my cute dog";
     let (ids, mask) = pipe.encode_left_padded(&[prompt])?;
@@ -728,7 +713,7 @@ fn gpt2_generate<B: burn::prelude::Backend>(a: &RecipeArgs, device: &B::Device) 
 
 /// T0 zero-shot question answering: `context: … question: …`, beam 5, max length 50.
 fn t0_zero_shot<B: burn::prelude::Backend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
-    let model_spec = a.model.clone().unwrap_or_else(|| "bigscience/T0_3B".into());
+    let model_spec = a.model_or("bigscience/T0_3B");
     let pipe = Seq2SeqPipeline::<B>::load(&model_spec, device)?;
     let context = "The Eiffel Tower was completed in 1889 and is 330 metres tall.";
     let question = "When was the Eiffel Tower completed?";
