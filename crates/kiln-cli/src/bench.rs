@@ -170,21 +170,10 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     // One workload (group) per process: the OS's high-water mark is this workload's peak.
     println!(
         "{}",
-        json!({"backend": backend::name(), "threads": rayon_threads(), "peak_rss_bytes": peak_rss(),
+        json!({"backend": backend::name(), "threads": rayon_threads(), "peak_rss_bytes": kiln_train::recipes::peak_rss(),
                "results": results})
     );
     Ok(())
-}
-
-/// Peak resident memory of this process as the kernel counts it (`VmHWM`), in bytes.
-fn peak_rss() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|kb| kb * 1024)
 }
 
 /// Deterministic pseudo-random token ids in `lo..hi` (the same workload every run).

@@ -177,7 +177,8 @@ impl<B: Backend> PromptModel<B> {
     /// peft's `print_trainable_parameters()` line.
     pub fn trainable_parameters(&self) -> String {
         let trainable = self.prompt.num_params();
-        kiln_peft::trainable_summary(trainable, self.model.num_params() + trainable)
+        let base = kiln_peft::model::hf_param_count(&self.model);
+        kiln_peft::trainable_summary(trainable, base + trainable)
     }
 
     /// The prefix as a pre-filled KV cache for `batch` rows.

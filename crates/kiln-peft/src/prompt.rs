@@ -602,21 +602,7 @@ pub fn save_prompt<B: Backend>(
     cfg: &PromptLearningConfig,
     encoder: &PromptEncoder<B>,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| PeftError::io(dir, e))?;
-    let mut cfg = cfg.clone();
-    cfg.inference_mode = true;
-    let cfg_path = dir.join(CONFIG_FILE);
-    std::fs::write(&cfg_path, cfg.to_json()).map_err(|e| PeftError::io(&cfg_path, e))?;
-    let out = encoder.output();
-    let shape = out.dims().to_vec();
-    let data: Vec<f32> = out
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 prompt");
-    let mut t = BTreeMap::new();
-    t.insert(PROMPT_KEY.to_string(), RawTensor::new(shape, data));
-    write_tensors(&dir.join(WEIGHTS_FILE), &t)
+    save_prompt_with_modules(dir, cfg, encoder, BTreeMap::new())
 }
 
 /// Read an adapter directory: its config and `prompt_embeddings` (checked to be `[n, row_width]` once the config
@@ -655,16 +641,22 @@ pub fn save_prompt_with_modules<B: Backend>(
     dir: &Path,
     cfg: &PromptLearningConfig,
     encoder: &PromptEncoder<B>,
-    extra: BTreeMap<String, RawTensor>,
+    mut extra: BTreeMap<String, RawTensor>,
 ) -> Result<()> {
-    save_prompt(dir, cfg, encoder)?;
-    if extra.is_empty() {
-        return Ok(());
-    }
-    let path = dir.join(WEIGHTS_FILE);
-    let mut all = read_tensors(&path)?;
-    all.extend(extra);
-    write_tensors(&path, &all)
+    std::fs::create_dir_all(dir).map_err(|e| PeftError::io(dir, e))?;
+    let mut cfg = cfg.clone();
+    cfg.inference_mode = true;
+    let cfg_path = dir.join(CONFIG_FILE);
+    std::fs::write(&cfg_path, cfg.to_json()).map_err(|e| PeftError::io(&cfg_path, e))?;
+    let out = encoder.output();
+    let shape = out.dims().to_vec();
+    let data: Vec<f32> = out
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 prompt");
+    extra.insert(PROMPT_KEY.to_string(), RawTensor::new(shape, data));
+    write_tensors(&dir.join(WEIGHTS_FILE), &extra)
 }
 
 #[cfg(test)]

@@ -277,8 +277,8 @@ fn bert_sst2<B: AutodiffBackend>(
     }))
 }
 
-/// Peak resident memory of this process (VmHWM), and a reset of it (Linux `clear_refs` 5), in bytes.
-fn peak_rss() -> Option<u64> {
+/// Peak resident memory of this process as the kernel counts it (`VmHWM`), in bytes (Linux; `None` elsewhere).
+pub fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace()
