@@ -550,6 +550,7 @@ fn main() {
             "fixtures/peft/generate_prompt.py",
             "fixtures/peft/generate_seq2seq.py",
             "fixtures/peft/generate_prompt_cls.py",
+            "fixtures/generate_return_sequences.py",
         ]
         .iter()
         .try_for_each(|script| {

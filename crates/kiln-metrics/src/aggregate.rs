@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::rouge::{ByType, RougeScores, RougeType, Score};
+use crate::rouge::{ByType, RougeScorer, RougeScores, RougeType, Score};
 use crate::util::{fnv1a, SplitMix64};
 use crate::MetricsError;
 
@@ -254,5 +254,36 @@ impl BootstrapAggregator {
             })
             .collect();
         entries.iter().map(|(t, _)| *t).zip(results).collect()
+    }
+}
+
+/// HF evaluate's corpus-level ROUGE lives here, beside the aggregator it runs on, so that the scores ([`crate::rouge`])
+/// do not depend on their aggregation.
+impl RougeScorer {
+    /// HF `evaluate.load("rouge").compute(predictions=..., references=...)` with `use_aggregator=True`:
+    /// per type, the `mid` F of a [`BootstrapAggregator`] (default settings and seed) over the corpus.
+    /// **Predictions first** here, as in HF evaluate. Errors when the lengths differ or are zero.
+    pub fn compute<P, R>(
+        &self,
+        predictions: &[P],
+        references: &[R],
+    ) -> Result<ByType<f64>, MetricsError>
+    where
+        P: AsRef<str> + Sync,
+        R: AsRef<str> + Sync,
+    {
+        if predictions.is_empty() {
+            return Err(MetricsError::Empty("predictions"));
+        }
+        let scores = self.score_corpus(references, predictions)?;
+        let mut agg = BootstrapAggregator::new();
+        for s in &scores {
+            agg.add_scores(s);
+        }
+        Ok(agg
+            .aggregate()
+            .iter()
+            .map(|(t, a)| (t, a.mid.fmeasure))
+            .collect())
     }
 }

@@ -51,7 +51,6 @@ use rayon::prelude::*;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::aggregate::BootstrapAggregator;
 use crate::porter;
 use crate::util::FxHashMap;
 use crate::MetricsError;
@@ -779,33 +778,6 @@ impl RougeScorer {
             .zip(predictions.par_iter())
             .with_min_len(8)
             .map(|(t, p)| self.score(t.as_ref(), p.as_ref()))
-            .collect())
-    }
-
-    /// HF `evaluate.load("rouge").compute(predictions=..., references=...)` with `use_aggregator=True`:
-    /// per type, the `mid` F of a [`BootstrapAggregator`] (default settings and seed) over the corpus.
-    /// **Predictions first** here, as in HF evaluate. Errors when the lengths differ or are zero.
-    pub fn compute<P, R>(
-        &self,
-        predictions: &[P],
-        references: &[R],
-    ) -> Result<ByType<f64>, MetricsError>
-    where
-        P: AsRef<str> + Sync,
-        R: AsRef<str> + Sync,
-    {
-        if predictions.is_empty() {
-            return Err(MetricsError::Empty("predictions"));
-        }
-        let scores = self.score_corpus(references, predictions)?;
-        let mut agg = BootstrapAggregator::new();
-        for s in &scores {
-            agg.add_scores(s);
-        }
-        Ok(agg
-            .aggregate()
-            .iter()
-            .map(|(t, a)| (t, a.mid.fmeasure))
             .collect())
     }
 }

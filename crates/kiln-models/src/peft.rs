@@ -15,10 +15,10 @@
 use burn::prelude::*;
 use kiln_peft::{PeftLinear, PeftModel};
 
-use crate::auto::CausalModel;
-use crate::bert::{BertForSequenceClassification, BertModel};
-use crate::gpt2::Gpt2LmHead;
-use crate::opt::OptForCausalLm;
+use crate::load::auto::CausalModel;
+use crate::models::bert::{BertForSequenceClassification, BertModel};
+use crate::models::gpt2::Gpt2LmHead;
+use crate::models::opt::OptForCausalLm;
 
 /// Write `visit_linears` and `visit_linears_ref` from one body. Inside it, `$m` is the model (`&mut Self` or
 /// `&Self`), `lin!(path, place)` reports one layer, `iter!(vec)` enumerates a `Vec` field, `opt!(option)` borrows
@@ -273,7 +273,7 @@ impl<B: Backend> PeftModel<B> for CausalModel<B> {
 }
 
 /// `BartForConditionalGeneration` (LM head tied to `model.shared`).
-impl<B: Backend> PeftModel<B> for crate::bart::BartForConditionalGeneration<B> {
+impl<B: Backend> PeftModel<B> for crate::models::bart::BartForConditionalGeneration<B> {
     fn model_type(&self) -> &str {
         "bart"
     }
@@ -308,7 +308,7 @@ impl<B: Backend> PeftModel<B> for crate::bart::BartForConditionalGeneration<B> {
 }
 
 /// `T5ForConditionalGeneration` (v1.0 and v1.1; `lm_head` is a linear layer only when untied).
-impl<B: Backend> PeftModel<B> for crate::t5::T5ForConditionalGeneration<B> {
+impl<B: Backend> PeftModel<B> for crate::models::t5::T5ForConditionalGeneration<B> {
     fn model_type(&self) -> &str {
         "t5"
     }
@@ -377,18 +377,18 @@ impl<B: Backend> PeftModel<B> for crate::t5::T5ForConditionalGeneration<B> {
 }
 
 /// Any encoder-decoder model.
-impl<B: Backend> PeftModel<B> for crate::auto::Seq2SeqModel<B> {
+impl<B: Backend> PeftModel<B> for crate::load::auto::Seq2SeqModel<B> {
     fn model_type(&self) -> &str {
         match self {
-            crate::auto::Seq2SeqModel::T5(m) => m.model_type(),
-            crate::auto::Seq2SeqModel::Bart(m) => m.model_type(),
+            crate::load::auto::Seq2SeqModel::T5(m) => m.model_type(),
+            crate::load::auto::Seq2SeqModel::Bart(m) => m.model_type(),
         }
     }
 
     visit_fns!(|m, f| {
         match m {
-            crate::auto::Seq2SeqModel::T5(x) => sub!("", *x),
-            crate::auto::Seq2SeqModel::Bart(x) => sub!("", *x),
+            crate::load::auto::Seq2SeqModel::T5(x) => sub!("", *x),
+            crate::load::auto::Seq2SeqModel::Bart(x) => sub!("", *x),
         }
     });
 
@@ -401,15 +401,15 @@ impl<B: Backend> PeftModel<B> for crate::auto::Seq2SeqModel<B> {
                 .to_string()
         };
         match self {
-            crate::auto::Seq2SeqModel::T5(m) => m.hf_module_path(&strip("T5")),
-            crate::auto::Seq2SeqModel::Bart(m) => m.hf_module_path(&strip("Bart")),
+            crate::load::auto::Seq2SeqModel::T5(m) => m.hf_module_path(&strip("T5")),
+            crate::load::auto::Seq2SeqModel::Bart(m) => m.hf_module_path(&strip("Bart")),
         }
     }
 
     fn output_layers(&self, task_type: Option<&str>) -> Vec<String> {
         match self {
-            crate::auto::Seq2SeqModel::T5(m) => m.output_layers(task_type),
-            crate::auto::Seq2SeqModel::Bart(m) => m.output_layers(task_type),
+            crate::load::auto::Seq2SeqModel::T5(m) => m.output_layers(task_type),
+            crate::load::auto::Seq2SeqModel::Bart(m) => m.output_layers(task_type),
         }
     }
 }

@@ -49,11 +49,14 @@ pub enum PeftError {
     #[error("model type `{model_type}` has no default LoRA target modules; set `target_modules`")]
     NoDefaultTargets { model_type: String },
 
-    #[error("target modules {targets} not found in the base model ({model_type}); its linear layers are e.g. {examples}")]
+    /// `adapter` names the adapter (its `adapter_config.json`, and the base model it was made for) when the
+    /// config came from a file.
+    #[error("{adapter}target modules {targets} not found in the base model ({model_type}); its linear layers are e.g. {examples}")]
     NoTargetMatched {
         targets: String,
         model_type: String,
         examples: String,
+        adapter: String,
     },
 
     #[error("adapter `{0}` already exists")]

@@ -238,7 +238,28 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
         let cfg_path = dir.join(CONFIG_FILE);
         let mut config = LoraConfig::load(&cfg_path)?;
         config.inference_mode = !is_trainable;
-        let (config, plan) = self.plan(name, config)?;
+        let made_for = config.base_model_name_or_path.clone();
+        let (config, plan) = self.plan(name, config).map_err(|e| match e {
+            PeftError::NoTargetMatched {
+                targets,
+                model_type,
+                examples,
+                ..
+            } => PeftError::NoTargetMatched {
+                targets,
+                model_type,
+                examples,
+                adapter: format!(
+                    "{}: adapter {}{}: ",
+                    cfg_path.display(),
+                    dir.display(),
+                    made_for
+                        .map(|b| format!(" (made for `{b}`)"))
+                        .unwrap_or_default()
+                ),
+            },
+            e => e,
+        })?;
         let weights = dir.join(WEIGHTS_FILE);
         if !weights.is_file() && dir.join("adapter_model.bin").is_file() {
             return Err(PeftError::Unsupported {

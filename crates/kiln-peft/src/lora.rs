@@ -157,7 +157,7 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
         if plan.is_empty() {
             let examples = linears
                 .iter()
-                .take(4)
+                .take(6)
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(", ");
@@ -165,6 +165,7 @@ impl<B: Backend, M: PeftModel<B>> LoraModel<B, M> {
                 targets: matcher.describe().into(),
                 model_type,
                 examples,
+                adapter: String::new(),
             });
         }
         // What peft writes back into the config.

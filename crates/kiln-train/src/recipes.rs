@@ -108,6 +108,7 @@ pub fn run_recipe<B: AutodiffBackend>(
     a: &RecipeArgs,
     device: &B::Device,
 ) -> Result<Value> {
+    check_flags(name, a)?;
     crate::trainer::check_out_dir(&a.out_dir)?;
     let summary = match name {
         "t5-prompt-sst2" => t5_prompt_sst2::<B>(a, device)?,
@@ -130,6 +131,43 @@ pub fn run_recipe<B: AutodiffBackend>(
     };
     write_json(&a.out_dir.join("summary.json"), &summary)?;
     Ok(summary)
+}
+
+/// Refuse the flags a recipe never reads (a flag that is accepted and then has no effect is worse than a
+/// missing one): the training flags on the recipes that do not train, `--adapter-size` and
+/// `--num-virtual-tokens` outside the recipes they size.
+fn check_flags(name: &str, a: &RecipeArgs) -> Result<()> {
+    let training = !matches!(name, "opt-icl-sst2" | "gpt2-generate" | "t0-zero-shot");
+    let given: [(&str, bool, bool); 12] = [
+        ("--dataset", a.dataset.is_some(), !matches!(name, "gpt2-generate" | "t0-zero-shot")),
+        ("--epochs", a.epochs.is_some(), training),
+        ("--batch-size", a.batch_size.is_some(), training),
+        ("--learning-rate", a.learning_rate.is_some(), training),
+        ("--max-samples", a.max_samples.is_some(), training),
+        (
+            "--max-eval-samples",
+            a.max_eval_samples.is_some(),
+            training || name == "opt-icl-sst2",
+        ),
+        ("--max-steps", a.max_steps.is_some(), training),
+        ("--seed", a.seed.is_some(), training || name == "gpt2-generate"),
+        ("--resume", a.resume, training),
+        ("--save-every-steps", a.save_every_steps.is_some(), training),
+        ("--adapter-size", a.adapter_size.is_some(), name == "bert-adapters-sst2"),
+        (
+            "--num-virtual-tokens",
+            a.num_virtual_tokens.is_some(),
+            matches!(name, "prefix-cnndm" | "prompt-tuning-sst2"),
+        ),
+    ];
+    for (flag, set, used) in given {
+        if set && !used && RECIPES.contains(&name) {
+            return Err(Error::Config(format!(
+                "recipe `{name}` does not use {flag}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn device_inner<B: AutodiffBackend>(d: &B::Device) -> burn::tensor::Device<B::InnerBackend> {
@@ -229,7 +267,7 @@ fn bert_sst2<B: AutodiffBackend>(
     let (bert_cfg, model, load) = bert::load_for_classification::<B>(&dir, device)?;
     // 64 tokens as the seed notebook, never more than the model has positions for.
     let max_len = Some(bert_cfg.max_position_embeddings.min(64));
-    let tok = Tokenizer::from_dir(&dir)?;
+    let tok = Tokenizer::from_dir(&dir)?.with_model_vocab(bert_cfg.vocab_size);
     let pad = tok.token_to_id("[PAD]").unwrap_or(0);
     let bs = a.batch_size.unwrap_or(16);
     let train_ex = load_sst2(&data, Split::Train, &load_opts(a.max_samples))?.examples;
@@ -587,7 +625,7 @@ fn prompt_tuning_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) ->
             label: e.label as usize,
         });
     }
-    let mut pcfg = kiln_peft::prompt::PromptLearningConfig::prompt_tuning(8);
+    let mut pcfg = kiln_peft::prompt::PromptLearningConfig::prompt_tuning(a.num_virtual_tokens.unwrap_or(8));
     pcfg.prompt_tuning_init = "TEXT".into();
     let init_text = "Classify the sentiment of the review as positive or negative:";
     pcfg.prompt_tuning_init_text = Some(init_text.into());

@@ -430,6 +430,11 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             let text = std::fs::read_to_string(ck.join("state.json")).map_err(|e| io(&ck, e))?;
             state = serde_json::from_str(&text).map_err(|e| io(&ck, e))?;
             resumed_from = Some(state.position);
+        } else {
+            eprintln!(
+                "warning: --resume: no checkpoint in {}; training starts from the beginning",
+                cfg.out_dir.display()
+            );
         }
     }
     let metrics_path = cfg.out_dir.join("metrics.jsonl");

@@ -16,5 +16,6 @@ mod peft;
 mod prompt;
 mod prompt_bert;
 mod prompt_seq2seq;
+mod reliability;
 mod s2s;
 mod t5;

@@ -23,11 +23,11 @@ use burn::prelude::*;
 use kiln_peft::adapter::maybe_adapt;
 use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
 
-use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache, LayerCache};
-use crate::config::{Activation, RawConfig};
-use crate::error::{Error, Result};
-use crate::seq2seq::{encoder_inputs, grouped_attend, EncoderDecoder};
-use crate::weights::{LoadReport, LoadSpec};
+use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, KvCache, LayerCache};
+use crate::load::config::{Activation, RawConfig};
+use crate::load::error::{Error, Result};
+use crate::generate::seq2seq::{encoder_inputs, grouped_attend, EncoderDecoder};
+use crate::load::weights::{LoadReport, LoadSpec};
 
 /// The fields of T5's `config.json` that the forward pass uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -548,9 +548,10 @@ impl<B: Backend> T5ForConditionalGeneration<B> {
         decoder_input_ids: &[Vec<u32>],
     ) -> Result<Tensor<B, 3>> {
         let device = self.shared.weight.device();
-        let ids = encoder_inputs::<B>(input_ids, attention_mask, &device)?;
+        let ids = encoder_inputs::<B>(input_ids, attention_mask, self.vocab_size(), &device)?;
         let enc = self.encoder_forward(ids, attention_mask);
-        let dec = crate::attention::ids_tensor::<B>(decoder_input_ids, &device);
+        crate::models::attention::check_ids(decoder_input_ids, self.vocab_size(), "decoder input")?;
+        let dec = crate::models::attention::ids_tensor::<B>(decoder_input_ids, &device);
         self.decoder_logits(dec, enc, attention_mask)
     }
 }
@@ -594,6 +595,10 @@ impl<B: Backend> EncoderDecoder<B> for T5ForConditionalGeneration<B> {
         self.decoder.block.len()
     }
 
+    fn vocab_size(&self) -> usize {
+        self.shared.weight.lazy_shape()[0]
+    }
+
     fn decode(
         &self,
         ids: Tensor<B, 2, Int>,
@@ -628,7 +633,7 @@ impl<B: Backend> EncoderDecoder<B> for T5ForConditionalGeneration<B> {
         };
         match &self.lm_head {
             Some(head) => head.forward(h),
-            None => crate::attention::tied_head(h, self.shared.weight.val()),
+            None => crate::models::attention::tied_head(h, self.shared.weight.val()),
         }
     }
 
@@ -653,15 +658,15 @@ pub fn load<B: Backend>(
         });
     }
     let mut cfg = T5Config::from_raw(&raw)?;
-    let files = crate::weights::weight_files(dir)?;
+    let files = crate::load::weights::weight_files(dir)?;
     let mut has_lm_head = false;
     for f in &files {
-        has_lm_head |= crate::weights::inspect_safetensors(f)?
+        has_lm_head |= crate::load::weights::inspect_safetensors(f)?
             .iter()
             .any(|t| t.name == "lm_head.weight");
     }
     cfg.untied_lm_head = has_lm_head;
     let mut model = cfg.init::<B>(device);
-    let report = crate::weights::load_into(&mut model, &files, &T5Config::load_spec())?;
+    let report = crate::load::weights::load_into(&mut model, &files, &T5Config::load_spec())?;
     Ok((cfg, model, report))
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
+use crate::load::error::{Error, Result};
 
 /// A parsed `config.json`, with typed accessors that report the file and field on error.
 #[derive(Debug, Clone)]

@@ -10,10 +10,10 @@ use burn::prelude::*;
 use kiln_peft::adapter::maybe_adapt;
 use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
 
-use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
-use crate::config::{Activation, RawConfig};
-use crate::error::Result;
-use crate::weights::LoadSpec;
+use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
+use crate::load::config::{Activation, RawConfig};
+use crate::load::error::Result;
+use crate::load::weights::LoadSpec;
 
 /// OPT's learned positions start at index 2 of `embed_positions`.
 pub const POSITION_OFFSET: i64 = 2;
@@ -310,7 +310,7 @@ impl<B: Backend> OptForCausalLm<B> {
 
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let w = self.model.decoder.embed_tokens.weight.val();
-        crate::attention::tied_head(hidden, w)
+        crate::models::attention::tied_head(hidden, w)
     }
 
     /// Full forward as `OPTForCausalLM.forward`: positions from the mask's cumsum (padding at -1).
@@ -322,15 +322,18 @@ impl<B: Backend> OptForCausalLm<B> {
         let [b, s] = ids.dims();
         let ones = vec![vec![1u8; s]; b];
         let mask = attention_mask.unwrap_or(&ones);
-        let positions = crate::attention::positions_from_mask::<B>(mask, -1, 0, &ids.device());
+        let positions = crate::models::attention::positions_from_mask::<B>(mask, -1, 0, &ids.device());
         let h = self.hidden(ids, positions, mask, None);
         self.logits(h)
     }
 }
 
-impl<B: Backend> crate::causal::CausalLm<B> for OptForCausalLm<B> {
+impl<B: Backend> crate::generate::causal::CausalLm<B> for OptForCausalLm<B> {
     fn n_layer(&self) -> usize {
         OptForCausalLm::n_layer(self)
+    }
+    fn vocab_size(&self) -> usize {
+        self.model.decoder.embed_tokens.weight.lazy_shape()[0]
     }
     fn max_positions(&self) -> usize {
         self.model.decoder.embed_positions.weight.dims()[0] - POSITION_OFFSET as usize
@@ -377,7 +380,7 @@ impl<B: Backend> crate::causal::CausalLm<B> for OptForCausalLm<B> {
 pub fn load<B: Backend>(
     dir: &Path,
     device: &B::Device,
-) -> Result<(OptConfig, OptForCausalLm<B>, crate::weights::LoadReport)> {
+) -> Result<(OptConfig, OptForCausalLm<B>, crate::load::weights::LoadReport)> {
     let raw = RawConfig::load(&dir.join("config.json"))?;
     let mt = raw.model_type()?;
     if mt != "opt" {
@@ -389,7 +392,7 @@ pub fn load<B: Backend>(
     }
     let cfg = OptConfig::from_raw(&raw)?;
     let mut model = cfg.init::<B>(device);
-    let files = crate::weights::weight_files(dir)?;
-    let report = crate::weights::load_into(&mut model, &files, &OptConfig::load_spec())?;
+    let files = crate::load::weights::weight_files(dir)?;
+    let report = crate::load::weights::load_into(&mut model, &files, &OptConfig::load_spec())?;
     Ok((cfg, model, report))
 }

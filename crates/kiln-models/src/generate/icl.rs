@@ -5,10 +5,10 @@
 
 use burn::prelude::*;
 
-use crate::causal::CausalLm;
-use crate::error::{Error, Result};
-use crate::scoring::score_tokens;
-use crate::tokenizer::Tokenizer;
+use crate::generate::causal::CausalLm;
+use crate::load::error::{Error, Result};
+use crate::generate::scoring::score_tokens;
+use crate::load::tokenizer::Tokenizer;
 
 /// How examples and the query are laid out. `{input}` and `{output}` are replaced.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,9 +3,9 @@
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::attention::ids_tensor;
-use crate::causal::CausalLm;
-use crate::error::{Error, Result};
+use crate::models::attention::ids_tensor;
+use crate::generate::causal::CausalLm;
+use crate::load::error::{Error, Result};
 
 /// The score of one token sequence.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -36,12 +36,14 @@ pub fn score_tokens<B: Backend, M: CausalLm<B>>(
             model.max_positions()
         )));
     }
+    let ids_row = [ids.to_vec()];
+    crate::models::attention::check_ids(&ids_row, model.vocab_size(), "text")?;
     let device = model.device();
     let n = ids.len();
     let mask = vec![vec![1u8; n]];
     let positions = Tensor::<B, 1, Int>::arange(0..n as i64, &device).unsqueeze::<2>();
     let h = model.hidden(
-        ids_tensor::<B>(&[ids.to_vec()], &device),
+        ids_tensor::<B>(&ids_row, &device),
         positions,
         &mask,
         None,
@@ -55,7 +57,7 @@ pub fn score_tokens<B: Backend, M: CausalLm<B>>(
         .expect("f32");
     let logprobs: Vec<f32> = (1..n).map(|i| lp[(i - 1) * v + ids[i] as usize]).collect();
     let mean = logprobs.iter().sum::<f32>() / logprobs.len() as f32;
-    let logits = with_logits.then(|| crate::attention::rows_f32(logits.reshape([n, v])));
+    let logits = with_logits.then(|| crate::models::attention::rows_f32(logits.reshape([n, v])));
     Ok(TokenScores {
         ids: ids.to_vec(),
         logprobs,

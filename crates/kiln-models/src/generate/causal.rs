@@ -3,13 +3,15 @@
 
 use burn::prelude::*;
 
-use crate::attention::{ids_tensor, positions_from_mask, rows_f32, KvCache};
-use crate::error::{Error, Result};
-use crate::generation::DecodeSession;
+use crate::models::attention::{ids_tensor, positions_from_mask, rows_f32, KvCache};
+use crate::load::error::{Error, Result};
+use crate::generate::DecodeSession;
 
 /// A decoder-only language model, as the generation engine and scorers see it.
 pub trait CausalLm<B: Backend> {
     fn n_layer(&self) -> usize;
+    /// Rows of the input embedding: every token id fed to the model must be below it.
+    fn vocab_size(&self) -> usize;
     /// The largest position id the model has an embedding for, plus one.
     fn max_positions(&self) -> usize;
     fn device(&self) -> B::Device;
@@ -111,6 +113,9 @@ impl<'a, B: Backend, M: CausalLm<B>> CausalSession<'a, B, M> {
 }
 
 impl<B: Backend, M: CausalLm<B>> DecodeSession for CausalSession<'_, B, M> {
+    fn vocab_size(&self) -> Option<usize> {
+        Some(self.model.vocab_size())
+    }
     fn prefill(&mut self, rows: &[Vec<u32>], mask: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
         let max = self.model.max_positions();
         if rows[0].len() > max {

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
-use crate::attention::KvCache;
-use crate::causal::CausalLm;
-use crate::config::RawConfig;
-use crate::error::{Error, Result};
-use crate::generation::GenerationConfig;
-use crate::hub::{HubOptions, Source};
-use crate::tokenizer::Tokenizer;
-use crate::weights::LoadReport;
-use crate::{gpt2, opt};
+use crate::models::attention::KvCache;
+use crate::generate::causal::CausalLm;
+use crate::load::config::RawConfig;
+use crate::load::error::{Error, Result};
+use crate::generate::GenerationConfig;
+use crate::load::hub::{HubOptions, Source};
+use crate::load::tokenizer::Tokenizer;
+use crate::load::weights::LoadReport;
+use crate::models::{gpt2, opt};
 
 /// The decoder-only architectures kiln implements.
 pub const CAUSAL_TYPES: &str = "gpt2, opt";
@@ -93,6 +93,9 @@ impl<B: Backend> CausalLm<B> for CausalModel<B> {
     fn n_layer(&self) -> usize {
         delegate!(self, m => CausalLm::<B>::n_layer(m))
     }
+    fn vocab_size(&self) -> usize {
+        delegate!(self, m => CausalLm::<B>::vocab_size(m))
+    }
     fn max_positions(&self) -> usize {
         delegate!(self, m => CausalLm::<B>::max_positions(m))
     }
@@ -148,8 +151,10 @@ impl<B: Backend> CausalPipeline<B> {
     pub fn load(spec: &str, device: &B::Device) -> Result<Self> {
         let dir = resolve_model(spec)?;
         let (model, report) = CausalModel::load(&dir, device)?;
-        let tokenizer = Tokenizer::from_dir(&dir)?;
+        let vocab = CausalLm::<B>::vocab_size(&model);
+        let tokenizer = Tokenizer::from_dir(&dir)?.with_model_vocab(vocab);
         let generation = GenerationConfig::from_dir(&dir)?;
+        generation.check_token_ids_in_dir(&dir, vocab)?;
         Ok(Self {
             dir,
             model,
@@ -209,16 +214,16 @@ pub const SEQ2SEQ_TYPES: &str = "t5, bart";
 /// Any encoder-decoder model.
 #[derive(Module, Debug)]
 pub enum Seq2SeqModel<B: Backend> {
-    T5(crate::t5::T5ForConditionalGeneration<B>),
-    Bart(crate::bart::BartForConditionalGeneration<B>),
+    T5(crate::models::t5::T5ForConditionalGeneration<B>),
+    Bart(crate::models::bart::BartForConditionalGeneration<B>),
 }
 
 impl<B: Backend> Seq2SeqModel<B> {
     pub fn load(dir: &Path, device: &B::Device) -> Result<(Self, LoadReport)> {
         let mt = model_type(dir)?;
         match mt.as_str() {
-            "t5" | "mt5" => crate::t5::load(dir, device).map(|(_, m, r)| (Self::T5(m), r)),
-            "bart" => crate::bart::load(dir, device).map(|(_, m, r)| (Self::Bart(m), r)),
+            "t5" | "mt5" => crate::models::t5::load(dir, device).map(|(_, m, r)| (Self::T5(m), r)),
+            "bart" => crate::models::bart::load(dir, device).map(|(_, m, r)| (Self::Bart(m), r)),
             _ => Err(Error::UnsupportedArchitecture {
                 path: dir.join("config.json"),
                 model_type: mt,
@@ -278,7 +283,7 @@ impl<B: Backend> Seq2SeqModel<B> {
         match self {
             Seq2SeqModel::T5(_) => None,
             Seq2SeqModel::Bart(m) => Some(
-                m.model.encoder.embed_positions.weight.dims()[0] - crate::bart::POSITION_OFFSET,
+                m.model.encoder.embed_positions.weight.dims()[0] - crate::models::bart::POSITION_OFFSET,
             ),
         }
     }
@@ -308,7 +313,7 @@ macro_rules! delegate_s2s {
     };
 }
 
-impl<B: Backend> crate::seq2seq::EncoderDecoder<B> for Seq2SeqModel<B> {
+impl<B: Backend> crate::generate::seq2seq::EncoderDecoder<B> for Seq2SeqModel<B> {
     fn encode(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -326,18 +331,21 @@ impl<B: Backend> crate::seq2seq::EncoderDecoder<B> for Seq2SeqModel<B> {
     ) -> Result<Tensor<B, 3>> {
         delegate_s2s!(self, m => m.encode_embeds(embeds, attention_mask))
     }
-    fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<crate::attention::LayerCache<B>> {
+    fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<crate::models::attention::LayerCache<B>> {
         delegate_s2s!(self, m => m.cross_kv(encoder_hidden))
     }
     fn n_decoder_layers(&self) -> usize {
         delegate_s2s!(self, m => m.n_decoder_layers())
+    }
+    fn vocab_size(&self) -> usize {
+        delegate_s2s!(self, m => m.vocab_size())
     }
     fn decode(
         &self,
         ids: Tensor<B, 2, Int>,
         self_mask: &[Vec<u8>],
         cache: Option<&mut KvCache<B>>,
-        cross: &[crate::attention::LayerCache<B>],
+        cross: &[crate::models::attention::LayerCache<B>],
         cross_mask: Tensor<B, 4>,
     ) -> Result<Tensor<B, 3>> {
         delegate_s2s!(self, m => m.decode(ids, self_mask, cache, cross, cross_mask))
@@ -346,7 +354,7 @@ impl<B: Backend> crate::seq2seq::EncoderDecoder<B> for Seq2SeqModel<B> {
         delegate_s2s!(self, m => m.lm_logits(hidden))
     }
     fn device(&self) -> B::Device {
-        delegate_s2s!(self, m => crate::seq2seq::EncoderDecoder::<B>::device(m))
+        delegate_s2s!(self, m => crate::generate::seq2seq::EncoderDecoder::<B>::device(m))
     }
 }
 
@@ -365,8 +373,10 @@ impl<B: Backend> Seq2SeqPipeline<B> {
     pub fn load(spec: &str, device: &B::Device) -> Result<Self> {
         let dir = resolve_model(spec)?;
         let (model, report) = Seq2SeqModel::load(&dir, device)?;
-        let tokenizer = Tokenizer::from_dir(&dir)?;
+        let vocab = crate::generate::seq2seq::EncoderDecoder::<B>::vocab_size(&model);
+        let tokenizer = Tokenizer::from_dir(&dir)?.with_model_vocab(vocab);
         let mut generation = GenerationConfig::from_dir(&dir)?;
+        generation.check_token_ids_in_dir(&dir, vocab)?;
         // T5 starts decoding from its pad token; configs written without `decoder_start_token_id` rely on
         // that (transformers' T5 does the same).
         if generation.decoder_start_token_id.is_none() && matches!(model, Seq2SeqModel::T5(_)) {
@@ -434,7 +444,7 @@ impl<B: Backend> Seq2SeqPipeline<B> {
         cfg: &GenerationConfig,
     ) -> Result<Vec<String>> {
         let (ids, mask, _) = self.encode_right_padded(texts, max_len)?;
-        let out = crate::seq2seq::generate(&self.model, &ids, &mask, cfg, None)?;
+        let out = crate::generate::seq2seq::generate(&self.model, &ids, &mask, cfg, None)?;
         out.sequences
             .iter()
             .map(|s| self.tokenizer.decode(s, true).map(|t| t.trim().to_string()))

@@ -63,6 +63,13 @@ pub enum Error {
         msg: String,
     },
 
+    #[error("{path}: the model it describes needs {} for its parameters, more than the {} of memory available", human_bytes(*needed), human_bytes(*available))]
+    TooLarge {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+
     #[error("{path}: tokenizer: {msg}")]
     Tokenizer { path: PathBuf, msg: String },
 
@@ -81,6 +88,22 @@ pub enum Error {
 
     #[error("invalid input: {0}")]
     Input(String),
+}
+
+/// `1.23 GB`-style sizes for messages (decimal units, as `free -h --si` and disk tools print them).
+pub fn human_bytes(b: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", units[u])
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

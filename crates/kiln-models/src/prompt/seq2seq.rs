@@ -11,7 +11,7 @@
 //!   prefix with transformers >= 4.56, and never touches the encoder; kiln does the same, so that adapters trained
 //!   on either side give the same outputs on the other.
 //!
-//! [`Seq2SeqPromptModel`] implements [`EncoderDecoder`], so teacher-forced training, [`crate::seq2seq::generate`]
+//! [`Seq2SeqPromptModel`] implements [`EncoderDecoder`], so teacher-forced training, [`crate::generate::seq2seq::generate`]
 //! (greedy, sampling, beam search) and the trainer's seq2seq task all work on it unchanged.
 
 use std::path::Path;
@@ -22,11 +22,11 @@ use kiln_peft::prompt::{
     read_prompt, save_prompt, PromptEncoder, PromptLearningConfig, PromptMethod,
 };
 
-use crate::attention::{ids_tensor, KvCache, LayerCache};
-use crate::auto::Seq2SeqModel;
-use crate::error::{Error, Result};
+use crate::models::attention::{ids_tensor, KvCache, LayerCache};
+use crate::load::auto::Seq2SeqModel;
+use crate::load::error::{Error, Result};
 use crate::prompt::{peft_err, prompt_from_file, text_init_rows};
-use crate::seq2seq::EncoderDecoder;
+use crate::generate::seq2seq::EncoderDecoder;
 
 /// An encoder-decoder model with a trainable prompt (peft's `PeftModelForSeq2SeqLM` for `PROMPT_TUNING` /
 /// `PREFIX_TUNING`). The base model is frozen; only `prompt` requires grad (unless loaded for inference).
@@ -168,7 +168,7 @@ impl<B: Backend> Seq2SeqPromptModel<B> {
         decoder_input_ids: &[Vec<u32>],
     ) -> Result<Tensor<B, 3>> {
         let device = EncoderDecoder::<B>::device(self);
-        let ids = crate::seq2seq::encoder_inputs::<B>(input_ids, attention_mask, &device)?;
+        let ids = crate::generate::seq2seq::encoder_inputs::<B>(input_ids, attention_mask, self.vocab_size(), &device)?;
         let enc = self.encode(ids, attention_mask)?;
         self.decoder_logits(
             ids_tensor::<B>(decoder_input_ids, &device),
@@ -234,8 +234,12 @@ impl<B: Backend> EncoderDecoder<B> for Seq2SeqPromptModel<B> {
         self.model.n_decoder_layers()
     }
 
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+
     /// Prefix tuning: `self_mask` covers the real decoder tokens only; the `n` prefix positions are prepended
-    /// here. An empty (or absent) cache is first filled with the prefix, so a [`crate::seq2seq::Seq2SeqSession`]
+    /// here. An empty (or absent) cache is first filled with the prefix, so a [`crate::generate::seq2seq::Seq2SeqSession`]
     /// needs no special case.
     fn decode(
         &self,

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::load::error::{Error, Result};
 
 /// `early_stopping` as in transformers: `true`, `false`, or `"never"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,9 +80,10 @@ impl Default for GenerationConfig {
 }
 
 fn token_ids(v: &Value) -> Option<Vec<u32>> {
+    let id = |x: &Value| x.as_u64().and_then(|x| u32::try_from(x).ok());
     match v {
-        Value::Number(n) => n.as_u64().map(|x| vec![x as u32]),
-        Value::Array(a) => a.iter().map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        Value::Number(_) => id(v).map(|x| vec![x]),
+        Value::Array(a) => a.iter().map(id).collect(),
         Value::Null => Some(vec![]),
         _ => None,
     }
@@ -101,21 +102,53 @@ impl GenerationConfig {
             }
             let u = || val.as_u64().map(|x| x as usize).ok_or_else(|| bad(k, val));
             let f = || val.as_f64().map(|x| x as f32).ok_or_else(|| bad(k, val));
-            let id = || val.as_u64().map(|x| x as u32).ok_or_else(|| bad(k, val));
+            let id = || {
+                val.as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .ok_or_else(|| bad(k, val))
+            };
+            // A value that no generation could use is an error naming this file and field (not, later, a
+            // message that reads as if a command-line flag were wrong).
+            let at_least_1 = |n: usize| {
+                if n == 0 {
+                    Err(Error::field(path, k, "must be at least 1"))
+                } else {
+                    Ok(n)
+                }
+            };
+            let positive = |x: f32| {
+                if x.is_finite() && x > 0.0 {
+                    Ok(x)
+                } else {
+                    Err(Error::field(path, k, format!("must be a positive number, got {val}")))
+                }
+            };
             match k.as_str() {
-                "max_new_tokens" => self.max_new_tokens = Some(u()?),
+                "max_new_tokens" => self.max_new_tokens = Some(at_least_1(u()?)?),
                 "max_length" => self.max_length = u()?,
                 "min_length" => self.min_length = u()?,
                 "min_new_tokens" => self.min_new_tokens = u()?,
                 "do_sample" => self.do_sample = val.as_bool().ok_or_else(|| bad(k, val))?,
-                "temperature" => self.temperature = f()?,
+                "temperature" => self.temperature = positive(f()?)?,
                 "top_k" => self.top_k = u()?,
-                "top_p" => self.top_p = f()?,
-                "repetition_penalty" => self.repetition_penalty = f()?,
+                "top_p" => {
+                    let p = f()?;
+                    if !(p > 0.0 && p <= 1.0) {
+                        return Err(Error::field(path, k, format!("must be in (0, 1], got {val}")));
+                    }
+                    self.top_p = p
+                }
+                "repetition_penalty" => self.repetition_penalty = positive(f()?)?,
                 "no_repeat_ngram_size" => self.no_repeat_ngram_size = u()?,
-                "num_beams" => self.num_beams = u()?,
-                "length_penalty" => self.length_penalty = f()?,
-                "num_return_sequences" => self.num_return_sequences = u()?,
+                "num_beams" => self.num_beams = at_least_1(u()?)?,
+                "length_penalty" => {
+                    let x = f()?;
+                    if !x.is_finite() {
+                        return Err(Error::field(path, k, "must be finite"));
+                    }
+                    self.length_penalty = x
+                }
+                "num_return_sequences" => self.num_return_sequences = at_least_1(u()?)?,
                 "early_stopping" => {
                     self.early_stopping = match val {
                         Value::Bool(true) => EarlyStopping::True,
@@ -175,20 +208,58 @@ impl GenerationConfig {
         Ok(g)
     }
 
+    /// [`Self::check_token_ids`] for a configuration read by [`Self::from_dir`]: the error names the file the id
+    /// came from (`generation_config.json`, which overrides `config.json`) and the field.
+    pub fn check_token_ids_in_dir(&self, dir: &Path, vocab: usize) -> Result<()> {
+        let Some(&(field, id)) = self.out_of_vocab_ids(vocab).first() else {
+            return Ok(());
+        };
+        let gen = dir.join("generation_config.json");
+        let in_gen = std::fs::read_to_string(&gen)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| v.get(field).is_some_and(|x| !x.is_null()));
+        let path = if in_gen { gen } else { dir.join("config.json") };
+        Err(Error::field(
+            path,
+            field,
+            format!("token id {id} is outside the model's vocabulary of {vocab}"),
+        ))
+    }
+
     /// Reject nonsense before any work; return warnings (as transformers warns) for ignored settings.
     pub fn validate(&self) -> Result<Vec<String>> {
         let e = |m: String| Err(Error::Generation(m));
-        if self.num_beams == 0 {
-            return e("num_beams must be at least 1".into());
+        self.validate_values()?;
+        if self.do_sample && self.num_beams > 1 {
+            return e(format!(
+                "do_sample with num_beams {} (beam-search sampling) is not supported: sample with num_beams 1, or search without do_sample",
+                self.num_beams
+            ));
         }
-        if self.num_return_sequences == 0 {
-            return e("num_return_sequences must be at least 1".into());
+        if self.num_beams > 1 && self.num_return_sequences > self.num_beams {
+            return e(format!(
+                "num_return_sequences ({}) must be at most num_beams ({})",
+                self.num_return_sequences, self.num_beams
+            ));
         }
         if !self.do_sample && self.num_return_sequences > self.num_beams {
             return e(format!(
                 "num_return_sequences ({}) must be at most num_beams ({}) without sampling",
                 self.num_return_sequences, self.num_beams
             ));
+        }
+        self.warnings()
+    }
+
+    /// The checks of [`Self::validate`] that each value must pass on its own, whatever the others are.
+    pub fn validate_values(&self) -> Result<()> {
+        let e = |m: String| Err(Error::Generation(m));
+        if self.num_beams == 0 {
+            return e("num_beams must be at least 1".into());
+        }
+        if self.num_return_sequences == 0 {
+            return e("num_return_sequences must be at least 1".into());
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return e(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -211,6 +282,11 @@ impl GenerationConfig {
         if self.max_new_tokens == Some(0) {
             return e("max_new_tokens must be at least 1".into());
         }
+        Ok(())
+    }
+
+    /// Settings that have no effect with the others (transformers warns about the same ones).
+    fn warnings(&self) -> Result<Vec<String>> {
         let mut warnings = Vec::new();
         if !self.do_sample {
             if self.temperature != 1.0 {
@@ -223,7 +299,45 @@ impl GenerationConfig {
         if self.num_beams == 1 && self.early_stopping != EarlyStopping::False {
             warnings.push("`num_beams` is 1 but `early_stopping` is set: it only applies to beam search and is ignored".into());
         }
+        if !self.do_sample && self.top_k != 50 {
+            warnings.push(format!("`do_sample` is false but `top_k` is {}: it only applies to sampling and is ignored", self.top_k));
+        }
+        if self.num_beams == 1 && self.length_penalty != 1.0 {
+            warnings.push(format!("`num_beams` is 1 but `length_penalty` is {}: it only applies to beam search and is ignored", self.length_penalty));
+        }
         Ok(warnings)
+    }
+
+    /// The special token ids (`eos_token_id`, `pad_token_id`, `bos_token_id`, `decoder_start_token_id`,
+    /// `forced_bos_token_id`, `forced_eos_token_id`) that are at or beyond `vocab`, as `(field, id)`.
+    pub fn out_of_vocab_ids(&self, vocab: usize) -> Vec<(&'static str, u32)> {
+        let mut bad = Vec::new();
+        for &e in &self.eos_token_id {
+            bad.push(("eos_token_id", e));
+        }
+        for (f, v) in [
+            ("pad_token_id", self.pad_token_id),
+            ("bos_token_id", self.bos_token_id),
+            ("decoder_start_token_id", self.decoder_start_token_id),
+            ("forced_bos_token_id", self.forced_bos_token_id),
+            ("forced_eos_token_id", self.forced_eos_token_id),
+        ] {
+            if let Some(v) = v {
+                bad.push((f, v));
+            }
+        }
+        bad.retain(|&(_, id)| id as usize >= vocab);
+        bad
+    }
+
+    /// An error naming the first special id at or beyond `vocab` (see [`Self::out_of_vocab_ids`]).
+    pub fn check_token_ids(&self, vocab: usize) -> Result<()> {
+        match self.out_of_vocab_ids(vocab).first() {
+            None => Ok(()),
+            Some((f, id)) => Err(Error::Generation(format!(
+                "{f} {id} is outside the model's vocabulary of {vocab}"
+            ))),
+        }
     }
 
     fn max_total(&self, prompt_len: usize) -> usize {
@@ -243,6 +357,11 @@ pub trait DecodeSession {
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>>;
     /// Keep rows `idx`, in that order (beam reordering).
     fn select(&mut self, idx: &[usize]) -> Result<()>;
+    /// Rows of the model's input embedding, when known: [`generate`] then refuses prompt and special ids at or
+    /// beyond it before any of them reaches the model (a backend's gather must never see them).
+    fn vocab_size(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The result of one `generate` call.
@@ -275,6 +394,10 @@ pub fn generate<S: DecodeSession>(
         return Err(Error::Input(
             "prompts must be non-empty, padded to one length, with a mask row each".into(),
         ));
+    }
+    if let Some(v) = session.vocab_size() {
+        cfg.check_token_ids(v)?;
+        crate::models::attention::check_ids(prompts, v, "prompt")?;
     }
     if cfg.num_beams > 1 {
         beam_search(session, prompts, mask, cfg)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::{ApiBuilder, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 
-use crate::error::{Error, Result};
+use crate::load::error::{Error, Result};
 
 /// Settings for resolving hub ids. [`HubOptions::from_env`] reads the variables Python uses.
 #[derive(Debug, Clone)]

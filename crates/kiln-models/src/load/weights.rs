@@ -21,7 +21,7 @@ use burn::store::{
 };
 use burn::tensor::{DType, TensorData};
 
-use crate::error::{Error, Result};
+use crate::load::error::{Error, Result};
 
 /// What a load did besides filling the module.
 #[derive(Debug, Clone, Default)]
@@ -329,6 +329,99 @@ impl ModuleAdapter for HfAdapter {
     }
 }
 
+/// A module parameter as the loader sees it before loading: its shape (lazy, nothing initialised) and whether
+/// it is a [`kiln_peft::PeftLinear`] weight (stored `[in, out]`, `[out, in]` in an `nn.Linear` checkpoint).
+#[derive(Debug, Clone)]
+struct ParamShape {
+    shape: Vec<usize>,
+    linear_weight: bool,
+}
+
+/// Every float parameter of `model` by path (norm parameters under both burn's `gamma`/`beta` and the
+/// checkpoint's `weight`/`bias`), from the parameters' lazy shapes: visiting initialises nothing, unlike
+/// burn-store's `collect`, which reads every value (and so fills a random initialisation of the whole model).
+fn param_shapes<B: Backend, M: Module<B>>(model: &M) -> std::collections::HashMap<String, ParamShape> {
+    struct V {
+        path: Vec<String>,
+        containers: Vec<String>,
+        out: std::collections::HashMap<String, ParamShape>,
+    }
+    impl<B: Backend> burn::module::ModuleVisitor<B> for V {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.push(name.to_string());
+            self.containers.push(container_type.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+            self.containers.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            let p = self.path.join(".");
+            let shape = ParamShape {
+                shape: param.lazy_shape().to_vec(),
+                linear_weight: D == 2
+                    && self.path.last().map(String::as_str) == Some("weight")
+                    && self
+                        .containers
+                        .iter()
+                        .rev()
+                        .find(|c| c.starts_with("Struct:") || c.starts_with("Enum:"))
+                        .map(String::as_str)
+                        == Some("Struct:PeftLinear"),
+            };
+            if let Some(base) = p.strip_suffix(".gamma") {
+                self.out.insert(format!("{base}.weight"), shape.clone());
+            }
+            if let Some(base) = p.strip_suffix(".beta") {
+                self.out.insert(format!("{base}.bias"), shape.clone());
+            }
+            self.out.insert(p, shape);
+        }
+    }
+    let mut v = V {
+        path: Vec::new(),
+        containers: Vec::new(),
+        out: Default::default(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+/// Bytes of memory this process can still use: `MemAvailable` from `/proc/meminfo`, lowered to the cgroup's
+/// remaining limit when there is one (a container). `None` where neither can be read (not Linux); the
+/// `KILN_MEMORY_LIMIT` environment variable (bytes) overrides both, for tests and for users who want a cap.
+pub fn available_memory() -> Option<u64> {
+    if let Some(v) = std::env::var("KILN_MEMORY_LIMIT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Some(v);
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb.saturating_mul(1024))
+    });
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+    };
+    let cgroup = match (
+        read("/sys/fs/cgroup/memory.max"),
+        read("/sys/fs/cgroup/memory.current"),
+    ) {
+        (Some(max), Some(cur)) => Some(max.saturating_sub(cur)),
+        _ => None,
+    };
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Load every weight file into `model`, following `spec`. Missing parameters that `spec` does not allow
 /// are an error naming them; unused checkpoint tensors are reported in the [`LoadReport`].
 pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
@@ -345,42 +438,70 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
     let mut unused = BTreeSet::new();
     let mut missing_all: Option<BTreeSet<String>> = None;
     let first = files.first().cloned().unwrap_or_default();
-    // Parameter paths of the module (with the checkpoint's names for norm parameters), to reject integer
-    // tensors that would land on float parameters before burn-store sees them.
-    let mut params = std::collections::HashSet::new();
-    for snap in model.collect(None, None, false) {
-        let p = snap.full_path();
-        if let Some(base) = p.strip_suffix(".gamma") {
-            params.insert(format!("{base}.weight"));
-        }
-        if let Some(base) = p.strip_suffix(".beta") {
-            params.insert(format!("{base}.bias"));
-        }
-        params.insert(p);
-    }
+    // The module's parameters as their lazy shapes: nothing is initialised here (burn's parameters are
+    // lazy; a parameter that the checkpoint provides is replaced by the loaded tensor without ever being
+    // randomly initialised, and one it does not provide is initialised when first used).
+    let params = param_shapes(model);
     let remaps: Vec<(regex::Regex, String)> = spec
         .remaps
         .iter()
         .map(|(f, t)| (regex::Regex::new(f).expect("valid remap regex"), t.clone()))
         .collect();
+    let remap = |name: &str| {
+        let mut key = name.to_string();
+        for (re, to) in &remaps {
+            key = re.replace_all(&key, to.as_str()).into_owned();
+        }
+        key
+    };
+    // Every header first, before any tensor is allocated: integer tensors on float parameters and shapes
+    // that disagree with the config are errors naming the file and key.
+    let mut headers = Vec::with_capacity(files.len());
     for file in files {
         let infos = inspect_safetensors(file)?;
         for info in &infos {
-            if matches!(info.dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
-                continue;
-            }
-            let mut key = info.name.clone();
-            for (re, to) in &remaps {
-                key = re.replace_all(&key, to.as_str()).into_owned();
-            }
-            if params.contains(&key) {
+            let key = remap(&info.name);
+            let Some(p) = params.get(&key) else { continue };
+            if !matches!(info.dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
                 return Err(Error::Dtype {
                     path: file.clone(),
                     key: info.name.clone(),
                     dtype: info.dtype.clone(),
                 });
             }
+            let transposed = spec.transpose_linear && p.linear_weight;
+            let expected: Vec<usize> = if transposed {
+                p.shape.iter().rev().copied().collect()
+            } else {
+                p.shape.clone()
+            };
+            if info.shape != expected {
+                return Err(Error::ShapeMismatch {
+                    path: file.clone(),
+                    key: info.name.clone(),
+                    expected,
+                    found: info.shape.clone(),
+                });
+            }
         }
+        headers.push(infos);
+    }
+    // The config's model, in bytes, against the memory there is (the parameters are f32 once loaded).
+    let needed: u64 = params
+        .values()
+        .map(|p| p.shape.iter().fold(4u64, |a, &d| a.saturating_mul(d as u64)))
+        .fold(0u64, u64::saturating_add);
+    if let Some(available) = available_memory() {
+        if needed > available {
+            let dir = first.parent().map(Path::to_path_buf).unwrap_or_default();
+            return Err(Error::TooLarge {
+                path: dir.join("config.json"),
+                needed,
+                available,
+            });
+        }
+    }
+    for (file, infos) in files.iter().zip(headers) {
         // One lazily read snapshot per tensor: each is read from the file (pread) only when burn-store applies
         // it, converted, and dropped, so peak memory is the model plus one tensor — a memory map of the whole
         // file would add the checkpoint's size again to the resident set while loading.
@@ -389,10 +510,7 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
             let Some(dtype) = burn_dtype(&info.dtype) else {
                 continue;
             };
-            let mut key = info.name.clone();
-            for (re, to) in &remaps {
-                key = re.replace_all(&key, to.as_str()).into_owned();
-            }
+            let key = remap(&info.name);
             let (path, start, len, shape) = (
                 file.clone(),
                 info.start,

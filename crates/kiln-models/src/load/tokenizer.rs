@@ -11,7 +11,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{Tokenizer as HfTokenizer, TruncationParams, TruncationStrategy};
 
-use crate::error::{Error, Result};
+use crate::load::error::{Error, Result};
 
 /// One encoded text (or pair).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,9 @@ pub struct Tokenizer {
     pub path: PathBuf,
     /// Truncating copies of `inner`, one per length limit used.
     truncating: std::sync::Arc<std::sync::Mutex<Vec<(usize, std::sync::Arc<HfTokenizer>)>>>,
+    /// The vocabulary of the model this tokenizer feeds (rows of its input embedding), once known: every
+    /// encoded id is checked against it ([`Tokenizer::with_model_vocab`]).
+    model_vocab: Option<usize>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -100,6 +103,7 @@ impl Tokenizer {
             inner,
             path: path.to_path_buf(),
             truncating: Default::default(),
+            model_vocab: None,
         })
     }
 
@@ -131,6 +135,7 @@ impl Tokenizer {
             inner,
             path: vocab.to_path_buf(),
             truncating: Default::default(),
+            model_vocab: None,
         };
         if let Some(id) = t.inner.token_to_id("<|endoftext|>") {
             let _ = id;
@@ -186,6 +191,7 @@ impl Tokenizer {
             inner,
             path: vocab.to_path_buf(),
             truncating: Default::default(),
+            model_vocab: None,
         })
     }
 
@@ -193,6 +199,24 @@ impl Tokenizer {
         Error::Tokenizer {
             path: self.path.clone(),
             msg: msg.to_string(),
+        }
+    }
+
+    /// Check every id this tokenizer produces against the model's vocabulary of `n` (the rows of its input
+    /// embedding): a tokenizer whose vocabulary is larger than the model's then gives an error naming its file,
+    /// the id and the size instead of an out-of-range index inside the backend.
+    pub fn with_model_vocab(mut self, n: usize) -> Self {
+        self.model_vocab = Some(n);
+        self
+    }
+
+    fn check_vocab(&self, ids: &[u32]) -> Result<()> {
+        match (self.model_vocab, ids.iter().max()) {
+            (Some(v), Some(&m)) if m as usize >= v => Err(self.err(format!(
+                "token id {m} (`{}`) is outside the model's vocabulary of {v}: the tokenizer does not belong to this model",
+                self.inner.id_to_token(m).unwrap_or_default()
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -218,6 +242,7 @@ impl Tokenizer {
             Some(m) => self.truncating(m)?.encode(input, true),
         }
         .map_err(|e| self.err(e))?;
+        self.check_vocab(enc.get_ids())?;
         Ok(Encoding {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),
@@ -245,12 +270,14 @@ impl Tokenizer {
 
     /// Encode without special tokens (for continuation text and prompt pieces).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
+        let ids = self
             .inner
             .encode(text, false)
             .map_err(|e| self.err(e))?
             .get_ids()
-            .to_vec())
+            .to_vec();
+        self.check_vocab(&ids)?;
+        Ok(ids)
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {

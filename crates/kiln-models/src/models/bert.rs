@@ -18,11 +18,11 @@ use burn::nn::{
 use burn::prelude::*;
 use kiln_peft::PeftLinear;
 
-use crate::attention::{additive_mask, attend_with_dropout, ids_tensor, merge_heads, split_heads};
-use crate::config::{Activation, RawConfig};
-use crate::error::{Error, Result};
-use crate::tokenizer::{Encoding, Tokenizer};
-use crate::weights::{LoadReport, LoadSpec};
+use crate::models::attention::{additive_mask, attend_with_dropout, ids_tensor, merge_heads, split_heads};
+use crate::load::config::{Activation, RawConfig};
+use crate::load::error::{Error, Result};
+use crate::load::tokenizer::{Encoding, Tokenizer};
+use crate::load::weights::{LoadReport, LoadSpec};
 
 /// The fields of BERT's `config.json` that the model uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,14 +187,28 @@ impl BertConfig {
         let hidden_dropout = || DropoutConfig::new(self.hidden_dropout_prob).init();
         let mut word_embeddings = emb(self.vocab_size);
         if let Some(p) = self.pad_token_id {
-            // (detach + require_grad: the result must stay a trainable leaf under autodiff.)
-            let zeros = Tensor::<B, 2>::zeros([1, d], device);
-            let p = p as usize;
-            word_embeddings.weight = word_embeddings.weight.map(|w| {
-                w.slice_assign([p..p + 1, 0..d], zeros)
-                    .detach()
-                    .require_grad()
-            });
+            // Lazily, like every other parameter: a checkpoint that provides the table replaces it without it
+            // ever being drawn (and a config naming a huge table allocates nothing until it is used).
+            let (v, p) = (self.vocab_size, p as usize);
+            word_embeddings.weight = burn::module::Param::uninitialized(
+                burn::module::ParamId::new(),
+                move |device: &B::Device, require_grad| {
+                    let w = Initializer::Normal { mean: 0.0, std }
+                        .init::<B, 2, _>([v, d], device)
+                        .val()
+                        .slice_assign([p..p + 1, 0..d], Tensor::zeros([1, d], device))
+                        .detach();
+                    // (require_grad: the result must stay a trainable leaf under autodiff.)
+                    if require_grad {
+                        w.require_grad()
+                    } else {
+                        w
+                    }
+                },
+                device.clone(),
+                true,
+                [v, d].into(),
+            );
         }
         let layer = (0..self.num_hidden_layers)
             .map(|_| BertLayer {
@@ -736,8 +750,8 @@ pub fn load<B: Backend>(
 ) -> Result<(BertConfig, BertModel<B>, LoadReport)> {
     let cfg = read_config(dir)?;
     let mut model = cfg.init::<B>(device);
-    let files = crate::weights::weight_files(dir)?;
-    let report = crate::weights::load_into(&mut model, &files, &BertConfig::model_load_spec())?;
+    let files = crate::load::weights::weight_files(dir)?;
+    let report = crate::load::weights::load_into(&mut model, &files, &BertConfig::model_load_spec())?;
     Ok((cfg, model, report))
 }
 
@@ -750,9 +764,9 @@ pub fn load_for_classification<B: Backend>(
 ) -> Result<(BertConfig, BertForSequenceClassification<B>, LoadReport)> {
     let cfg = read_config(dir)?;
     let mut model = cfg.init_classifier::<B>(device);
-    let files = crate::weights::weight_files(dir)?;
+    let files = crate::load::weights::weight_files(dir)?;
     let report =
-        crate::weights::load_into(&mut model, &files, &BertConfig::classifier_load_spec())?;
+        crate::load::weights::load_into(&mut model, &files, &BertConfig::classifier_load_spec())?;
     Ok((cfg, model, report))
 }
 

@@ -1,6 +1,6 @@
 //! Encoder-decoder decoding shared by T5 and BART: the [`EncoderDecoder`] interface a model implements,
 //! cross-attention over grouped rows, and [`Seq2SeqSession`], the [`DecodeSession`] that
-//! [`crate::generation::generate`] drives.
+//! [`crate::generate::generate`] drives.
 //!
 //! As in transformers' `generate`, the encoder runs once per call. The engine's "prompt" is the decoder rows
 //! (`[decoder_start_token_id]` each), expanded to `batch × num_beams` (or `× num_return_sequences`) rows.
@@ -11,9 +11,9 @@
 
 use burn::prelude::*;
 
-use crate::attention::{attend, ids_tensor, rows_f32, KvCache, LayerCache, MASKED};
-use crate::error::{Error, Result};
-use crate::generation::{DecodeSession, GenerateOutput, GenerationConfig};
+use crate::models::attention::{attend, ids_tensor, rows_f32, KvCache, LayerCache, MASKED};
+use crate::load::error::{Error, Result};
+use crate::generate::{DecodeSession, GenerateOutput, GenerationConfig};
 
 /// What a seq2seq model provides to [`Seq2SeqSession`] (and to its own full forward).
 pub trait EncoderDecoder<B: Backend> {
@@ -46,6 +46,9 @@ pub trait EncoderDecoder<B: Backend> {
     fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<LayerCache<B>>;
 
     fn n_decoder_layers(&self) -> usize;
+
+    /// Rows of the (shared) input embedding: every token id fed to the encoder or decoder must be below it.
+    fn vocab_size(&self) -> usize;
 
     /// The decoder's final hidden states `[r, t, d]` for `ids` `[r, t]`, after the `cache.len()` tokens
     /// already in `cache` (if any; the new keys/values are appended). `self_mask` is `[r][past + t]`
@@ -88,6 +91,7 @@ pub trait EncoderDecoder<B: Backend> {
 pub(crate) fn encoder_inputs<B: Backend>(
     input_ids: &[Vec<u32>],
     attention_mask: &[Vec<u8>],
+    vocab: usize,
     device: &B::Device,
 ) -> Result<Tensor<B, 2, Int>> {
     let s = input_ids.first().map_or(0, |r| r.len());
@@ -102,6 +106,7 @@ pub(crate) fn encoder_inputs<B: Backend>(
             "encoder inputs must be padded to one length, with one attention-mask row of that length each".into(),
         ));
     }
+    crate::models::attention::check_ids(input_ids, vocab, "encoder input")?;
     Ok(ids_tensor::<B>(input_ids, device))
 }
 
@@ -147,7 +152,7 @@ pub fn grouped_attend<B: Backend>(
         .reshape([r, h, t, dv])
 }
 
-/// Incremental seq2seq decoding over one encoder pass, for [`crate::generation::generate`].
+/// Incremental seq2seq decoding over one encoder pass, for [`crate::generate::generate`].
 pub struct Seq2SeqSession<'a, B: Backend, M: EncoderDecoder<B>> {
     model: &'a M,
     encoder_hidden: Tensor<B, 3>,
@@ -169,7 +174,7 @@ pub struct Seq2SeqSession<'a, B: Backend, M: EncoderDecoder<B>> {
 impl<'a, B: Backend, M: EncoderDecoder<B>> Seq2SeqSession<'a, B, M> {
     /// Run the encoder on `input_ids` (`[batch][s]`, padded to one length) under `attention_mask`.
     pub fn new(model: &'a M, input_ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Result<Self> {
-        let ids = encoder_inputs::<B>(input_ids, attention_mask, &model.device())?;
+        let ids = encoder_inputs::<B>(input_ids, attention_mask, model.vocab_size(), &model.device())?;
         let hidden = model.encode(ids, attention_mask)?;
         Ok(Self::from_encoder_output(
             model,
@@ -246,6 +251,9 @@ impl<'a, B: Backend, M: EncoderDecoder<B>> Seq2SeqSession<'a, B, M> {
 }
 
 impl<B: Backend, M: EncoderDecoder<B>> DecodeSession for Seq2SeqSession<'_, B, M> {
+    fn vocab_size(&self) -> Option<usize> {
+        Some(self.model.vocab_size())
+    }
     fn prefill(&mut self, rows: &[Vec<u32>], mask: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
         let batch = self.batch();
         if rows.is_empty() || rows.len() % batch != 0 {
@@ -345,9 +353,10 @@ pub fn generate<B: Backend, M: EncoderDecoder<B>>(
     let start = cfg.decoder_start_token_id.or(cfg.bos_token_id).ok_or_else(|| {
         Error::Generation("`decoder_start_token_id` or `bos_token_id` has to be set for encoder-decoder generation".into())
     })?;
+    cfg.check_token_ids(model.vocab_size())?;
     let mut session = Seq2SeqSession::new(model, input_ids, attention_mask)?;
     let b = input_ids.len();
-    crate::generation::generate(
+    crate::generate::generate(
         &mut session,
         &vec![vec![start]; b],
         &vec![vec![1u8]; b],

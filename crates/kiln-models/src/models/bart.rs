@@ -18,11 +18,11 @@ use burn::prelude::*;
 use kiln_peft::adapter::maybe_adapt;
 use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
 
-use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache, LayerCache};
-use crate::config::{Activation, RawConfig};
-use crate::error::{Error, Result};
-use crate::seq2seq::{encoder_inputs, grouped_attend, EncoderDecoder};
-use crate::weights::{LoadReport, LoadSpec};
+use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, KvCache, LayerCache};
+use crate::load::config::{Activation, RawConfig};
+use crate::load::error::{Error, Result};
+use crate::generate::seq2seq::{encoder_inputs, grouped_attend, EncoderDecoder};
+use crate::load::weights::{LoadReport, LoadSpec};
 
 /// BART's learned-position offset.
 pub const POSITION_OFFSET: usize = 2;
@@ -488,9 +488,10 @@ impl<B: Backend> BartForConditionalGeneration<B> {
         decoder_input_ids: &[Vec<u32>],
     ) -> Result<Tensor<B, 3>> {
         let device = self.device();
-        let ids = encoder_inputs::<B>(input_ids, attention_mask, &device)?;
+        let ids = encoder_inputs::<B>(input_ids, attention_mask, self.vocab_size(), &device)?;
         let enc = self.encoder_forward(ids, attention_mask)?;
-        let dec = crate::attention::ids_tensor::<B>(decoder_input_ids, &device);
+        crate::models::attention::check_ids(decoder_input_ids, self.vocab_size(), "decoder input")?;
+        let dec = crate::models::attention::ids_tensor::<B>(decoder_input_ids, &device);
         self.decoder_logits(dec, enc, attention_mask)
     }
 }
@@ -527,6 +528,10 @@ impl<B: Backend> EncoderDecoder<B> for BartForConditionalGeneration<B> {
 
     fn n_decoder_layers(&self) -> usize {
         self.model.decoder.layers.len()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.shared.weight.lazy_shape()[0]
     }
 
     fn decode(
@@ -570,7 +575,7 @@ impl<B: Backend> EncoderDecoder<B> for BartForConditionalGeneration<B> {
     }
 
     fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        crate::attention::tied_head(hidden, self.model.shared.weight.val())
+        crate::models::attention::tied_head(hidden, self.model.shared.weight.val())
             + self.final_logits_bias.val().unsqueeze::<3>()
     }
 
@@ -595,7 +600,7 @@ pub fn load<B: Backend>(
     }
     let cfg = BartConfig::from_raw(&raw)?;
     let mut model = cfg.init::<B>(device);
-    let files = crate::weights::weight_files(dir)?;
-    let report = crate::weights::load_into(&mut model, &files, &BartConfig::load_spec())?;
+    let files = crate::load::weights::weight_files(dir)?;
+    let report = crate::load::weights::load_into(&mut model, &files, &BartConfig::load_spec())?;
     Ok((cfg, model, report))
 }

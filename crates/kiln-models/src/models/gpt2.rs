@@ -8,10 +8,10 @@ use burn::prelude::*;
 use kiln_peft::adapter::maybe_adapt;
 use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
 
-use crate::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
-use crate::config::{Activation, RawConfig};
-use crate::error::Result;
-use crate::weights::LoadSpec;
+use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
+use crate::load::config::{Activation, RawConfig};
+use crate::load::error::Result;
+use crate::load::weights::LoadSpec;
 
 /// The fields of GPT-2's `config.json` that the forward pass uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -275,12 +275,12 @@ impl<B: Backend> Gpt2LmHead<B> {
     /// Logits `[b, s, vocab]` from hidden states, through the tied embedding.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let w = self.transformer.wte.weight.val(); // [vocab, d]
-        crate::attention::tied_head(hidden, w)
+        crate::models::attention::tied_head(hidden, w)
     }
 
     /// Full forward without cache, as `GPT2LMHeadModel.forward`: logits `[b, s, vocab]`, positions
     /// `0..s` (transformers does not shift them for padding here; `generate` does, see
-    /// [`crate::generation`]); `attention_mask` is `[b, s]`, 1 = real token.
+    /// [`crate::generate`]); `attention_mask` is `[b, s]`, 1 = real token.
     pub fn forward(
         &self,
         ids: Tensor<B, 2, Int>,
@@ -297,9 +297,12 @@ impl<B: Backend> Gpt2LmHead<B> {
     }
 }
 
-impl<B: Backend> crate::causal::CausalLm<B> for Gpt2LmHead<B> {
+impl<B: Backend> crate::generate::causal::CausalLm<B> for Gpt2LmHead<B> {
     fn n_layer(&self) -> usize {
         Gpt2LmHead::n_layer(self)
+    }
+    fn vocab_size(&self) -> usize {
+        self.transformer.wte.weight.lazy_shape()[0]
     }
     fn max_positions(&self) -> usize {
         self.transformer.wpe.weight.dims()[0]
@@ -346,7 +349,7 @@ impl<B: Backend> crate::causal::CausalLm<B> for Gpt2LmHead<B> {
 pub fn load<B: Backend>(
     dir: &Path,
     device: &B::Device,
-) -> Result<(Gpt2Config, Gpt2LmHead<B>, crate::weights::LoadReport)> {
+) -> Result<(Gpt2Config, Gpt2LmHead<B>, crate::load::weights::LoadReport)> {
     let raw = RawConfig::load(&dir.join("config.json"))?;
     let mt = raw.model_type()?;
     if mt != "gpt2" {
@@ -358,8 +361,8 @@ pub fn load<B: Backend>(
     }
     let cfg = Gpt2Config::from_raw(&raw)?;
     let mut model = cfg.init::<B>(device);
-    let files = crate::weights::weight_files(dir)?;
-    let report = crate::weights::load_into(&mut model, &files, &Gpt2Config::load_spec())?;
+    let files = crate::load::weights::weight_files(dir)?;
+    let report = crate::load::weights::load_into(&mut model, &files, &Gpt2Config::load_spec())?;
     Ok((cfg, model, report))
 }
 

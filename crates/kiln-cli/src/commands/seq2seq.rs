@@ -1,0 +1,193 @@
+//! Encoder-decoder models: `kiln zero-shot`, `kiln summarize`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::json;
+
+use crate::backend::{self, Inference};
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub struct ZeroShotArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[arg(long, required_unless_present = "input", conflicts_with = "input")]
+    pub context: Option<String>,
+    #[arg(long, required_unless_present = "input", conflicts_with = "input")]
+    pub question: Option<String>,
+    /// JSONL with `context` and `question` fields; prints one JSON answer per line.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// The prompt; `{context}` and `{question}` are replaced.
+    #[arg(long, default_value = "context: {context} question: {question}")]
+    pub template: String,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn zero_shot(a: ZeroShotArgs) -> Res {
+    a.gen.precheck()?;
+    let device = backend::device()?;
+    let pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device)
+        .map_err(s)?;
+    // The seed's T0 settings: beam 5, max length 50.
+    let mut base = pipe.generation.clone();
+    base.num_beams = 5;
+    let mut gen = a.gen.clone();
+    if gen.max_new_tokens.is_none() {
+        gen.max_new_tokens = Some(49);
+    }
+    let cfg = apply_gen_flags(&gen, base)?;
+    let pairs: Vec<(String, String)> = match &a.input {
+        Some(p) => read_jsonl(p)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                Ok((
+                    field(v, "context", p, i + 1)?,
+                    field(v, "question", p, i + 1)?,
+                ))
+            })
+            .collect::<Result<_, String>>()?,
+        None => vec![(
+            a.context.clone().unwrap_or_default(),
+            a.question.clone().unwrap_or_default(),
+        )],
+    };
+    for (c, q) in &pairs {
+        let prompt = a.template.replace("{context}", c).replace("{question}", q);
+        let (ids, mask, truncated) = pipe
+            .encode_right_padded(&[&prompt], Some(1024))
+            .map_err(s)?;
+        if truncated > 0 {
+            eprintln!("warning: input truncated to the model's maximum source length");
+        }
+        let out = kiln_models::seq2seq::generate(&pipe.model, &ids, &mask, &cfg, None).map_err(s)?;
+        let seqs = returned_sequences(&out, &pipe.tokenizer)?;
+        if a.json || a.input.is_some() {
+            println!(
+                "{}",
+                json!({"context": c, "question": q, "answer": seqs[0]["text"], "sequences": seqs})
+            );
+        } else {
+            print_sequences(&seqs);
+        }
+    }
+    Ok(())
+}
+
+/// Every sequence `generate` returned for one input (`num_return_sequences` of them), as
+/// `{ids, text, score}` — `score` is beam search's length-penalised `sequences_scores` (null otherwise).
+fn returned_sequences(
+    out: &kiln_models::generation::GenerateOutput,
+    tok: &kiln_models::tokenizer::Tokenizer,
+) -> Result<Vec<serde_json::Value>, String> {
+    out.sequences
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| {
+            let text = tok.decode(ids, true).map_err(s)?;
+            let score = out.sequences_scores.as_ref().map(|v| v[i]);
+            Ok(json!({"ids": ids, "text": text.trim(), "score": score}))
+        })
+        .collect()
+}
+
+/// One line per returned sequence: the text alone when there is one, numbered with its score otherwise.
+fn print_sequences(seqs: &[serde_json::Value]) {
+    if seqs.len() == 1 {
+        println!("{}", seqs[0]["text"].as_str().unwrap_or_default());
+        return;
+    }
+    for (j, sq) in seqs.iter().enumerate() {
+        let text = sq["text"].as_str().unwrap_or_default();
+        match sq["score"].as_f64() {
+            Some(sc) => println!("{}. [{sc:.4}] {text}", j + 1),
+            None => println!("{}. {text}", j + 1),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SummarizeArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// A text file with one article, or a JSONL file with an `article` field per line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// A PEFT adapter directory: LoRA, or prompt / prefix tuning (`SEQ_2_SEQ_LM`).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Source tokens kept (longer articles are truncated, with a warning).
+    #[arg(long, default_value_t = 1024)]
+    pub max_source_length: usize,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn summarize(a: SummarizeArgs) -> Res {
+    a.gen.precheck()?;
+    let device = backend::device()?;
+    let mut pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device)
+        .map_err(s)?;
+    let prompt_model = match a.adapter.as_ref() {
+        Some(dir) if is_prompt_adapter(dir)? => Some(
+            kiln_models::prompt_seq2seq::Seq2SeqPromptModel::from_pretrained(
+                pipe.model.clone(),
+                dir,
+                false,
+            )
+            .map_err(s)?,
+        ),
+        _ => {
+            pipe.model = with_adapter(pipe.model, a.adapter.as_ref())?;
+            None
+        }
+    };
+    // Prompt tuning puts its virtual tokens in front of the source: keep them within BART's positions.
+    let mut max_source = a.max_source_length;
+    if let (Some(pm), Some(limit)) = (&prompt_model, pipe.max_source_positions) {
+        if pm.config.method == kiln_peft::PromptMethod::PromptTuning {
+            max_source = max_source.min(limit.saturating_sub(pm.num_virtual_tokens()));
+        }
+    }
+    let cfg = apply_gen_flags(&a.gen, pipe.generation.clone())?;
+    let articles: Vec<String> = if a.input.extension().is_some_and(|e| e == "jsonl") {
+        read_jsonl(&a.input)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| field(v, "article", &a.input, i + 1))
+            .collect::<Result<_, _>>()?
+    } else {
+        vec![std::fs::read_to_string(&a.input).map_err(|e| format!("{}: {e}", a.input.display()))?]
+    };
+    for art in &articles {
+        let (ids, mask, truncated) = pipe
+            .encode_right_padded(&[art], Some(max_source))
+            .map_err(s)?;
+        if truncated > 0 {
+            eprintln!("warning: article truncated to the model's maximum source length");
+        }
+        let out = match &prompt_model {
+            Some(pm) => kiln_models::seq2seq::generate(pm, &ids, &mask, &cfg, None),
+            None => kiln_models::seq2seq::generate(&pipe.model, &ids, &mask, &cfg, None),
+        }
+        .map_err(s)?;
+        let seqs = returned_sequences(&out, &pipe.tokenizer)?;
+        if a.json {
+            println!(
+                "{}",
+                json!({"summary": seqs[0]["text"], "ids": seqs[0]["ids"], "sequences": seqs})
+            );
+        } else {
+            print_sequences(&seqs);
+        }
+    }
+    Ok(())
+}
