@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Generate text with a decoder-only model (greedy, sampling, beam search).
     Generate(commands::GenerateArgs),
-    /// Per-token log-probabilities and perplexity of a text.
+    /// Per-token log-probabilities and perplexity of a text, or of a target given a source (encoder-decoders).
     Score(commands::ScoreArgs),
     /// ROUGE-1/2/L/Lsum of predictions against references, as rouge-score computes them.
     Rouge(commands::RougeArgs),

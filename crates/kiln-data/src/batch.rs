@@ -21,6 +21,7 @@ pub enum PaddingSide {
 /// Options for a [`Batcher`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchOptions {
+    /// Examples per batch (at least 1).
     pub batch_size: usize,
     /// The id padded inputs get (their attention mask is 0).
     pub pad_id: u32,
@@ -28,6 +29,7 @@ pub struct BatchOptions {
     pub padding_side: PaddingSide,
     /// Shuffle each epoch (deterministic per `seed` and epoch).
     pub shuffle: bool,
+    /// Seed of the shuffles (with the epoch number).
     pub seed: u64,
     /// Length-grouped batching: sort by input length within chunks of `group_chunks × batch_size` examples
     /// (after shuffling), cut into batches, then shuffle the batches' order.
@@ -69,21 +71,25 @@ pub enum Labels {
 /// A padded batch, as plain vectors (row-major, all rows the same length).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
+    /// Token ids, padded with `pad_id` on the batcher's padding side.
     pub input_ids: Vec<Vec<u32>>,
     /// 1 on real tokens, 0 on padding.
     pub attention_mask: Vec<Vec<u8>>,
     /// 0 on padding.
     pub token_type_ids: Vec<Vec<u32>>,
+    /// Class labels or padded target tokens, as the features carry them.
     pub labels: Labels,
     /// The examples' positions in the [`Batcher`]'s features.
     pub indices: Vec<usize>,
 }
 
 impl Batch {
+    /// Rows in the batch.
     pub fn len(&self) -> usize {
         self.input_ids.len()
     }
 
+    /// Whether the batch has no rows.
     pub fn is_empty(&self) -> bool {
         self.input_ids.is_empty()
     }
@@ -118,7 +124,9 @@ impl Batch {
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Position {
+    /// The epoch (from 0).
     pub epoch: u64,
+    /// The batch's index within the epoch.
     pub batch: usize,
 }
 
@@ -157,10 +165,12 @@ impl Batcher {
         Ok(Self { features, opts })
     }
 
+    /// The tokenized examples, in input order.
     pub fn features(&self) -> &[Features] {
         &self.features
     }
 
+    /// The options the batcher was made with.
     pub fn options(&self) -> &BatchOptions {
         &self.opts
     }

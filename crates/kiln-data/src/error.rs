@@ -18,8 +18,11 @@ pub enum Loc {
 /// [`OnError::Fail`](crate::OnError::Fail) returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowError {
+    /// The file the row is in.
     pub file: PathBuf,
+    /// Where in the file.
     pub loc: Loc,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -33,6 +36,7 @@ impl fmt::Display for RowError {
     }
 }
 
+/// Errors of kiln-data: malformed data (naming file and line or row), I/O, hub and tokenizer errors, bad options.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A malformed row or file, with [`OnError::Fail`](crate::OnError::Fail).
@@ -75,6 +79,7 @@ pub enum Error {
     Input(String),
 }
 
+/// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

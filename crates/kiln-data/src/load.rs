@@ -19,6 +19,7 @@ pub enum Split {
 }
 
 impl Split {
+    /// The split's canonical name (`train`, `validation`, `test`).
     pub fn name(self) -> &'static str {
         match self {
             Split::Train => "train",
@@ -74,6 +75,7 @@ pub enum OnError {
 pub struct LoadOptions {
     /// Keep at most this many (valid) rows, in file order.
     pub max_samples: Option<usize>,
+    /// Fail on the first malformed row (default) or skip and report it.
     pub on_error: OnError,
     /// The dataset configuration, i.e. the subdirectory holding the split files (`"3.0.0"` for
     /// `abisee/cnn_dailymail`, `"sst2"` for `nyu-mll/glue`). When unset and the split exists in several
@@ -100,7 +102,9 @@ pub struct LoadReport {
 /// Examples plus the [`LoadReport`].
 #[derive(Debug, Clone)]
 pub struct Loaded<T> {
+    /// The rows kept, in file order.
     pub examples: Vec<T>,
+    /// The files read and the rows left out.
     pub report: LoadReport,
 }
 
@@ -109,7 +113,9 @@ pub struct Loaded<T> {
 pub struct SentimentExample {
     /// The `idx` column, or the row's position in the split (counting malformed rows) when there is none.
     pub idx: i64,
+    /// The text.
     pub sentence: String,
+    /// 1 positive, 0 negative, -1 unlabeled.
     pub label: i64,
 }
 
@@ -118,7 +124,9 @@ pub struct SentimentExample {
 pub struct SummaryExample {
     /// The `id` column, or the row's position in the split when there is none.
     pub id: String,
+    /// The news article (the source).
     pub article: String,
+    /// The reference summary (the target), sentences separated by `\n`.
     pub highlights: String,
 }
 
@@ -164,6 +172,83 @@ pub fn load_sst2(
         Ok(SentimentExample {
             idx,
             sentence,
+            label,
+        })
+    })
+}
+
+/// One sentence-pair row (GLUE's MRPC, RTE, QNLI, MNLI, … schemas): two texts and a class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairExample {
+    /// The `idx` column, or the row's position in the split when there is none.
+    pub idx: i64,
+    /// The first text (`sentence1`, `#1 String`, `question`, `premise`, `question1`).
+    pub text: String,
+    /// The second text (`sentence2`, `#2 String`, `sentence`, `hypothesis`, `question2`).
+    pub text_pair: String,
+    /// The class index; -1 unlabeled (a test split). String labels map as GLUE's Hub datasets number them:
+    /// `entailment` 0, `not_entailment` / `neutral` 1, `contradiction` 2.
+    pub label: i64,
+}
+
+/// Load a sentence-pair classification split in the GLUE schemas: the Hub's `nyu-mll/glue` parquet and JSON
+/// lines (`sentence1`, `sentence2`, `label`, `idx` for MRPC / RTE / WNLI / STS-B; `question` + `sentence` for
+/// QNLI, `premise` + `hypothesis` for MNLI, `question1` + `question2` for QQP), GLUE's TSV files (RTE's
+/// `index sentence1 sentence2 label` with string labels) and MRPC's original TSV (`Quality`, `#1 String`,
+/// `#2 String`). `source` as for [`load_sst2`]; for a hub id the config (`mrpc`, `rte`, …) comes from
+/// [`LoadOptions::config`], else `mrpc`.
+pub fn load_pairs(source: &str, split: Split, opts: &LoadOptions) -> Result<Loaded<PairExample>> {
+    let files = split_files(source, split, opts, &["mrpc"])?;
+    let cols = [
+        Column {
+            names: &["sentence1", "#1 String", "question", "premise", "question1"],
+            required: true,
+        },
+        Column {
+            names: &["sentence2", "#2 String", "sentence", "hypothesis", "question2"],
+            required: true,
+        },
+        Column {
+            names: &["label", "Quality"],
+            required: split != Split::Test,
+        },
+        Column {
+            names: &["idx", "index"],
+            required: false,
+        },
+    ];
+    load_rows(&files, &cols, opts, |row, ordinal| {
+        let text_a = text(&row[0], "sentence1")?;
+        let text_b = text(&row[1], "sentence2")?;
+        let label = match &row[2] {
+            None if split == Split::Test => -1,
+            Some(Value::Str(s)) if s.trim().parse::<i64>().is_err() => match s.trim() {
+                "entailment" => 0,
+                "not_entailment" | "neutral" => 1,
+                "contradiction" => 2,
+                other => {
+                    return Err(format!(
+                        "bad label: column `label`: {:?} is not a class index or a GLUE label name",
+                        clip(other, 40)
+                    ))
+                }
+            },
+            v => {
+                let l = int(v, "label").map_err(|e| format!("bad label: {e}"))?;
+                if l < -1 {
+                    return Err(format!("bad label: column `label`: {l} is not a class index or -1"));
+                }
+                l
+            }
+        };
+        let idx = match &row[3] {
+            None | Some(Value::Null) => ordinal as i64,
+            v => int(v, "idx")?,
+        };
+        Ok(PairExample {
+            idx,
+            text: text_a,
+            text_pair: text_b,
             label,
         })
     })

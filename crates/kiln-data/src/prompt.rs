@@ -13,7 +13,9 @@ use crate::tokenize::Seq2SeqExample;
 pub struct PromptTemplate {
     /// Must contain `{sentence}`.
     pub template: String,
+    /// The target word for label 1.
     pub positive: String,
+    /// The target word for label 0.
     pub negative: String,
 }
 

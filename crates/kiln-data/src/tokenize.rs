@@ -7,7 +7,7 @@ use tokenizers::{TruncationParams, TruncationStrategy};
 use kiln_models::tokenizer::Tokenizer;
 
 use crate::error::{Error, Result};
-use crate::load::{SentimentExample, SummaryExample};
+use crate::load::{PairExample, SentimentExample, SummaryExample};
 
 /// What a tokenized example is trained to predict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,8 +23,11 @@ pub enum Target {
 /// One tokenized example, unpadded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Features {
+    /// Token ids, with the tokenizer's special tokens.
     pub input_ids: Vec<u32>,
+    /// Segment ids (all 0 for one text).
     pub token_type_ids: Vec<u32>,
+    /// What the example is trained to predict.
     pub target: Target,
 }
 
@@ -32,6 +35,7 @@ pub struct Features {
 /// cut, never rejected).
 #[derive(Debug, Clone, Default)]
 pub struct Tokenized {
+    /// One per input, in input order.
     pub features: Vec<Features>,
     /// Rows whose input was cut to `max_len` / `max_source_len`.
     pub truncated: usize,
@@ -42,7 +46,9 @@ pub struct Tokenized {
 /// A source/target text pair for seq2seq training.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seq2SeqExample {
+    /// The encoder input.
     pub source: String,
+    /// The decoder target.
     pub target: String,
 }
 
@@ -59,7 +65,9 @@ impl SummaryExample {
 /// Lengths for [`tokenize_seq2seq`]. `None` leaves a side uncut.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Seq2SeqLengths {
+    /// Cut sources to this many tokens.
     pub max_source_len: Option<usize>,
+    /// Cut targets to this many tokens.
     pub max_target_len: Option<usize>,
 }
 
@@ -86,17 +94,20 @@ fn configured(tok: &Tokenizer, max_len: Option<usize>) -> Result<tokenizers::Tok
     Ok(t)
 }
 
-fn encode(
+fn encode<'s, I: Into<tokenizers::EncodeInput<'s>>>(
     t: &tokenizers::Tokenizer,
-    path: &std::path::Path,
-    text: &str,
+    tok: &Tokenizer,
+    text: I,
 ) -> Result<(Vec<u32>, Vec<u32>, bool)> {
     let enc = t.encode(text, true).map_err(|e| {
         Error::Model(kiln_models::Error::Tokenizer {
-            path: path.to_path_buf(),
+            path: tok.path.clone(),
             msg: e.to_string(),
         })
     })?;
+    // Ids beyond the model's vocabulary are an error naming tokenizer.json (when the caller set it with
+    // `Tokenizer::with_model_vocab`), never an index into the embedding.
+    tok.check_ids(enc.get_ids())?;
     Ok((
         enc.get_ids().to_vec(),
         enc.get_type_ids().to_vec(),
@@ -114,7 +125,7 @@ pub fn tokenize_texts(
     let t = configured(tok, max_len)?;
     let encoded: Vec<_> = texts
         .par_iter()
-        .map(|s| encode(&t, &tok.path, s))
+        .map(|s| encode(&t, tok, *s))
         .collect::<Result<_>>()?;
     let truncated = encoded.iter().filter(|e| e.2).count();
     let features = encoded
@@ -146,6 +157,35 @@ pub fn tokenize_sentiment(
     Ok(out)
 }
 
+/// Tokenize sentence pairs for sequence classification (`[CLS] a [SEP] b [SEP]` for BERT, token types 0 then 1,
+/// truncating the longest text first to `max_len`): targets are the labels.
+pub fn tokenize_pairs(
+    tok: &Tokenizer,
+    examples: &[PairExample],
+    max_len: Option<usize>,
+) -> Result<Tokenized> {
+    let t = configured(tok, max_len)?;
+    let encoded: Vec<_> = examples
+        .par_iter()
+        .map(|e| encode(&t, tok, (e.text.as_str(), e.text_pair.as_str())))
+        .collect::<Result<_>>()?;
+    let truncated = encoded.iter().filter(|e| e.2).count();
+    let features = encoded
+        .into_iter()
+        .zip(examples)
+        .map(|((input_ids, token_type_ids, _), e)| Features {
+            input_ids,
+            token_type_ids,
+            target: Target::Class(e.label),
+        })
+        .collect();
+    Ok(Tokenized {
+        features,
+        truncated,
+        truncated_targets: 0,
+    })
+}
+
 /// Tokenize source/target pairs for a seq2seq model; targets become [`Target::Tokens`] (the batcher pads them
 /// with -100).
 pub fn tokenize_seq2seq(
@@ -159,8 +199,8 @@ pub fn tokenize_seq2seq(
         .par_iter()
         .map(|e| {
             Ok((
-                encode(&src, &tok.path, &e.source)?,
-                encode(&tgt, &tok.path, &e.target)?,
+                encode(&src, tok, e.source.as_str())?,
+                encode(&tgt, tok, e.target.as_str())?,
             ))
         })
         .collect::<Result<_>>()?;

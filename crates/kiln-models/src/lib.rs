@@ -14,6 +14,47 @@
 //!
 //! The short paths below (`kiln_models::gpt2`, `kiln_models::generation`, `kiln_models::auto`, …) are the
 //! crate's stable import paths; they name the same modules as the grouped ones.
+//!
+//! # Quick start
+//!
+//! Load a decoder-only checkpoint with [`CausalPipeline`](crate::load::auto::CausalPipeline), generate with
+//! beam search, score a text with [`score_tokens`](crate::generate::scoring::score_tokens), and embed
+//! sentences with a BERT encoder. The paths point at the tiny random checkpoints bundled in `fixtures/` (their
+//! text is gibberish); any Hugging Face checkpoint directory or hub id (`"gpt2"`) works the same way. The
+//! backend is any burn backend; `burn::backend::Flex` is burn's CPU backend.
+//!
+//! ```rust
+//! use burn::backend::Flex;
+//! use kiln_models::auto::CausalPipeline;
+//! use kiln_models::causal::CausalSession;
+//! use kiln_models::generation::{generate, GenerationConfig};
+//! use kiln_models::{bert, scoring::score_tokens, tokenizer::Tokenizer};
+//!
+//! let device = Default::default();
+//! let gpt2 = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/gpt2"); // or "gpt2" (the hub)
+//! let pipe = CausalPipeline::<Flex>::load(gpt2, &device)?;
+//!
+//! // Beam search: 3 beams, 5 new tokens, on top of the checkpoint's generation_config.json.
+//! let cfg = GenerationConfig { num_beams: 3, max_new_tokens: Some(5), ..pipe.generation.clone() };
+//! let (ids, mask) = pipe.encode_left_padded(&["The film was"])?;
+//! let out = generate(&mut CausalSession::new(&pipe.model), &ids, &mask, &cfg, None)?;
+//! println!("{}", pipe.tokenizer.decode(&out.sequences[0][out.prompt_len..], true)?);
+//!
+//! // Per-token log-probabilities and perplexity of a text.
+//! let enc = pipe.tokenizer.encode("The film was a delight.", None)?;
+//! println!("perplexity {:.2}", score_tokens(&pipe.model, &enc.ids, false)?.perplexity);
+//!
+//! // Sentence embeddings (masked mean pooling, L2-normalised), one row per text.
+//! let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/bert"));
+//! let (_, encoder, _) = bert::load::<Flex>(dir, &device)?;
+//! let tok = Tokenizer::from_dir(dir)?;
+//! let emb = encoder.sentence_embeddings(&tok, &["a great film", "a dull plot"], None)?;
+//! assert_eq!(emb.dims()[0], 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! More in `crates/kiln-models/examples/`: `generate`, `summarize_with_adapter` (BART + a PEFT LoRA adapter),
+//! `classify` and `embed_similarity` (`cargo run --release -p kiln-models --example generate`).
 
 pub mod generate;
 pub mod load;

@@ -36,9 +36,13 @@ pub enum AdapterActivation {
 /// Adapter hyper-parameters: the bottleneck size is `size`, or `hidden / reduction_factor`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdapterConfig {
+    /// Which sub-layers get an adapter.
     pub placement: AdapterPlacement,
+    /// Bottleneck width as `hidden / reduction_factor` (used when `size` is `None`).
     pub reduction_factor: Option<usize>,
+    /// Bottleneck width; overrides `reduction_factor`.
     pub size: Option<usize>,
+    /// Non-linearity between the down- and up-projection.
     pub activation: AdapterActivation,
     /// Add the adapter's input back to its output (the standard design).
     pub residual: bool,
@@ -66,6 +70,7 @@ impl AdapterConfig {
             .unwrap_or_else(|| (hidden / self.reduction_factor.unwrap_or(16).max(1)).max(1))
     }
 
+    /// A fresh adapter for a layer of width `hidden` (the up-projection at zero: the identity).
     pub fn init<B: Backend>(&self, hidden: usize, device: &B::Device) -> Adapter<B> {
         let m = self.bottleneck(hidden);
         let mut down = PeftLinear::new_normal(hidden, m, true, self.init_std, device);
@@ -87,14 +92,19 @@ impl AdapterConfig {
 /// One bottleneck adapter: `x + up(act(down(x)))`.
 #[derive(Module, Debug)]
 pub struct Adapter<B: Backend> {
+    /// `[hidden, bottleneck]` down-projection.
     pub adapter_down: PeftLinear<B>,
+    /// `[bottleneck, hidden]` up-projection (zero at initialisation).
     pub adapter_up: PeftLinear<B>,
+    /// Non-linearity between the projections.
     #[module(skip)]
     pub activation: AdapterActivation,
+    /// Add the input back to the output.
     pub residual: bool,
 }
 
 impl<B: Backend> Adapter<B> {
+    /// `x + up(act(down(x)))` (without `x` when not residual), over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         use burn::tensor::activation as act;
         let h = self.adapter_down.forward(x.clone());

@@ -100,26 +100,41 @@ impl Default for InitLoraWeights {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LoraConfig {
+    /// peft's `peft_type` (`"LORA"`).
     pub peft_type: String,
+    /// peft's `task_type` (`CAUSAL_LM`, `SEQ_2_SEQ_LM`, `SEQ_CLS`, …); selects the heads in `modules_to_save`.
     pub task_type: Option<String>,
+    /// The model the adapter was trained on (informational).
     pub base_model_name_or_path: Option<String>,
+    /// The base model's hub revision (informational).
     pub revision: Option<String>,
+    /// `true` in saved adapters; a model loaded with it trains nothing.
     pub inference_mode: bool,
+    /// LoRA rank.
     pub r: usize,
+    /// LoRA alpha: the branch is scaled by `alpha / r` (`alpha / sqrt(r)` with rsLoRA).
     #[serde(serialize_with = "number")]
     pub lora_alpha: f64,
+    /// Dropout probability on the LoRA branch's input.
     pub lora_dropout: f64,
     /// `None`: peft's default for the model type ([`default_target_modules`]).
     pub target_modules: Option<Targets>,
+    /// Modules never targeted, even when `target_modules` matches them.
     pub exclude_modules: Option<Targets>,
     /// Whether the targeted layers store `[in, out]` (GPT-2's `Conv1D`); set on injection as peft does. kiln's
     /// layers are always `[in, out]` in memory; this only records the Hugging Face layout.
     pub fan_in_fan_out: bool,
+    /// Which biases train along with the adapter.
     pub bias: Bias,
+    /// rsLoRA scaling (`alpha / sqrt(r)`).
     pub use_rslora: bool,
+    /// Modules trained in full and saved with the adapter (e.g. a classifier head).
     pub modules_to_save: Option<Vec<String>>,
+    /// How LoRA A and B are initialised (B at zero by default: a fresh adapter changes nothing).
     pub init_lora_weights: InitLoraWeights,
+    /// Only these layer indices are targeted.
     pub layers_to_transform: Option<LayerIndices>,
+    /// The name of the layer list that `layers_to_transform` indexes (e.g. `h`, `layer`).
     pub layers_pattern: Option<Targets>,
     /// Per-module rank overrides: regex key → r (matched as `(.*\.)?(key)$`; the first key in sorted order that
     /// matches wins, as in a config that went through a JSON file).
@@ -128,7 +143,9 @@ pub struct LoraConfig {
     /// Per-module alpha overrides, as `rank_pattern`.
     #[serde(serialize_with = "number_map", deserialize_with = "null_as_default")]
     pub alpha_pattern: BTreeMap<String, f64>,
+    /// DoRA (not implemented: a config with it set is rejected).
     pub use_dora: bool,
+    /// A bias on LoRA B (not implemented: a config with it set is rejected).
     pub lora_bias: bool,
     /// Keys kiln does not interpret (written back as read).
     #[serde(flatten)]
@@ -224,6 +241,7 @@ impl LoraConfig {
         }
     }
 
+    /// Target the modules with these names (a name matches a module path exactly or as its last dotted components).
     pub fn with_target_modules<S: Into<String>>(
         mut self,
         names: impl IntoIterator<Item = S>,
@@ -238,6 +256,7 @@ impl LoraConfig {
         self
     }
 
+    /// Set peft's `task_type` (`CAUSAL_LM`, `SEQ_2_SEQ_LM`, `SEQ_CLS`, …).
     pub fn with_task_type(mut self, task_type: &str) -> Self {
         self.task_type = Some(task_type.into());
         self

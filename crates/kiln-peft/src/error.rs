@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+/// Errors of kiln-peft: I/O, malformed configs and adapter files, adapters that do not fit the model.
 #[derive(Debug, thiserror::Error)]
 pub enum PeftError {
     #[error("{path}: {source}")]
@@ -122,6 +123,7 @@ pub enum PeftError {
     },
 }
 
+/// `Result` with [`PeftError`].
 pub type Result<T, E = PeftError> = std::result::Result<T, E>;
 
 impl PeftError {

@@ -20,7 +20,9 @@ use crate::model::{
     base_params, map_base_params, read_base_params, BaseParam, ParamAction, PeftModel,
 };
 
+/// The adapter config file in an adapter directory.
 pub const CONFIG_FILE: &str = "adapter_config.json";
+/// The adapter weights file in an adapter directory.
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// Every peft key starts with this.
 pub const KEY_PREFIX: &str = "base_model.model.";
@@ -28,11 +30,14 @@ pub const KEY_PREFIX: &str = "base_model.model.";
 /// A float tensor as stored in a file (row-major).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawTensor {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// Values in row-major order.
     pub data: Vec<f32>,
 }
 
 impl RawTensor {
+    /// A tensor of `shape` holding `data` (row-major).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Self { shape, data }

@@ -12,6 +12,41 @@
 //!
 //! Dependencies point one way: kiln-peft depends on burn only; kiln-models depends on kiln-peft. See
 //! docs/peft.md for the design and how other PEFT methods slot in.
+//!
+//! # Quick start
+//!
+//! peft's `get_peft_model` → train → `save_pretrained` → `PeftModel.from_pretrained` → `merge_and_unload`,
+//! on the tiny random GPT-2 bundled in `fixtures/` (any kiln model works: GPT-2, OPT, BERT, BART, T5).
+//! The adapter directory has Python peft's layout: `PeftModel.from_pretrained` loads it, and kiln loads peft's.
+//!
+//! ```rust
+//! use burn::backend::{Autodiff, Flex};
+//! use kiln_models::auto::CausalModel;
+//! use kiln_peft::{LoraConfig, LoraModel};
+//!
+//! type B = Autodiff<Flex>; // an autodiff backend, to train
+//! let device = Default::default();
+//! let gpt2 = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/gpt2"));
+//! let (base, _report) = CausalModel::<B>::load(gpt2, &device)?;
+//!
+//! // LoRA r 4, alpha 8 on GPT-2's fused attention projection; everything else is frozen.
+//! let config = LoraConfig::new(4, 8.0).with_target_modules(["c_attn"]).with_task_type("CAUSAL_LM");
+//! let mut lora = LoraModel::inject(base, config)?;
+//! lora.mark_trainable(); // done by `inject`; again after changing require-grad flags yourself
+//! println!("{}", lora.trainable_parameters()); // trainable params: 1,024 || all params: … || trainable%: …
+//! assert!(lora.trainable_parameters().trainable > 0);
+//!
+//! // … train `lora.model` with any burn optimizer (see kiln-train's `lora_finetune` example), then save.
+//! let dir = std::env::temp_dir().join(format!("kiln-peft-quickstart-{}", std::process::id()));
+//! lora.save_pretrained(&dir)?; // adapter_config.json + adapter_model.safetensors
+//!
+//! // Load onto a fresh base model, fold W += scale · BA into the weights, drop the LoRA branches.
+//! let (fresh, _) = CausalModel::<B>::load(gpt2, &device)?;
+//! let merged: CausalModel<B> = LoraModel::from_pretrained(fresh, &dir, false)?.merge_and_unload();
+//! std::fs::remove_dir_all(&dir)?;
+//! # let _ = merged;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod adapter;
 pub mod config;

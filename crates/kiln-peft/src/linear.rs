@@ -31,6 +31,7 @@ pub struct LoraLayer<B: Backend> {
     pub lora_a: Param<Tensor<B, 2>>,
     /// `[r, d_out]` (peft's `lora_B.weight` is `[d_out, r]`).
     pub lora_b: Param<Tensor<B, 2>>,
+    /// Dropout on the branch's input (`lora_dropout`).
     pub dropout: Dropout,
     /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
     pub scale: f64,
@@ -142,10 +143,12 @@ impl<B: Backend> PeftLinear<B> {
         }
     }
 
+    /// Input width.
     pub fn d_in(&self) -> usize {
         self.weight.dims()[0]
     }
 
+    /// Output width.
     pub fn d_out(&self) -> usize {
         self.weight.dims()[1]
     }
@@ -187,6 +190,7 @@ impl<B: Backend> PeftLinear<B> {
         self.lora.iter().find(|l| l.adapter == adapter)
     }
 
+    /// The LoRA adapter named `adapter`, mutably, if attached.
     pub fn adapter_mut(&mut self, adapter: &str) -> Option<&mut LoraLayer<B>> {
         self.lora.iter_mut().find(|l| l.adapter == adapter)
     }

@@ -43,6 +43,7 @@ pub fn check_adapter_name(name: &str) -> Result<()> {
 /// `modules_to_save` (e.g. a classifier head) are trained in place: kiln keeps no separate copy per adapter, so
 /// switching adapters does not switch heads and [`Self::unload`] does not restore the original head.
 pub struct LoraModel<B: Backend, M: PeftModel<B>> {
+    /// The wrapped model; its forward passes include the active adapter.
     pub model: M,
     adapters: Vec<(String, LoraConfig)>,
     active: Option<String>,
@@ -52,10 +53,15 @@ pub struct LoraModel<B: Backend, M: PeftModel<B>> {
 /// One module an adapter targets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedLayer {
+    /// The module's Hugging Face path (`transformer.h.0.attn.c_attn`).
     pub path: String,
+    /// Input width of the linear layer.
     pub d_in: usize,
+    /// Output width of the linear layer.
     pub d_out: usize,
+    /// Rank for this module (after `rank_pattern`).
     pub r: usize,
+    /// Scale for this module (after `alpha_pattern`).
     pub scale: f64,
 }
 
@@ -64,7 +70,9 @@ pub struct PlannedLayer {
 /// `print_trainable_parameters()` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParamCount {
+    /// Parameters that train.
     pub trainable: usize,
+    /// All parameters, adapters included.
     pub all: usize,
 }
 

@@ -70,6 +70,7 @@ pub struct BaseParam {
 }
 
 impl BaseParam {
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

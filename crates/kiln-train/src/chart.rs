@@ -14,10 +14,13 @@ fn register_font() {
     });
 }
 
+/// A chart that could not be drawn or written.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: cannot draw chart: {msg}")]
 pub struct ChartError {
+    /// The chart file.
     pub path: String,
+    /// What went wrong.
     pub msg: String,
 }
 

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+/// Errors of kiln-train: bad settings, I/O, a non-finite loss, and the model, data and metric errors underneath.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid training settings: {0}")]
@@ -25,4 +26,5 @@ pub enum Error {
     Metrics(#[from] kiln_metrics::MetricsError),
 }
 
+/// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -39,19 +39,31 @@ pub const RECIPES: &[&str] = &[
 /// Overrides for a recipe; `None` keeps the recipe's default.
 #[derive(Debug, Clone, Default)]
 pub struct RecipeArgs {
+    /// Model directory or hub id (`--model`).
     pub model: Option<String>,
+    /// Dataset file, directory or hub id (`--dataset`).
     pub dataset: Option<String>,
+    /// Where reports, checkpoints and `summary.json` go (`--out`).
     pub out_dir: PathBuf,
+    /// Training epochs.
     pub epochs: Option<usize>,
+    /// Examples per batch.
     pub batch_size: Option<usize>,
+    /// Peak learning rate.
     pub learning_rate: Option<f64>,
+    /// Use at most this many training examples.
     pub max_samples: Option<usize>,
+    /// Use at most this many evaluation examples.
     pub max_eval_samples: Option<usize>,
+    /// Stop after this many optimizer steps.
     pub max_steps: Option<usize>,
+    /// Seed for shuffling, dropout and sampling.
     pub seed: Option<u64>,
+    /// Resume from `out_dir/checkpoint` when it exists.
     pub resume: bool,
     /// Also checkpoint every this many optimizer steps (besides the end of each epoch).
     pub save_every_steps: Option<usize>,
+    /// Show progress bars on stderr.
     pub progress: bool,
     /// Bottleneck size for the adapter recipes.
     pub adapter_size: Option<usize>,

@@ -46,6 +46,7 @@ fn token_labels(b: &Batch) -> Result<&[Vec<i64>]> {
 
 /// BERT sequence classification; accuracy on the evaluation batches.
 pub struct Classification {
+    /// The evaluation batches.
     pub eval: Batcher,
 }
 
@@ -106,11 +107,17 @@ pub enum Seq2SeqMetric {
 
 /// T5 / BART with teacher-forced cross-entropy; evaluated by generation.
 pub struct Seq2Seq {
+    /// The evaluation batches.
     pub eval: Batcher,
+    /// Decodes generated and reference tokens for the metric.
     pub tokenizer: Tokenizer,
+    /// Decoding settings for evaluation.
     pub generation: GenerationConfig,
+    /// The decoder's start token (T5: pad, BART: `</s>`).
     pub decoder_start_id: u32,
+    /// The pad token id.
     pub pad_id: u32,
+    /// How generations are scored.
     pub metric: Seq2SeqMetric,
     /// Predictions and references of the last evaluation are written here (JSONL) when set.
     pub predictions_path: Option<std::path::PathBuf>,
@@ -270,13 +277,16 @@ impl<B: AutodiffBackend> Task<B> for Seq2SeqPrompt {
 /// One labelled evaluation example for label-likelihood scoring: the prompt's ids and each label's ids.
 #[derive(Debug, Clone)]
 pub struct LabelledPrompt {
+    /// The prompt's token ids.
     pub prompt_ids: Vec<u32>,
+    /// The index of the correct label.
     pub label: usize,
 }
 
 /// Prompt / prefix tuning of a decoder-only model (peft's `PeftModelForCausalLM`): causal-LM loss over the
 /// real tokens; evaluated by which label continuation is more likely.
 pub struct PromptCausal {
+    /// The evaluation examples.
     pub eval: Vec<LabelledPrompt>,
     /// Token ids of each label as a continuation (e.g. `" positive"`).
     pub label_ids: Vec<Vec<u32>>,

@@ -23,23 +23,34 @@ use crate::error::{Error, Result};
 /// Which optimizer (AdamW as transformers' Trainer; Adam as the seed's BERT run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OptimizerKind {
+    /// Adam with decoupled weight decay.
     AdamW,
+    /// Adam (weight decay, if any, as an L2 penalty).
     Adam,
 }
 
 /// Loop settings. Defaults follow transformers' `TrainingArguments`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// Passes over the training batches.
     pub epochs: usize,
+    /// Peak learning rate (after warmup; linear decay to 0).
     pub learning_rate: f64,
+    /// Weight decay: decoupled with AdamW, an L2 penalty with Adam (0: none).
     pub weight_decay: f64,
     /// Warmup as a fraction of all optimizer steps (ignored when `warmup_steps` is set).
     pub warmup_ratio: f64,
+    /// Warmup in optimizer steps; overrides `warmup_ratio`.
     pub warmup_steps: Option<usize>,
+    /// Batches per optimizer step (gradient accumulation).
     pub grad_accum: usize,
+    /// Clip the global gradient norm to this (`None`: no clipping).
     pub max_grad_norm: Option<f32>,
+    /// AdamW or Adam.
     pub optimizer: OptimizerKind,
+    /// Adam's epsilon.
     pub adam_epsilon: f64,
+    /// Seed for shuffling and dropout.
     pub seed: u64,
     /// Stop after this many optimizer steps (the schedule still spans all epochs).
     pub max_steps: Option<usize>,
@@ -51,6 +62,7 @@ pub struct TrainConfig {
     pub eval_each_epoch: bool,
     /// Also checkpoint every this many optimizer steps.
     pub save_every_steps: Option<usize>,
+    /// Show progress bars on stderr.
     pub progress: bool,
 }
 
@@ -108,10 +120,12 @@ impl TrainConfig {
 /// What an evaluation reports: named values, one of which is the task's primary metric.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EvalResult {
+    /// Metric name → value (`accuracy`, `eval_loss`, `rouge1`, …).
     pub metrics: serde_json::Map<String, serde_json::Value>,
 }
 
 impl EvalResult {
+    /// The metric `k` as a number, if present.
     pub fn get(&self, k: &str) -> Option<f64> {
         self.metrics.get(k).and_then(|v| v.as_f64())
     }
@@ -148,7 +162,9 @@ pub struct TrainState {
     pub position: Position,
     /// Optimizer steps taken.
     pub step: usize,
+    /// The best value of the task's primary metric so far.
     pub best_metric: Option<f64>,
+    /// The epoch that reached it.
     pub best_epoch: Option<u64>,
     /// (step, loss) of every optimizer step so far.
     pub losses: Vec<(usize, f64)>,
@@ -159,12 +175,19 @@ pub struct TrainState {
 /// What [`train`] returns besides the model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {
+    /// Steps, losses and evaluations.
     pub state: TrainState,
+    /// Wall-clock time of the run.
     pub wall_seconds: f64,
+    /// Training throughput.
     pub examples_per_second: f64,
+    /// Parameters that trained.
     pub trainable_params: usize,
+    /// All parameters of the model.
     pub total_params: usize,
+    /// Where the run resumed from, if it did.
     pub resumed_from: Option<Position>,
+    /// Where the reports and checkpoints are.
     pub out_dir: PathBuf,
 }
 
@@ -269,7 +292,7 @@ pub fn remove_stale_temps(out_dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The newest complete checkpoint directory: `checkpoint`, or `checkpoint.old` if a run died between
-/// the two renames of [`save_checkpoint`].
+/// the two renames of `save_checkpoint`.
 pub fn latest_checkpoint(out_dir: &Path) -> Option<PathBuf> {
     ["checkpoint", "checkpoint.old"]
         .iter()

@@ -1,4 +1,4 @@
-//! Decoder-only models: `kiln generate`, `kiln score`, `kiln icl`.
+//! Decoder-only models: `kiln generate`, `kiln icl`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -100,6 +100,9 @@ pub fn generate(a: GenerateArgs) -> Res {
         ),
     }
     .map_err(s)?;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
     if stream {
         println!();
         return Ok(());
@@ -135,49 +138,6 @@ pub fn generate(a: GenerateArgs) -> Res {
                 }
             }
         }
-    }
-    Ok(())
-}
-
-#[derive(Args, Debug)]
-pub struct ScoreArgs {
-    #[command(flatten)]
-    pub model: ModelArg,
-    #[arg(long, short = 't')]
-    pub text: String,
-    /// Include the full next-token logits of every position in the JSON.
-    #[arg(long)]
-    pub logits: bool,
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn score(a: ScoreArgs) -> Res {
-    if a.logits && !a.json {
-        return Err("--logits adds the full logits to the JSON output: use it with --json".into());
-    }
-    let device = backend::device()?;
-    let pipe = CausalPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
-    let enc = pipe.tokenizer.encode(&a.text, None).map_err(s)?;
-    let sc = kiln_models::scoring::score_tokens(&pipe.model, &enc.ids, a.logits).map_err(s)?;
-    if a.json {
-        let tokens: Vec<String> = sc
-            .ids
-            .iter()
-            .map(|&i| pipe.tokenizer.decode(&[i], false).unwrap_or_default())
-            .collect();
-        let mut v = serde_json::to_value(&sc).map_err(s)?;
-        v["tokens"] = json!(tokens);
-        println!("{v}");
-    } else {
-        for (i, lp) in sc.logprobs.iter().enumerate() {
-            let t = pipe
-                .tokenizer
-                .decode(&[sc.ids[i + 1]], false)
-                .unwrap_or_default();
-            println!("{:>6} {:>12.5}  {:?}", sc.ids[i + 1], lp, t);
-        }
-        println!("perplexity: {:.4}", sc.perplexity);
     }
     Ok(())
 }

@@ -17,8 +17,10 @@ pub struct EmbedArgs {
     /// Text to embed; repeat for several.
     #[arg(long, short = 't', required = true)]
     pub text: Vec<String>,
-    #[arg(long, default_value_t = 256)]
-    pub max_len: usize,
+    /// Tokens kept per text (longer texts are truncated, with a warning); default and cap: the model's
+    /// `max_position_embeddings`.
+    #[arg(long)]
+    pub max_len: Option<usize>,
     #[arg(long)]
     pub json: bool,
 }
@@ -31,8 +33,10 @@ pub fn embed(a: EmbedArgs) -> Res {
         .map_err(s)?
         .with_model_vocab(cfg.vocab_size);
     let texts: Vec<&str> = a.text.iter().map(String::as_str).collect();
+    let max_len = max_len_for(a.max_len, cfg.max_position_embeddings);
+    warn_truncated(&tok, &texts, max_len)?;
     let e = model
-        .sentence_embeddings(&tok, &texts, Some(a.max_len))
+        .sentence_embeddings(&tok, &texts, Some(max_len))
         .map_err(s)?;
     let [n, d] = e.dims();
     let v: Vec<f32> = e
@@ -62,15 +66,51 @@ pub struct ClassifyArgs {
     /// A LoRA adapter directory in the PEFT format.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    #[arg(long, short = 't', required = true)]
+    /// Text to classify; repeat for several.
+    #[arg(long, short = 't', required_unless_present = "input", conflicts_with = "input")]
     pub text: Vec<String>,
-    #[arg(long, default_value_t = 512)]
-    pub max_len: usize,
+    /// The second text of a sentence pair (NLI, paraphrase: `[CLS] a [SEP] b [SEP]`, token types 0/1), one per
+    /// --text, in order.
+    #[arg(long, conflicts_with = "input")]
+    pub text_pair: Vec<String>,
+    /// JSONL with a `text` field per line, and `text_pair` for sentence pairs.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Tokens kept per text (longer texts are truncated, with a warning); default and cap: the model's
+    /// `max_position_embeddings`.
+    #[arg(long)]
+    pub max_len: Option<usize>,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn classify(a: ClassifyArgs) -> Res {
+    if !a.text_pair.is_empty() && a.text_pair.len() != a.text.len() {
+        return Err(format!(
+            "{} --text-pair for {} --text: give one second text per text",
+            a.text_pair.len(),
+            a.text.len()
+        ));
+    }
+    let rows: Vec<(String, Option<String>)> = match &a.input {
+        Some(p) => read_jsonl(p)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let pair = match v.get("text_pair") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(_) => Some(field(v, "text_pair", p, i + 1)?),
+                };
+                Ok((field(v, "text", p, i + 1)?, pair))
+            })
+            .collect::<Result<_, String>>()?,
+        None => a
+            .text
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), a.text_pair.get(i).cloned()))
+            .collect(),
+    };
     let device = backend::device()?;
     let dir = resolve_model(&a.model.spec()).map_err(s)?;
     let (cfg, model, report) =
@@ -91,12 +131,19 @@ pub fn classify(a: ClassifyArgs) -> Res {
     let tok = kiln_models::tokenizer::Tokenizer::from_dir(&dir)
         .map_err(s)?
         .with_model_vocab(cfg.vocab_size);
-    let encs = a
-        .text
+    let max_len = max_len_for(a.max_len, cfg.max_position_embeddings);
+    let encs = rows
         .iter()
-        .map(|t| tok.encode(t, Some(a.max_len)))
+        .map(|(t, pair)| match pair {
+            Some(b) => tok.encode_pair(t, b, Some(max_len)),
+            None => tok.encode(t, Some(max_len)),
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(s)?;
+    let cut = encs.iter().filter(|e| e.truncated).count();
+    if cut > 0 {
+        eprintln!("warning: {cut} of {} texts were longer than {max_len} tokens and were truncated", encs.len());
+    }
     let pad = tok.token_to_id("[PAD]").unwrap_or(0);
     let batch = kiln_models::bert::BertBatch::from_encodings(&encs, pad).map_err(s)?;
     let logits = model.forward_batch(&batch).map_err(s)?;
@@ -109,18 +156,56 @@ pub fn classify(a: ClassifyArgs) -> Res {
             .map(str::to_string)
             .unwrap_or(format!("LABEL_{i}"))
     };
-    for (t, p) in a.text.iter().zip(&probs) {
+    for ((t, pair), p) in rows.iter().zip(&probs) {
         let best = p
             .iter()
             .enumerate()
             .max_by(|x, y| x.1.total_cmp(y.1))
             .map(|(i, _)| i)
             .unwrap_or(0);
-        if a.json {
-            println!("{}", json!({"text": t, "label": label(best), "probs": p}));
+        if a.json || a.input.is_some() {
+            let mut v = json!({"text": t, "label": label(best), "probs": p});
+            if let Some(b) = pair {
+                v["text_pair"] = json!(b);
+            }
+            println!("{v}");
         } else {
-            println!("{}\t{:.4}\t{t}", label(best), p[best]);
+            match pair {
+                Some(b) => println!("{}\t{:.4}\t{t}\t{b}", label(best), p[best]),
+                None => println!("{}\t{:.4}\t{t}", label(best), p[best]),
+            }
         }
+    }
+    Ok(())
+}
+
+/// `--max-len`, defaulting to the model's positions and never more (with a warning when asked for more).
+fn max_len_for(flag: Option<usize>, positions: usize) -> usize {
+    match flag {
+        Some(m) if m > positions => {
+            eprintln!("warning: --max-len {m} is more than the model's {positions} positions; using {positions}");
+            positions
+        }
+        Some(m) => m,
+        None => positions,
+    }
+}
+
+/// Warn about the texts that `max_len` will cut (sentence_embeddings truncates them silently).
+fn warn_truncated(
+    tok: &kiln_models::tokenizer::Tokenizer,
+    texts: &[&str],
+    max_len: usize,
+) -> Result<(), String> {
+    let mut cut = 0;
+    for t in texts {
+        cut += tok.encode(t, Some(max_len)).map_err(s)?.truncated as usize;
+    }
+    if cut > 0 {
+        eprintln!(
+            "warning: {cut} of {} texts were longer than {max_len} tokens and were truncated",
+            texts.len()
+        );
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod encoder;
 mod inspect;
 mod peft;
 mod rouge;
+mod score;
 mod seq2seq;
 mod train;
 
@@ -14,6 +15,7 @@ pub use encoder::*;
 pub use inspect::*;
 pub use peft::*;
 pub use rouge::*;
+pub use score::*;
 pub use seq2seq::*;
 pub use train::*;
 
@@ -111,6 +113,38 @@ impl GenArgs {
             }
         }
         Ok(())
+    }
+
+    /// Whether any generation flag was given.
+    pub fn any_set(&self) -> bool {
+        let GenArgs {
+            max_new_tokens,
+            min_new_tokens,
+            do_sample,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            no_repeat_ngram_size,
+            num_beams,
+            early_stopping,
+            length_penalty,
+            num_return_sequences,
+            seed,
+        } = self;
+        max_new_tokens.is_some()
+            || min_new_tokens.is_some()
+            || *do_sample
+            || temperature.is_some()
+            || top_k.is_some()
+            || top_p.is_some()
+            || repetition_penalty.is_some()
+            || no_repeat_ngram_size.is_some()
+            || num_beams.is_some()
+            || early_stopping.is_some()
+            || length_penalty.is_some()
+            || num_return_sequences.is_some()
+            || seed.is_some()
     }
 
     /// Overlay the flags on the checkpoint defaults and validate the result.

@@ -33,6 +33,10 @@ pub struct RougeArgs {
     /// Write a bar chart of the F-measures (PNG).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Write each pair's scores (as rouge-score's `score(target, prediction)` returns them) to this JSONL file:
+    /// `{index, prediction, reference, scores: {rouge1: {precision, recall, fmeasure}, …}}` per line.
+    #[arg(long)]
+    pub per_example: Option<PathBuf>,
 }
 
 fn read_lines(p: &PathBuf) -> Result<Vec<String>, String> {
@@ -96,6 +100,17 @@ pub fn rouge(a: RougeArgs) -> Res {
     }
     let pairs: Vec<(String, String)> = refs.into_iter().zip(preds).collect();
     let rows = scorer.score_batch(&pairs);
+    if let Some(path) = &a.per_example {
+        let mut out = String::new();
+        for (i, ((reference, prediction), sc)) in pairs.iter().zip(&rows).enumerate() {
+            out.push_str(
+                &json!({"index": i, "prediction": prediction, "reference": reference, "scores": sc})
+                    .to_string(),
+            );
+            out.push('\n');
+        }
+        std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     let mut agg = BootstrapAggregator::new().with_seed(a.seed);
     for r in &rows {
         agg.add_scores(r);

@@ -23,6 +23,14 @@ pub struct ZeroShotArgs {
     /// The prompt; `{context}` and `{question}` are replaced.
     #[arg(long, default_value = "context: {context} question: {question}")]
     pub template: String,
+    /// Rank classification, as T0 is evaluated: score each answer choice (`yes|no|maybe`) as the target given
+    /// the prompt and answer with the most likely one, reporting every choice's score; a JSONL `choices` field
+    /// (a list, or a `|`-separated string) overrides it per line. No generation.
+    #[arg(long)]
+    pub choices: Option<String>,
+    /// With --choices: rank by the mean log-probability per target token instead of the sum.
+    #[arg(long, requires = "choices")]
+    pub length_normalize: bool,
     #[command(flatten)]
     pub gen: GenArgs,
     #[arg(long)]
@@ -31,6 +39,10 @@ pub struct ZeroShotArgs {
 
 pub fn zero_shot(a: ZeroShotArgs) -> Res {
     a.gen.precheck()?;
+    if a.choices.is_some() && a.gen.any_set() {
+        return Err("--choices ranks the answer choices by likelihood; generation flags have no effect with it".into());
+    }
+    let split = |c: &str| -> Vec<String> { c.split('|').map(|x| x.trim().to_string()).collect() };
     let device = backend::device()?;
     let pipe = kiln_models::auto::Seq2SeqPipeline::<Inference>::load(&a.model.spec(), &device)
         .map_err(s)?;
@@ -42,24 +54,89 @@ pub fn zero_shot(a: ZeroShotArgs) -> Res {
         gen.max_new_tokens = Some(49);
     }
     let cfg = apply_gen_flags(&gen, base)?;
-    let pairs: Vec<(String, String)> = match &a.input {
+    let rows: Vec<(String, String, Option<Vec<String>>)> = match &a.input {
         Some(p) => read_jsonl(p)?
             .iter()
             .enumerate()
             .map(|(i, v)| {
+                let choices = match v.get("choices") {
+                    None | Some(serde_json::Value::Null) => a.choices.as_deref().map(split),
+                    Some(serde_json::Value::String(c)) => Some(split(c)),
+                    Some(serde_json::Value::Array(xs)) => Some(
+                        xs.iter()
+                            .map(|x| x.as_str().map(str::to_string))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or_else(|| {
+                                format!("{} line {}: `choices` must be strings", p.display(), i + 1)
+                            })?,
+                    ),
+                    Some(_) => {
+                        return Err(format!(
+                            "{} line {}: `choices` must be a list of strings or a `|`-separated string",
+                            p.display(),
+                            i + 1
+                        ))
+                    }
+                };
                 Ok((
                     field(v, "context", p, i + 1)?,
                     field(v, "question", p, i + 1)?,
+                    choices,
                 ))
             })
             .collect::<Result<_, String>>()?,
         None => vec![(
             a.context.clone().unwrap_or_default(),
             a.question.clone().unwrap_or_default(),
+            a.choices.as_deref().map(split),
         )],
     };
-    for (c, q) in &pairs {
+    for (c, q, choices) in &rows {
         let prompt = a.template.replace("{context}", c).replace("{question}", q);
+        if let Some(choices) = choices {
+            if choices.is_empty() || choices.iter().any(|x| x.is_empty()) {
+                return Err(format!("empty answer choice in {choices:?}"));
+            }
+            let (ids, _, truncated) = pipe
+                .encode_right_padded(&[&prompt], Some(1024))
+                .map_err(s)?;
+            if truncated > 0 {
+                eprintln!("warning: input truncated to the model's maximum source length");
+            }
+            let start = pipe
+                .generation
+                .decoder_start_token_id
+                .or(pipe.generation.bos_token_id)
+                .ok_or("the checkpoint sets neither decoder_start_token_id nor bos_token_id")?;
+            let targets = choices
+                .iter()
+                .map(|x| pipe.tokenizer.encode(x, None).map(|e| e.ids))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(s)?;
+            let scores = kiln_models::scoring::rank_choices(&pipe.model, &ids[0], &targets, start)
+                .map_err(s)?;
+            let key = |(sum, mean): (f32, f32)| if a.length_normalize { mean } else { sum };
+            let best = (0..choices.len())
+                .max_by(|&i, &j| key(scores[i]).total_cmp(&key(scores[j])).then(j.cmp(&i)))
+                .unwrap_or(0);
+            let per: Vec<serde_json::Value> = choices
+                .iter()
+                .zip(&scores)
+                .map(|(ch, &(sum, mean))| json!({"choice": ch, "score": sum, "mean": mean}))
+                .collect();
+            if a.json || a.input.is_some() {
+                println!(
+                    "{}",
+                    json!({"context": c, "question": q, "answer": choices[best], "choices": per})
+                );
+            } else {
+                println!("{}", choices[best]);
+                for (ch, &(sum, mean)) in choices.iter().zip(&scores) {
+                    println!("  {ch}: log-prob {sum:.4} (mean {mean:.4})");
+                }
+            }
+            continue;
+        }
         let (ids, mask, truncated) = pipe
             .encode_right_padded(&[&prompt], Some(1024))
             .map_err(s)?;
@@ -67,6 +144,9 @@ pub fn zero_shot(a: ZeroShotArgs) -> Res {
             eprintln!("warning: input truncated to the model's maximum source length");
         }
         let out = kiln_models::seq2seq::generate(&pipe.model, &ids, &mask, &cfg, None).map_err(s)?;
+        for w in &out.warnings {
+            eprintln!("warning: {w}");
+        }
         let seqs = returned_sequences(&out, &pipe.tokenizer)?;
         if a.json || a.input.is_some() {
             println!(
@@ -179,6 +259,9 @@ pub fn summarize(a: SummarizeArgs) -> Res {
             None => kiln_models::seq2seq::generate(&pipe.model, &ids, &mask, &cfg, None),
         }
         .map_err(s)?;
+        for w in &out.warnings {
+            eprintln!("warning: {w}");
+        }
         let seqs = returned_sequences(&out, &pipe.tokenizer)?;
         if a.json {
             println!(

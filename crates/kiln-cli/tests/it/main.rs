@@ -6,6 +6,7 @@ use std::process::Command;
 
 mod reliability;
 mod return_sequences;
+mod scoring;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")

@@ -6,6 +6,7 @@ mod common;
 mod fake_hub;
 mod hub;
 mod malformed;
+mod pairs;
 mod parquet_files;
 mod samples;
 mod tokenization;

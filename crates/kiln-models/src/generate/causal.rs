@@ -59,6 +59,7 @@ pub struct CausalSession<'a, B: Backend, M: CausalLm<B>> {
 }
 
 impl<'a, B: Backend, M: CausalLm<B>> CausalSession<'a, B, M> {
+    /// A session on `model`, with an empty cache (one per `generate` call).
     pub fn new(model: &'a M) -> Self {
         let head_t = model.output_embedding().map(|e| {
             let device = e.device();
@@ -115,6 +116,10 @@ impl<'a, B: Backend, M: CausalLm<B>> CausalSession<'a, B, M> {
 impl<B: Backend, M: CausalLm<B>> DecodeSession for CausalSession<'_, B, M> {
     fn vocab_size(&self) -> Option<usize> {
         Some(self.model.vocab_size())
+    }
+    fn max_length(&self) -> Option<usize> {
+        // A row's positions never exceed its length (padding takes none).
+        Some(self.model.max_positions())
     }
     fn prefill(&mut self, rows: &[Vec<u32>], mask: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
         let max = self.model.max_positions();

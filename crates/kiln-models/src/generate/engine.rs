@@ -18,36 +18,59 @@ use crate::load::error::{Error, Result};
 /// `early_stopping` as in transformers: `true`, `false`, or `"never"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EarlyStopping {
+    /// Stop a beam search as soon as `num_beams` hypotheses are finished.
     True,
+    /// Stop when a better hypothesis is very unlikely (transformers' heuristic on the current length).
     #[default]
     False,
+    /// Stop only when no better hypothesis is possible (the canonical beam search).
     Never,
 }
 
 /// Generation parameters, named as in transformers' `GenerationConfig`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationConfig {
+    /// New tokens to generate at most (takes precedence over `max_length`).
     pub max_new_tokens: Option<usize>,
     /// Total length (prompt + new tokens) when `max_new_tokens` is not set. Default 20, as transformers.
     pub max_length: usize,
+    /// Total length before which end-of-sequence is suppressed.
     pub min_length: usize,
+    /// New tokens before which end-of-sequence is suppressed.
     pub min_new_tokens: usize,
+    /// Sample (with `temperature`, `top_k`, `top_p`) instead of greedy / beam search.
     pub do_sample: bool,
+    /// Divide the logits by this before sampling.
     pub temperature: f32,
+    /// Sample among the `top_k` most likely tokens (0: all).
     pub top_k: usize,
+    /// Nucleus sampling: among the smallest set of tokens whose probability reaches `top_p`.
     pub top_p: f32,
+    /// Penalise tokens already in the sequence (CTRL's penalty; 1.0: none).
     pub repetition_penalty: f32,
+    /// Never repeat an n-gram of this size (0: off).
     pub no_repeat_ngram_size: usize,
+    /// Beams for beam search (1: greedy or sampling).
     pub num_beams: usize,
+    /// When beam search stops.
     pub early_stopping: EarlyStopping,
+    /// Beam scores are divided by `length ^ length_penalty`.
     pub length_penalty: f32,
+    /// Sequences returned per prompt (at most `num_beams` without sampling).
     pub num_return_sequences: usize,
+    /// Tokens that end a sequence.
     pub eos_token_id: Vec<u32>,
+    /// Fills finished rows (else the first `eos_token_id`).
     pub pad_token_id: Option<u32>,
+    /// Beginning-of-sequence token (an encoder-decoder's start when `decoder_start_token_id` is unset).
     pub bos_token_id: Option<u32>,
+    /// The first decoder token of an encoder-decoder.
     pub decoder_start_token_id: Option<u32>,
+    /// Forced as the first generated token.
     pub forced_bos_token_id: Option<u32>,
+    /// Forced as the last token when the maximum length is reached.
     pub forced_eos_token_id: Option<u32>,
+    /// Seed of the sampling RNG.
     pub seed: u64,
 }
 
@@ -357,6 +380,11 @@ pub trait DecodeSession {
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>>;
     /// Keep rows `idx`, in that order (beam reordering).
     fn select(&mut self, idx: &[usize]) -> Result<()>;
+    /// The longest sequence (prompt with its padding, plus new tokens) the model can run, when it has a limit
+    /// (learned positions): [`generate`] stops there, with a warning, instead of failing and losing the tokens.
+    fn max_length(&self) -> Option<usize> {
+        None
+    }
     /// Rows of the model's input embedding, when known: [`generate`] then refuses prompt and special ids at or
     /// beyond it before any of them reaches the model (a backend's gather must never see them).
     fn vocab_size(&self) -> Option<usize> {
@@ -374,6 +402,9 @@ pub struct GenerateOutput {
     pub sequences_scores: Option<Vec<f32>>,
     /// The prompt length (including padding) that the new tokens follow.
     pub prompt_len: usize,
+    /// What the caller should tell the user (as transformers warns), e.g. that generation stopped at the
+    /// model's maximum length rather than at the requested one.
+    pub warnings: Vec<String>,
 }
 
 /// Generate from left-padded prompt rows (`mask`: 1 = real token). `on_token` is called with each
@@ -403,6 +434,20 @@ pub fn generate<S: DecodeSession>(
         beam_search(session, prompts, mask, cfg)
     } else {
         sample(session, prompts, mask, cfg, on_token)
+    }
+}
+
+/// `max_length` lowered to the session's limit, with the warning to give when it was.
+fn clamp_max_length<S: DecodeSession>(session: &S, max_length: usize) -> (usize, Vec<String>) {
+    match session.max_length() {
+        Some(limit) if limit < max_length => (
+            limit,
+            vec![format!(
+                "generation stops at the model's maximum length of {limit} tokens (asked for {}); the tokens generated so far are returned",
+                if max_length == usize::MAX { "no limit".to_string() } else { max_length.to_string() }
+            )],
+        ),
+        _ => (max_length, Vec::new()),
     }
 }
 
@@ -578,7 +623,7 @@ fn sample<S: DecodeSession>(
     let mut seqs = expand(prompts, n);
     let mask = expand(mask, n);
     let prompt_len = seqs[0].len();
-    let max_length = cfg.max_total(prompt_len);
+    let (max_length, warnings) = clamp_max_length(session, cfg.max_total(prompt_len));
     let procs = Processors {
         cfg,
         prompt_len,
@@ -596,6 +641,7 @@ fn sample<S: DecodeSession>(
             sequences: seqs,
             sequences_scores: None,
             prompt_len,
+            warnings,
         });
     }
     let mut logits = session.prefill(&seqs, &mask)?;
@@ -641,6 +687,7 @@ fn sample<S: DecodeSession>(
         sequences: seqs,
         sequences_scores: None,
         prompt_len,
+        warnings,
     })
 }
 
@@ -657,7 +704,7 @@ fn beam_search<S: DecodeSession>(
     let rows = expand(prompts, nb);
     let mask = expand(mask, nb);
     let prompt_len = rows[0].len();
-    let max_length = cfg.max_total(prompt_len);
+    let (max_length, warnings) = clamp_max_length(session, cfg.max_total(prompt_len));
     let procs = Processors {
         cfg,
         prompt_len,
@@ -690,6 +737,7 @@ fn beam_search<S: DecodeSession>(
             sequences: expand(prompts, cfg.num_return_sequences),
             sequences_scores: None,
             prompt_len,
+            warnings,
         });
     }
     let mut logits = session.prefill(&rows, &mask)?;
@@ -818,6 +866,7 @@ fn beam_search<S: DecodeSession>(
         sequences: out,
         sequences_scores: Some(scores),
         prompt_len,
+        warnings,
     })
 }
 

@@ -50,6 +50,12 @@ pub trait EncoderDecoder<B: Backend> {
     /// Rows of the (shared) input embedding: every token id fed to the encoder or decoder must be below it.
     fn vocab_size(&self) -> usize;
 
+    /// The longest decoder sequence the model has positions for (BART's learned positions); `None` when
+    /// unbounded (T5's relative attention).
+    fn max_target_positions(&self) -> Option<usize> {
+        None
+    }
+
     /// The decoder's final hidden states `[r, t, d]` for `ids` `[r, t]`, after the `cache.len()` tokens
     /// already in `cache` (if any; the new keys/values are appended). `self_mask` is `[r][past + t]`
     /// (1 = real token). `cross` holds `n` items' keys/values with `r = n · g`: row `i` attends to item
@@ -253,6 +259,9 @@ impl<'a, B: Backend, M: EncoderDecoder<B>> Seq2SeqSession<'a, B, M> {
 impl<B: Backend, M: EncoderDecoder<B>> DecodeSession for Seq2SeqSession<'_, B, M> {
     fn vocab_size(&self) -> Option<usize> {
         Some(self.model.vocab_size())
+    }
+    fn max_length(&self) -> Option<usize> {
+        self.model.max_target_positions()
     }
     fn prefill(&mut self, rows: &[Vec<u32>], mask: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
         let batch = self.batch();

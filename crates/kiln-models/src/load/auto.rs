@@ -31,7 +31,9 @@ pub fn model_type(dir: &Path) -> Result<String> {
 /// Any decoder-only model.
 #[derive(Module, Debug)]
 pub enum CausalModel<B: Backend> {
+    /// GPT-2 (`GPT2LMHeadModel`).
     Gpt2(gpt2::Gpt2LmHead<B>),
+    /// OPT (`OPTForCausalLM`).
     Opt(opt::OptForCausalLm<B>),
 }
 
@@ -139,10 +141,15 @@ impl<B: Backend> CausalLm<B> for CausalModel<B> {
 
 /// A decoder-only model with its tokenizer and generation defaults, ready to use.
 pub struct CausalPipeline<B: Backend> {
+    /// The checkpoint directory (the hub cache's snapshot for a hub id).
     pub dir: PathBuf,
+    /// The model; run it through a `CausalSession`, `score_tokens`, or its `forward`.
     pub model: CausalModel<B>,
+    /// The checkpoint's tokenizer, checked against the model's vocabulary.
     pub tokenizer: Tokenizer,
+    /// Generation defaults: special token ids from `config.json`, then `generation_config.json`.
     pub generation: GenerationConfig,
+    /// Which weights were loaded, initialised or left unused.
     pub report: LoadReport,
 }
 
@@ -214,11 +221,14 @@ pub const SEQ2SEQ_TYPES: &str = "t5, bart";
 /// Any encoder-decoder model.
 #[derive(Module, Debug)]
 pub enum Seq2SeqModel<B: Backend> {
+    /// T5 / T0 / mT5 (`T5ForConditionalGeneration`).
     T5(crate::models::t5::T5ForConditionalGeneration<B>),
+    /// BART (`BartForConditionalGeneration`).
     Bart(crate::models::bart::BartForConditionalGeneration<B>),
 }
 
 impl<B: Backend> Seq2SeqModel<B> {
+    /// Load a checkpoint directory whose `model_type` is one of [`SEQ2SEQ_TYPES`].
     pub fn load(dir: &Path, device: &B::Device) -> Result<(Self, LoadReport)> {
         let mt = model_type(dir)?;
         match mt.as_str() {
@@ -340,6 +350,9 @@ impl<B: Backend> crate::generate::seq2seq::EncoderDecoder<B> for Seq2SeqModel<B>
     fn vocab_size(&self) -> usize {
         delegate_s2s!(self, m => m.vocab_size())
     }
+    fn max_target_positions(&self) -> Option<usize> {
+        delegate_s2s!(self, m => m.max_target_positions())
+    }
     fn decode(
         &self,
         ids: Tensor<B, 2, Int>,
@@ -360,16 +373,22 @@ impl<B: Backend> crate::generate::seq2seq::EncoderDecoder<B> for Seq2SeqModel<B>
 
 /// An encoder-decoder model with its tokenizer and generation defaults.
 pub struct Seq2SeqPipeline<B: Backend> {
+    /// The checkpoint directory (the hub cache's snapshot for a hub id).
     pub dir: PathBuf,
     /// The longest encoder input the model accepts (BART's learned positions); `None` for T5.
     pub max_source_positions: Option<usize>,
+    /// The model; run it through `seq2seq::generate` or a `Seq2SeqSession`.
     pub model: Seq2SeqModel<B>,
+    /// The checkpoint's tokenizer, checked against the model's vocabulary.
     pub tokenizer: Tokenizer,
+    /// Generation defaults: special token ids from `config.json`, then `generation_config.json`.
     pub generation: GenerationConfig,
+    /// Which weights were loaded, initialised or left unused.
     pub report: LoadReport,
 }
 
 impl<B: Backend> Seq2SeqPipeline<B> {
+    /// Load from a directory or hub id.
     pub fn load(spec: &str, device: &B::Device) -> Result<Self> {
         let dir = resolve_model(spec)?;
         let (model, report) = Seq2SeqModel::load(&dir, device)?;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+/// Errors of kiln-models; each names the file and, where there is one, the key or field.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: file not found{hint}")]
@@ -106,6 +107,7 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

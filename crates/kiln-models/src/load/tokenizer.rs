@@ -16,7 +16,9 @@ use crate::load::error::{Error, Result};
 /// One encoded text (or pair).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoding {
+    /// Token ids, with the tokenizer's special tokens.
     pub ids: Vec<u32>,
+    /// Segment ids (0 for the first text, 1 for the second of a pair).
     pub type_ids: Vec<u32>,
     /// True when the input was longer than `max_len` and was cut.
     pub truncated: bool,
@@ -25,7 +27,9 @@ pub struct Encoding {
 /// A tokenizer plus the file it came from (for error messages).
 #[derive(Clone)]
 pub struct Tokenizer {
+    /// The Hugging Face `tokenizers` tokenizer (never pads or truncates).
     pub inner: HfTokenizer,
+    /// The file it was read from.
     pub path: PathBuf,
     /// Truncating copies of `inner`, one per length limit used.
     truncating: std::sync::Arc<std::sync::Mutex<Vec<(usize, std::sync::Arc<HfTokenizer>)>>>,
@@ -88,6 +92,7 @@ impl Tokenizer {
         }
     }
 
+    /// Read a `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let err = |e: tokenizers::Error| Error::Tokenizer {
@@ -210,7 +215,10 @@ impl Tokenizer {
         self
     }
 
-    fn check_vocab(&self, ids: &[u32]) -> Result<()> {
+    /// An error naming this tokenizer's file when an id is outside the model's vocabulary (set by
+    /// [`Tokenizer::with_model_vocab`]; without it every id passes). Every `encode*` method calls it; code that
+    /// encodes through [`Tokenizer::inner`] directly should too.
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
         match (self.model_vocab, ids.iter().max()) {
             (Some(v), Some(&m)) if m as usize >= v => Err(self.err(format!(
                 "token id {m} (`{}`) is outside the model's vocabulary of {v}: the tokenizer does not belong to this model",
@@ -242,7 +250,7 @@ impl Tokenizer {
             Some(m) => self.truncating(m)?.encode(input, true),
         }
         .map_err(|e| self.err(e))?;
-        self.check_vocab(enc.get_ids())?;
+        self.check_ids(enc.get_ids())?;
         Ok(Encoding {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),
@@ -276,20 +284,23 @@ impl Tokenizer {
             .map_err(|e| self.err(e))?
             .get_ids()
             .to_vec();
-        self.check_vocab(&ids)?;
+        self.check_ids(&ids)?;
         Ok(ids)
     }
 
+    /// Decode ids to text, without the special tokens when `skip_special_tokens`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner
             .decode(ids, skip_special_tokens)
             .map_err(|e| self.err(e))
     }
 
+    /// The id of a token (`"[PAD]"`, `"</s>"`), if in the vocabulary.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
 
+    /// Vocabulary size, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

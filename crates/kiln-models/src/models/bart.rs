@@ -534,6 +534,10 @@ impl<B: Backend> EncoderDecoder<B> for BartForConditionalGeneration<B> {
         self.model.shared.weight.lazy_shape()[0]
     }
 
+    fn max_target_positions(&self) -> Option<usize> {
+        Some(self.model.decoder.embed_positions.weight.lazy_shape()[0] - POSITION_OFFSET)
+    }
+
     fn decode(
         &self,
         ids: Tensor<B, 2, Int>,

@@ -427,8 +427,10 @@ pub struct BertPooler<B: Backend> {
 /// `BertForSequenceClassification`: `classifier(dropout(pooler_output))`.
 #[derive(Module, Debug)]
 pub struct BertForSequenceClassification<B: Backend> {
+    /// The encoder (with its pooler).
     pub bert: BertModel<B>,
     pub dropout: Dropout,
+    /// `[hidden, num_labels]` head on the pooled output.
     pub classifier: PeftLinear<B>,
 }
 
@@ -638,7 +640,9 @@ impl<B: Backend> BertForSequenceClassification<B> {
 /// A right-padded batch on the host: ids, token types and the padding mask, `b` rows of equal length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BertBatch {
+    /// Token ids, right-padded.
     pub input_ids: Vec<Vec<u32>>,
+    /// Segment ids, 0 on padding.
     pub token_type_ids: Vec<Vec<u32>>,
     /// 1 = real token, 0 = padding.
     pub attention_mask: Vec<Vec<u8>>,

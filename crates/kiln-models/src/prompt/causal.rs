@@ -199,6 +199,36 @@ impl<B: Backend> PromptModel<B> {
         l.slice([0..b, t - s..t, 0..v])
     }
 
+    /// Per-token log-probabilities of `ids` (at least two tokens) with the prompt in front, as
+    /// [`crate::generate::scoring::score_tokens`] gives them for the base model: the virtual positions are not
+    /// scored.
+    pub fn score_tokens(
+        &self,
+        ids: &[u32],
+        with_logits: bool,
+    ) -> Result<crate::generate::scoring::TokenScores> {
+        if ids.len() < 2 {
+            return Err(Error::Input("need at least two tokens to score".into()));
+        }
+        let rows = [ids.to_vec()];
+        crate::models::attention::check_ids(&rows, self.model.vocab_size(), "text")?;
+        let max = self.model.max_positions();
+        if ids.len() + self.num_virtual_tokens() > max {
+            return Err(Error::Input(format!(
+                "{} tokens and {} virtual tokens exceed the model's {max} positions",
+                ids.len(),
+                self.num_virtual_tokens()
+            )));
+        }
+        let device = CausalLm::device(&self.model);
+        let logits = self.token_logits(ids_tensor::<B>(&rows, &device), None);
+        Ok(crate::generate::scoring::scores_from_logits(
+            logits,
+            ids,
+            with_logits,
+        ))
+    }
+
     /// A decoding session for [`crate::generate::generate`].
     pub fn session(&self) -> PromptSession<'_, B> {
         PromptSession {
@@ -228,6 +258,12 @@ pub struct PromptSession<'a, B: Backend> {
 impl<B: Backend> DecodeSession for PromptSession<'_, B> {
     fn vocab_size(&self) -> Option<usize> {
         self.inner.vocab_size()
+    }
+    fn max_length(&self) -> Option<usize> {
+        // The virtual tokens take the first positions.
+        self.inner
+            .max_length()
+            .map(|m| m.saturating_sub(self.m.num_virtual_tokens()))
     }
     fn prefill(&mut self, rows: &[Vec<u32>], mask: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
         let model = &self.m.model;

@@ -238,6 +238,15 @@ impl<B: Backend> EncoderDecoder<B> for Seq2SeqPromptModel<B> {
         self.model.vocab_size()
     }
 
+    fn max_target_positions(&self) -> Option<usize> {
+        // Prefix tuning: the decoder's positions start after the prefix.
+        let n = match self.config.method {
+            PromptMethod::PrefixTuning => self.num_virtual_tokens(),
+            _ => 0,
+        };
+        self.model.max_target_positions().map(|m| m.saturating_sub(n))
+    }
+
     /// Prefix tuning: `self_mask` covers the real decoder tokens only; the `n` prefix positions are prepended
     /// here. An empty (or absent) cache is first filled with the prefix, so a [`crate::generate::seq2seq::Seq2SeqSession`]
     /// needs no special case.

@@ -39,8 +39,10 @@ fn select_across_batch_items_gathers_cross_attention() {
     s2s::select_across_items("bart", &model(), 2);
 }
 
+/// Generation that would run past BART's 64 decoder positions stops at them with a warning and returns the
+/// tokens (as transformers warns; it used to be an error that lost them).
 #[test]
-fn decoder_positions_past_the_table_are_an_error() {
+fn decoder_positions_past_the_table_stop_generation_with_a_warning() {
     use kiln_models::generation::GenerationConfig;
     let m = model();
     let r = reference("bart");
@@ -51,10 +53,12 @@ fn decoder_positions_past_the_table_are_an_error() {
         decoder_start_token_id: Some(2),
         ..Default::default()
     };
-    let err = kiln_models::seq2seq::generate(&m, &ids[..1], &mask[..1], &cfg, None).unwrap_err();
+    let out = kiln_models::seq2seq::generate(&m, &ids[..1], &mask[..1], &cfg, None).unwrap();
+    assert!(out.sequences[0].len() <= 64, "{}", out.sequences[0].len());
     assert!(
-        err.to_string().contains("max_position_embeddings = 64"),
-        "{err}"
+        out.warnings.iter().any(|w| w.contains("maximum length of 64")),
+        "{:?}",
+        out.warnings
     );
 }
 

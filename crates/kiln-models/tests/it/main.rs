@@ -18,4 +18,5 @@ mod prompt_bert;
 mod prompt_seq2seq;
 mod reliability;
 mod s2s;
+mod scoring;
 mod t5;
