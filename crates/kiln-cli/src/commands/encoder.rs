@@ -116,16 +116,8 @@ pub fn classify(a: ClassifyArgs) -> Res {
     let (cfg, model, report) =
         kiln_models::bert::load_for_classification::<Inference>(&dir, &device).map_err(s)?;
     let model = with_adapter(model, a.adapter.as_ref())?;
-    if a.adapter.is_none()
-        && report
-            .initialised
-            .iter()
-            .any(|p| p.starts_with("classifier"))
-    {
-        eprintln!(
-            "warning: {} has no classification head; it was initialised randomly",
-            dir.display()
-        );
+    if let Some(w) = random_head_warning(&dir, &report.initialised, a.adapter.as_ref())? {
+        eprintln!("warning: {w}");
     }
     let raw = kiln_models::config::RawConfig::load(&dir.join("config.json")).map_err(s)?;
     let tok = kiln_models::tokenizer::Tokenizer::from_dir(&dir)

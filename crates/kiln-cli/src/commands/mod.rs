@@ -64,8 +64,10 @@ pub struct GenArgs {
     pub max_new_tokens: Option<usize>,
     #[arg(long)]
     pub min_new_tokens: Option<usize>,
-    #[arg(long)]
-    pub do_sample: bool,
+    /// Sample instead of searching; `--do-sample false` turns off sampling that the checkpoint's
+    /// generation_config.json turns on.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub do_sample: Option<bool>,
     #[arg(long)]
     pub temperature: Option<f32>,
     #[arg(long)]
@@ -100,13 +102,14 @@ impl GenArgs {
             .validate_values()
             .map_err(s)?;
         let beams = self.num_beams.unwrap_or(1);
-        if self.do_sample && beams > 1 {
+        let do_sample = self.do_sample == Some(true);
+        if do_sample && beams > 1 {
             return Err(format!(
                 "--do-sample with --num-beams {beams} (beam-search sampling) is not supported: sample with --num-beams 1, or search without --do-sample"
             ));
         }
         if let (Some(b), Some(n)) = (self.num_beams, self.num_return_sequences) {
-            if n > b && (b > 1 || !self.do_sample) {
+            if n > b && (b > 1 || !do_sample) {
                 return Err(format!(
                     "--num-return-sequences {n} must be at most --num-beams {b}"
                 ));
@@ -134,7 +137,7 @@ impl GenArgs {
         } = self;
         max_new_tokens.is_some()
             || min_new_tokens.is_some()
-            || *do_sample
+            || do_sample.is_some()
             || temperature.is_some()
             || top_k.is_some()
             || top_p.is_some()
@@ -181,8 +184,8 @@ impl GenArgs {
         if g.max_new_tokens.is_none() && g.max_length == GenerationConfig::default().max_length {
             g.max_new_tokens = Some(50);
         }
-        if self.do_sample {
-            g.do_sample = true;
+        if let Some(v) = self.do_sample {
+            g.do_sample = v;
         }
         if let Some(e) = &self.early_stopping {
             g.early_stopping = match e.as_str() {
@@ -236,6 +239,29 @@ pub fn is_prompt_adapter(dir: &std::path::Path) -> Result<bool, String> {
         v.get("peft_type").and_then(|t| t.as_str()),
         Some("PROMPT_TUNING" | "PREFIX_TUNING")
     ))
+}
+
+/// The warning to give when a BERT classifier's head was initialised randomly (the checkpoint has none) and
+/// `adapter` (if any) does not carry one either (peft saves it as `modules_to_save`: `…classifier.*`).
+pub fn random_head_warning(
+    dir: &std::path::Path,
+    initialised: &[String],
+    adapter: Option<&PathBuf>,
+) -> Result<Option<String>, String> {
+    if !initialised.iter().any(|p| p.starts_with("classifier")) {
+        return Ok(None);
+    }
+    if let Some(a) = adapter {
+        let tensors = kiln_peft::read_tensors(&a.join("adapter_model.safetensors")).map_err(s)?;
+        if tensors.keys().any(|k| k.contains("classifier")) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(format!(
+        "{} has no classification head{}; it was initialised randomly",
+        dir.display(),
+        if adapter.is_some() { " and the adapter does not carry one" } else { "" }
+    )))
 }
 
 /// Attach a LoRA adapter directory (PEFT format) to a model, unmerged (exact peft semantics).

@@ -90,9 +90,12 @@ pub fn peft(a: PeftArgs) -> Res {
                     kiln_peft::export::save_hf_weights(&m, &weights).map_err(s)?
                 }
                 "bert" => {
-                    let (_, m, _) =
+                    let (_, m, report) =
                         kiln_models::bert::load_for_classification::<Inference>(&dir, &device)
                             .map_err(s)?;
+                    if let Some(w) = random_head_warning(&dir, &report.initialised, Some(&adapter))? {
+                        eprintln!("warning: {w}; the merged checkpoint holds that random head");
+                    }
                     let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false)
                         .map_err(s)?
                         .merge_and_unload();

@@ -46,7 +46,10 @@ fn read_lines(p: &PathBuf) -> Result<Vec<String>, String> {
 
 pub fn rouge(a: RougeArgs) -> Res {
     let scorer = RougeScorer::new(a.types.iter(), a.stemmer).map_err(s)?;
-    let is_jsonl = a.predictions.extension().is_some_and(|e| e == "jsonl");
+    let is_jsonl = a
+        .predictions
+        .extension()
+        .is_some_and(|e| e == "jsonl" || e == "json");
     if is_jsonl && a.references.is_some() {
         return Err(format!(
             "{} is JSONL and holds the references (a `reference` field per line); drop --references",

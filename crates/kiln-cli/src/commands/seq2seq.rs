@@ -92,6 +92,14 @@ pub fn zero_shot(a: ZeroShotArgs) -> Res {
         )],
     };
     for (c, q, choices) in &rows {
+        for (name, value) in [("{context}", c), ("{question}", q)] {
+            if !value.is_empty() && !a.template.contains(name) {
+                return Err(format!(
+                    "--template has no {name}: the {} given would be ignored",
+                    name.trim_matches(['{', '}'])
+                ));
+            }
+        }
         let prompt = a.template.replace("{context}", c).replace("{question}", q);
         if let Some(choices) = choices {
             if choices.is_empty() || choices.iter().any(|x| x.is_empty()) {
@@ -238,7 +246,7 @@ pub fn summarize(a: SummarizeArgs) -> Res {
         }
     }
     let cfg = apply_gen_flags(&a.gen, pipe.generation.clone())?;
-    let articles: Vec<String> = if a.input.extension().is_some_and(|e| e == "jsonl") {
+    let articles: Vec<String> = if a.input.extension().is_some_and(|e| e == "jsonl" || e == "json") {
         read_jsonl(&a.input)?
             .iter()
             .enumerate()

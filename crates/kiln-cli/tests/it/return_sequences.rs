@@ -158,3 +158,37 @@ fn flags_that_would_be_ignored_are_refused() {
         );
     }
 }
+
+/// More of the audit: a template without a placeholder for a given value, and `--do-sample false` (the flag could
+/// only turn sampling on; a checkpoint that samples by default could not be decoded greedily).
+#[test]
+fn template_placeholders_and_do_sample_false() {
+    let (ok, _, stderr) = kiln(&[
+        "zero-shot", "--model-dir", &fx("t5"), "--context", "c", "--question", "q", "--template", "question: {question}",
+    ]);
+    assert!(!ok && stderr.contains("{context}"), "{stderr}");
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("gpt2");
+    std::fs::create_dir(&d).unwrap();
+    for e in std::fs::read_dir(fixtures().join("gpt2")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+    }
+    let g = d.join("generation_config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&g).unwrap()).unwrap();
+    v["do_sample"] = serde_json::json!(true);
+    std::fs::write(&g, v.to_string()).unwrap();
+    let ds = d.display().to_string();
+    let greedy = |dir: &str, extra: &[&str]| {
+        let mut a = vec!["generate", "--model-dir", dir, "-p", "Hello", "--max-new-tokens", "8", "--json"];
+        a.extend(extra);
+        let (ok, out, err) = kiln(&a);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["results"][0]["sequences"][0]["ids"].clone()
+    };
+    let reference = greedy(&fx("gpt2"), &[]);
+    assert_eq!(greedy(&ds, &["--do-sample", "false"]), reference);
+    let (ok, _, stderr) = kiln(&["generate", "--model-dir", &ds, "-p", "Hello", "--do-sample", "maybe"]);
+    assert!(!ok && stderr.contains("maybe"), "{stderr}");
+}
