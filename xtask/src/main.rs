@@ -254,6 +254,7 @@ fn demo(out: &Path) -> Result<(), String> {
     let mut real_rows = Vec::new();
     for (name, lr, what) in [
         ("bert-adapters-sst2", "1e-3", "Houlsby adapters (size 64), backbone frozen"),
+        ("bert-lora-sst2", "1e-3", "LoRA r 8 on query/value, head trained"),
         ("bert-sst2", "1e-4", "full fine-tuning"),
     ] {
         let dir = out.join("real-weights").join(name);

@@ -25,6 +25,7 @@ use crate::trainer::{train, OptimizerKind, TrainConfig};
 pub const RECIPES: &[&str] = &[
     "t5-prompt-sst2",
     "bert-adapters-sst2",
+    "bert-lora-sst2",
     "bert-sst2",
     "bart-lora-cnndm",
     "bart-cnndm",
@@ -124,8 +125,9 @@ pub fn run_recipe<B: AutodiffBackend>(
     crate::trainer::check_out_dir(&a.out_dir)?;
     let summary = match name {
         "t5-prompt-sst2" => t5_prompt_sst2::<B>(a, device)?,
-        "bert-adapters-sst2" => bert_sst2::<B>(a, device, true)?,
-        "bert-sst2" => bert_sst2::<B>(a, device, false)?,
+        "bert-adapters-sst2" => bert_sst2::<B>(a, device, BertMethod::Adapters)?,
+        "bert-lora-sst2" => bert_sst2::<B>(a, device, BertMethod::Lora)?,
+        "bert-sst2" => bert_sst2::<B>(a, device, BertMethod::Full)?,
         "prompt-tuning-sst2" => prompt_tuning_sst2::<B>(a, device)?,
         "opt-icl-sst2" => opt_icl_sst2::<B::InnerBackend>(a, &device_inner::<B>(device))?,
         "gpt2-generate" => gpt2_generate::<B::InnerBackend>(a, &device_inner::<B>(device))?,
@@ -265,13 +267,24 @@ fn t5_prompt_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Res
     }))
 }
 
-/// BERT sequence classification on SST-2 (Adam 2e-5, as the seed's BERT run): with `adapters`, bottleneck
-/// adapters of size 64 in every layer and the backbone frozen (the seed's experiment); else full
-/// fine-tuning.
+/// How the BERT recipes adapt the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BertMethod {
+    /// Every parameter trains.
+    Full,
+    /// Houlsby bottleneck adapters in every layer, backbone frozen (the seed's experiment).
+    Adapters,
+    /// LoRA r 8, alpha 16 on the attention's query and value (peft's BERT defaults), the classification head
+    /// trained beside it (peft's `SEQ_CLS` `modules_to_save`); saved in the PEFT format.
+    Lora,
+}
+
+/// BERT sequence classification on SST-2 (Adam 2e-5, as the seed's BERT run), fully fine-tuned, with
+/// bottleneck adapters of size 64 in every layer and the backbone frozen (the seed's experiment), or with LoRA.
 fn bert_sst2<B: AutodiffBackend>(
     a: &RecipeArgs,
     device: &B::Device,
-    adapters: bool,
+    method: BertMethod,
 ) -> Result<Value> {
     let model_spec = a.model_or("bert-base-uncased");
     let data = a.dataset_or("stanfordnlp/sst2");
@@ -303,24 +316,51 @@ fn bert_sst2<B: AutodiffBackend>(
         },
     )?;
     let task = Classification { eval: eval_b };
-    let (model, trainable, total) = if adapters {
-        let cfg = kiln_peft::AdapterConfig {
-            placement: kiln_peft::AdapterPlacement::Houlsby,
-            size: Some(a.adapter_size.unwrap_or(64)),
-            reduction_factor: None,
-            ..Default::default()
-        };
-        model.with_frozen_adapters(&cfg, false)
-    } else {
-        let n = model.num_params();
-        (model, n, n)
+    let mut lora_model = None;
+    let (model, trainable, total) = match method {
+        BertMethod::Adapters => {
+            let cfg = kiln_peft::AdapterConfig {
+                placement: kiln_peft::AdapterPlacement::Houlsby,
+                size: Some(a.adapter_size.unwrap_or(64)),
+                reduction_factor: None,
+                ..Default::default()
+            };
+            model.with_frozen_adapters(&cfg, false)
+        }
+        BertMethod::Lora => {
+            let mut cfg = kiln_peft::LoraConfig::new(8, 16.0)
+                .with_target_modules(["query", "value"])
+                .with_task_type("SEQ_CLS");
+            cfg.lora_dropout = 0.1;
+            cfg.base_model_name_or_path = Some(model_spec.clone());
+            let lm = kiln_peft::LoraModel::inject(model, cfg)
+                .map_err(|e| Error::Config(e.to_string()))?;
+            let c = lm.trainable_parameters();
+            let model = lm.model.clone();
+            lora_model = Some(lm);
+            (model, c.trainable, c.all)
+        }
+        BertMethod::Full => {
+            let n = model.num_params();
+            (model, n, n)
+        }
     };
     let params = trainable;
     let cfg = train_config(a, 3, 2e-5, OptimizerKind::Adam);
     let (model, report) = train(&task, model, &train_b, &cfg, params)?;
     let final_eval = crate::trainer::Task::<B>::evaluate(&task, &model.valid())?;
+    if let Some(mut lm) = lora_model {
+        lm.model = model.clone();
+        lm.save_pretrained(&a.out_dir.join("adapter"))
+            .map_err(|e| Error::Io(e.to_string()))?;
+    }
+    let name = match method {
+        BertMethod::Full => "bert-sst2",
+        BertMethod::Adapters => "bert-adapters-sst2",
+        BertMethod::Lora => "bert-lora-sst2",
+    };
     Ok(json!({
-        "recipe": if adapters { "bert-adapters-sst2" } else { "bert-sst2" }, "model": model_spec, "dataset": data,
+        "recipe": name, "model": model_spec, "dataset": data,
         "initialised": load.initialised, "parameters": kiln_peft::trainable_summary(trainable, total),
         "train_examples": train_ex.len(), "eval_examples": eval_ex.len(),
         "final_eval": final_eval.metrics, "train": report,

@@ -162,7 +162,7 @@ pub struct IclArgs {
 }
 
 pub fn icl(a: IclArgs) -> Res {
-    use kiln_models::icl::{classify as icl_classify, Example, IclTemplate};
+    use kiln_models::icl::{Example, IclTemplate};
     let examples: Vec<Example> = read_jsonl(&a.examples)?
         .into_iter()
         .enumerate()
@@ -175,6 +175,7 @@ pub fn icl(a: IclArgs) -> Res {
     let pipe = CausalPipeline::<Inference>::load(&a.model.spec(), &device).map_err(s)?;
     let t = IclTemplate::default();
     for input in &a.input {
+        let mut scores = None;
         let answer = if a.labels.is_empty() {
             let prompt = t.prompt(&examples, input);
             let (ids, mask) = pipe.encode_left_padded(&[&prompt]).map_err(s)?;
@@ -196,13 +197,29 @@ pub fn icl(a: IclArgs) -> Res {
                 .map_err(s)?;
             t.extract_answer(&text).to_string()
         } else {
+            // Rank classification: each label's summed log-probability as the continuation; the best wins.
             let labels: Vec<&str> = a.labels.iter().map(String::as_str).collect();
-            let i = icl_classify(&pipe.model, &pipe.tokenizer, &t, &examples, input, &labels)
-                .map_err(s)?;
-            labels[i].to_string()
+            let sc = kiln_models::icl::label_scores(
+                &pipe.model,
+                &pipe.tokenizer,
+                &t.prompt(&examples, input),
+                &labels,
+            )
+            .map_err(s)?;
+            let best = (0..labels.len())
+                .max_by(|&i, &j| sc[i].total_cmp(&sc[j]).then(j.cmp(&i)))
+                .unwrap_or(0);
+            scores = Some(
+                labels
+                    .iter()
+                    .zip(&sc)
+                    .map(|(l, v)| json!({"label": l, "score": v}))
+                    .collect::<Vec<_>>(),
+            );
+            labels[best].to_string()
         };
         if a.json {
-            println!("{}", json!({"input": input, "answer": answer}));
+            println!("{}", json!({"input": input, "answer": answer, "scores": scores}));
         } else {
             println!("{answer}\t{input}");
         }

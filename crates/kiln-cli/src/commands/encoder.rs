@@ -17,6 +17,10 @@ pub struct EmbedArgs {
     /// Text to embed; repeat for several.
     #[arg(long, short = 't', required = true)]
     pub text: Vec<String>,
+    /// A second text per --text, in order: the pair is encoded together (`[CLS] a [SEP] b [SEP]`, token types
+    /// 0/1) and mean-pooled, as sentence-transformers' cross-encoding inputs are.
+    #[arg(long)]
+    pub text_pair: Vec<String>,
     /// Tokens kept per text (longer texts are truncated, with a warning); default and cap: the model's
     /// `max_position_embeddings`.
     #[arg(long)]
@@ -33,11 +37,29 @@ pub fn embed(a: EmbedArgs) -> Res {
         .map_err(s)?
         .with_model_vocab(cfg.vocab_size);
     let texts: Vec<&str> = a.text.iter().map(String::as_str).collect();
+    if !a.text_pair.is_empty() && a.text_pair.len() != texts.len() {
+        return Err(format!(
+            "{} --text-pair for {} --text: give one second text per text",
+            a.text_pair.len(),
+            texts.len()
+        ));
+    }
     let max_len = max_len_for(a.max_len, cfg.max_position_embeddings);
-    warn_truncated(&tok, &texts, max_len)?;
-    let e = model
-        .sentence_embeddings(&tok, &texts, Some(max_len))
+    let encs = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match a.text_pair.get(i) {
+            Some(b) => tok.encode_pair(t, b, Some(max_len)),
+            None => tok.encode(t, Some(max_len)),
+        })
+        .collect::<Result<Vec<_>, _>>()
         .map_err(s)?;
+    let cut = encs.iter().filter(|e| e.truncated).count();
+    if cut > 0 {
+        eprintln!("warning: {cut} of {} texts were longer than {max_len} tokens and were truncated", encs.len());
+    }
+    let pad = tok.token_to_id("[PAD]").unwrap_or(0);
+    let e = model.embeddings_of(&encs, pad).map_err(s)?;
     let [n, d] = e.dims();
     let v: Vec<f32> = e
         .into_data()
@@ -181,23 +203,4 @@ fn max_len_for(flag: Option<usize>, positions: usize) -> usize {
         Some(m) => m,
         None => positions,
     }
-}
-
-/// Warn about the texts that `max_len` will cut (sentence_embeddings truncates them silently).
-fn warn_truncated(
-    tok: &kiln_models::tokenizer::Tokenizer,
-    texts: &[&str],
-    max_len: usize,
-) -> Result<(), String> {
-    let mut cut = 0;
-    for t in texts {
-        cut += tok.encode(t, Some(max_len)).map_err(s)?.truncated as usize;
-    }
-    if cut > 0 {
-        eprintln!(
-            "warning: {cut} of {} texts were longer than {max_len} tokens and were truncated",
-            texts.len()
-        );
-    }
-    Ok(())
 }

@@ -10,7 +10,7 @@ use super::*;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// A recipe: t5-prompt-sst2, bert-adapters-sst2, bert-sst2, bart-lora-cnndm, bart-cnndm, bart-lora-vs-full, prefix-cnndm, prompt-tuning-sst2, opt-icl-sst2, gpt2-generate, t0-zero-shot.
+    /// A recipe: t5-prompt-sst2, bert-adapters-sst2, bert-lora-sst2, bert-sst2, bart-lora-cnndm, bart-cnndm, bart-lora-vs-full, prefix-cnndm, prompt-tuning-sst2, opt-icl-sst2, gpt2-generate, t0-zero-shot.
     #[arg(long)]
     pub recipe: String,
     /// Model hub id or directory (default: the recipe's, e.g. t5-small).

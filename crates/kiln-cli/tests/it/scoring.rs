@@ -286,3 +286,83 @@ fn classify_sentence_pairs_match_transformers() {
     let (ok, _, stderr) = kiln(&["classify", "--model-dir", &bert, "--text", "a", "--text", "b", "--text-pair", "c"]);
     assert!(!ok && stderr.contains("--text-pair"), "{stderr}");
 }
+
+/// `kiln embed --text-pair`: the pair encoded together and mean-pooled equals transformers' BERT on
+/// `tokenizer(a, b)` pooled the same way (fixtures/reference/seq2seq_scores.json `pair_embeddings`).
+#[test]
+fn embed_sentence_pairs_match_transformers() {
+    let r = reference();
+    let rows = r["pair_embeddings"].as_array().unwrap();
+    let bert = fx("bert");
+    let mut args = vec!["embed", "--model-dir", bert.as_str(), "--json"];
+    for row in rows {
+        args.extend(["--text", row["text"].as_str().unwrap(), "--text-pair", row["text_pair"].as_str().unwrap()]);
+    }
+    let (ok, stdout, stderr) = kiln(&args);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for (got, want) in v["embeddings"].as_array().unwrap().iter().zip(rows) {
+        for (x, y) in got.as_array().unwrap().iter().zip(want["embedding"].as_array().unwrap()) {
+            assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
+}
+
+/// `kiln icl --labels` ranks the labels by likelihood and reports each one's score: equal to the label
+/// log-likelihoods transformers gives for the same k-shot prompts (fixtures/reference/opt-icl.json).
+#[test]
+fn icl_reports_label_scores_equal_to_transformers() {
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("reference/opt-icl.json")).unwrap(),
+    )
+    .unwrap();
+    let examples = fx(r["examples_file"].as_str().unwrap());
+    let opt = fx("opt");
+    for case in r["cases"].as_array().unwrap() {
+        let (ok, stdout, stderr) = kiln(&[
+            "icl", "--model-dir", &opt, "--examples", &examples, "--input", case["input"].as_str().unwrap(),
+            "--labels", "positive,negative", "--json",
+        ]);
+        assert!(ok, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let mut best = ("", f64::NEG_INFINITY);
+        for s in v["scores"].as_array().unwrap() {
+            let label = s["label"].as_str().unwrap();
+            let (x, y) = (s["score"].as_f64().unwrap(), case["label_logprobs"][label].as_f64().unwrap());
+            assert!((x - y).abs() < 1e-3, "{label}: {x} vs {y}");
+            if y > best.1 {
+                best = (label, y);
+            }
+        }
+        assert_eq!(v["answer"], best.0);
+    }
+}
+
+/// The `bert-lora-sst2` recipe trains LoRA on BERT (head in modules_to_save), saves the adapter in the PEFT
+/// format, and `kiln classify --adapter` takes it.
+#[test]
+fn bert_lora_recipe_saves_an_adapter_that_classify_takes() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("bert-lora");
+    let (ok, stdout, stderr) = kiln(&[
+        "train", "--recipe", "bert-lora-sst2", "--model", &fx("bert"), "--dataset", &fx("samples/sentiment"),
+        "--epochs", "1", "--max-samples", "32", "--max-eval-samples", "16", "--learning-rate", "1e-3",
+        "--out", out.to_str().unwrap(), "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["recipe"], "bert-lora-sst2");
+    let acc = v["final_eval"]["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], "SEQ_CLS");
+    let (ok, _, stderr) = kiln(&[
+        "classify", "--model-dir", &fx("bert"), "--adapter", out.join("adapter").to_str().unwrap(), "--text", "a fine film",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("initialised randomly"), "{stderr}");
+}

@@ -598,7 +598,13 @@ impl<B: Backend> BertModel<B> {
             .map(|t| tokenizer.encode(t, max_len))
             .collect::<Result<Vec<_>>>()?;
         let pad = tokenizer.token_to_id("[PAD]").unwrap_or(0);
-        let batch = BertBatch::from_encodings(&encs, pad)?;
+        self.embeddings_of(&encs, pad)
+    }
+
+    /// [`Self::sentence_embeddings`] of encodings made elsewhere (sentence pairs from
+    /// [`Tokenizer::encode_pair`], with their token types), padded with `pad`.
+    pub fn embeddings_of(&self, encs: &[Encoding], pad: u32) -> Result<Tensor<B, 2>> {
+        let batch = BertBatch::from_encodings(encs, pad)?;
         let out = self.forward_batch(&batch)?;
         Ok(l2_normalize(mean_pool(
             out.last_hidden_state,
