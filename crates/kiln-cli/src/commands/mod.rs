@@ -109,7 +109,8 @@ impl GenArgs {
             ));
         }
         if let (Some(b), Some(n)) = (self.num_beams, self.num_return_sequences) {
-            if n > b && (b > 1 || !do_sample) {
+            // With one beam and no `--do-sample false`, the checkpoint may sample: judged once it is loaded.
+            if n > b && (b > 1 || self.do_sample == Some(false)) {
                 return Err(format!(
                     "--num-return-sequences {n} must be at most --num-beams {b}"
                 ));

@@ -36,7 +36,7 @@ pub struct ScoreArgs {
 }
 
 pub fn score(a: ScoreArgs) -> Res {
-    if a.logits && !a.json {
+    if a.logits && !a.json && a.input.is_none() {
         return Err("--logits adds the full logits to the JSON output: use it with --json".into());
     }
     // (source, text) pairs, from the flags or the JSONL file.

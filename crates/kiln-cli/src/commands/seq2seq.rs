@@ -28,8 +28,9 @@ pub struct ZeroShotArgs {
     /// (a list, or a `|`-separated string) overrides it per line. No generation.
     #[arg(long)]
     pub choices: Option<String>,
-    /// With --choices: rank by the mean log-probability per target token instead of the sum.
-    #[arg(long, requires = "choices")]
+    /// With answer choices (--choices or JSONL `choices`): rank by the mean log-probability per target token
+    /// instead of the sum.
+    #[arg(long)]
     pub length_normalize: bool,
     #[command(flatten)]
     pub gen: GenArgs,
@@ -91,6 +92,13 @@ pub fn zero_shot(a: ZeroShotArgs) -> Res {
             a.choices.as_deref().map(split),
         )],
     };
+    let ranking = rows.iter().any(|(_, _, ch)| ch.is_some());
+    if ranking && a.gen.any_set() {
+        return Err("answer choices are ranked by likelihood; generation flags have no effect with them".into());
+    }
+    if a.length_normalize && !ranking {
+        return Err("--length-normalize applies to answer choices (--choices or a JSONL `choices` field)".into());
+    }
     for (c, q, choices) in &rows {
         for (name, value) in [("{context}", c), ("{question}", q)] {
             if !value.is_empty() && !a.template.contains(name) {

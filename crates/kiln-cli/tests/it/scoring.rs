@@ -194,20 +194,26 @@ fn inspect_reports_every_architecture() {
 /// (it used to fail and lose them).
 #[test]
 fn generation_at_the_model_maximum_returns_its_tokens_with_a_warning() {
-    // The GPT-2 fixture has 64 positions, BART's 64.
+    // The GPT-2 fixture has 64 positions, BART's 64: 65 tokens in all (the last chosen token needs no position).
+    // min_new_tokens keeps EOS away, so the run goes to the limit.
     let (ok, stdout, stderr) = kiln(&[
-        "generate", "--model-dir", &fx("gpt2"), "-p", "Hello", "--max-new-tokens", "100", "--json",
+        "generate", "--model-dir", &fx("gpt2"), "-p", "Hello", "--max-new-tokens", "100", "--min-new-tokens", "100",
+        "--json",
     ]);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("maximum length of 64"), "{stderr}");
+    assert!(stderr.contains("stops at 65 tokens") && stderr.contains("64 positions"), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let prompt = v["results"][0]["prompt_ids"].as_array().unwrap().len();
     let new = v["results"][0]["sequences"][0]["ids"].as_array().unwrap().len();
-    assert!(new > 0 && prompt + new <= 64, "{stdout}");
+    assert_eq!(prompt + new, 65, "{stdout}");
     let (ok, _, stderr) = kiln(&[
         "generate", "--model-dir", &fx("gpt2"), "-p", "Hello", "--max-new-tokens", "100", "--num-beams", "2",
     ]);
-    assert!(ok && stderr.contains("maximum length"), "{stderr}");
+    assert!(ok && stderr.contains("64 positions"), "{stderr}");
+    // A prompt longer than the positions is an error, not an empty success.
+    let long = "the film was good and ".repeat(40);
+    let (ok, _, stderr) = kiln(&["generate", "--model-dir", &fx("gpt2"), "-p", &long]);
+    assert!(!ok && stderr.contains("exceeds the model's 64 positions"), "{stderr}");
     let t = tempfile::tempdir().unwrap();
     let art = t.path().join("a.txt");
     std::fs::write(&art, "Heavy rain flooded the streets of the old town.").unwrap();
@@ -216,9 +222,9 @@ fn generation_at_the_model_maximum_returns_its_tokens_with_a_warning() {
         "--num-beams", "1", "--json",
     ]);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("maximum length of 64"), "{stderr}");
+    assert!(stderr.contains("64 positions"), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert!(v["ids"].as_array().unwrap().len() <= 64, "{stdout}");
+    assert!(v["ids"].as_array().unwrap().len() <= 65, "{stdout}");
 }
 
 /// `kiln embed` / `kiln classify` default `--max-len` to the model's positions (the BERT fixture has 64) and
@@ -360,9 +366,15 @@ fn bert_lora_recipe_saves_an_adapter_that_classify_takes() {
     .unwrap();
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["task_type"], "SEQ_CLS");
-    let (ok, _, stderr) = kiln(&[
+    let (ok, with, stderr) = kiln(&[
         "classify", "--model-dir", &fx("bert"), "--adapter", out.join("adapter").to_str().unwrap(), "--text", "a fine film",
+        "--json",
     ]);
     assert!(ok, "{stderr}");
     assert!(!stderr.contains("initialised randomly"), "{stderr}");
+    // The trained adapter changes the predictions (LoRA B and the head moved away from their start).
+    let (ok, without, _) = kiln(&["classify", "--model-dir", &fx("bert"), "--text", "a fine film", "--json"]);
+    assert!(ok);
+    let p = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap()["probs"].clone();
+    assert_ne!(p(&with), p(&without));
 }

@@ -139,11 +139,13 @@ impl GenerationConfig {
                     Ok(n)
                 }
             };
-            let positive = |x: f32| {
-                if x.is_finite() && x > 0.0 {
+            // Only what is wrong whatever the other settings are: a temperature of 0 with sampling off loads in
+            // transformers (it warns), so 0 passes here and `validate` judges it once the flags are laid over.
+            let non_negative = |x: f32| {
+                if x.is_finite() && x >= 0.0 {
                     Ok(x)
                 } else {
-                    Err(Error::field(path, k, format!("must be a positive number, got {val}")))
+                    Err(Error::field(path, k, format!("must be a number ≥ 0, got {val}")))
                 }
             };
             match k.as_str() {
@@ -152,16 +154,22 @@ impl GenerationConfig {
                 "min_length" => self.min_length = u()?,
                 "min_new_tokens" => self.min_new_tokens = u()?,
                 "do_sample" => self.do_sample = val.as_bool().ok_or_else(|| bad(k, val))?,
-                "temperature" => self.temperature = positive(f()?)?,
+                "temperature" => self.temperature = non_negative(f()?)?,
                 "top_k" => self.top_k = u()?,
                 "top_p" => {
                     let p = f()?;
-                    if !(p > 0.0 && p <= 1.0) {
-                        return Err(Error::field(path, k, format!("must be in (0, 1], got {val}")));
+                    if !(0.0..=1.0).contains(&p) {
+                        return Err(Error::field(path, k, format!("must be in [0, 1], got {val}")));
                     }
                     self.top_p = p
                 }
-                "repetition_penalty" => self.repetition_penalty = positive(f()?)?,
+                "repetition_penalty" => {
+                    let x = f()?;
+                    if !(x.is_finite() && x > 0.0) {
+                        return Err(Error::field(path, k, format!("must be a positive number, got {val}")));
+                    }
+                    self.repetition_penalty = x
+                }
                 "no_repeat_ngram_size" => self.no_repeat_ngram_size = u()?,
                 "num_beams" => self.num_beams = at_least_1(u()?)?,
                 "length_penalty" => {
@@ -437,17 +445,27 @@ pub fn generate<S: DecodeSession>(
     }
 }
 
-/// `max_length` lowered to the session's limit, with the warning to give when it was.
-fn clamp_max_length<S: DecodeSession>(session: &S, max_length: usize) -> (usize, Vec<String>) {
+/// `max_length` lowered to what the session's positions allow, with the warning to give when it was. A session
+/// with `limit` positions runs sequences of `limit` tokens, and the token chosen after the last one needs no
+/// position: `limit + 1` tokens in all. A prompt longer than `limit` is an error (nothing could be generated).
+fn clamp_max_length<S: DecodeSession>(
+    session: &S,
+    max_length: usize,
+    prompt_len: usize,
+) -> Result<(usize, Vec<String>)> {
     match session.max_length() {
-        Some(limit) if limit < max_length => (
-            limit,
+        Some(limit) if prompt_len > limit => Err(Error::Input(format!(
+            "the prompt ({prompt_len} tokens, padding included) exceeds the model's {limit} positions"
+        ))),
+        Some(limit) if limit.saturating_add(1) < max_length => Ok((
+            limit + 1,
             vec![format!(
-                "generation stops at the model's maximum length of {limit} tokens (asked for {}); the tokens generated so far are returned",
+                "generation stops at {} tokens, the most the model's {limit} positions allow (asked for {}); the tokens generated so far are returned",
+                limit + 1,
                 if max_length == usize::MAX { "no limit".to_string() } else { max_length.to_string() }
             )],
-        ),
-        _ => (max_length, Vec::new()),
+        )),
+        _ => Ok((max_length, Vec::new())),
     }
 }
 
@@ -623,7 +641,7 @@ fn sample<S: DecodeSession>(
     let mut seqs = expand(prompts, n);
     let mask = expand(mask, n);
     let prompt_len = seqs[0].len();
-    let (max_length, warnings) = clamp_max_length(session, cfg.max_total(prompt_len));
+    let (max_length, warnings) = clamp_max_length(session, cfg.max_total(prompt_len), prompt_len)?;
     let procs = Processors {
         cfg,
         prompt_len,
@@ -704,7 +722,7 @@ fn beam_search<S: DecodeSession>(
     let rows = expand(prompts, nb);
     let mask = expand(mask, nb);
     let prompt_len = rows[0].len();
-    let (max_length, warnings) = clamp_max_length(session, cfg.max_total(prompt_len));
+    let (max_length, warnings) = clamp_max_length(session, cfg.max_total(prompt_len), prompt_len)?;
     let procs = Processors {
         cfg,
         prompt_len,

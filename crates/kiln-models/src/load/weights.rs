@@ -97,6 +97,9 @@ pub fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
         }
         files.insert(file.to_string());
     }
+    if files.is_empty() {
+        return Err(Error::field(index, "weight_map", "names no shard"));
+    }
     let mut out = Vec::new();
     for f in files {
         let p = dir.join(&f);
@@ -340,11 +343,15 @@ struct ParamShape {
 /// Every float parameter of `model` by path (norm parameters under both burn's `gamma`/`beta` and the
 /// checkpoint's `weight`/`bias`), from the parameters' lazy shapes: visiting initialises nothing, unlike
 /// burn-store's `collect`, which reads every value (and so fills a random initialisation of the whole model).
-fn param_shapes<B: Backend, M: Module<B>>(model: &M) -> std::collections::HashMap<String, ParamShape> {
+/// Also returns the backend's name (`B::name` of the parameters' device).
+fn param_shapes<B: Backend, M: Module<B>>(
+    model: &M,
+) -> (std::collections::HashMap<String, ParamShape>, String) {
     struct V {
         path: Vec<String>,
         containers: Vec<String>,
         out: std::collections::HashMap<String, ParamShape>,
+        backend: Option<String>,
     }
     impl<B: Backend> burn::module::ModuleVisitor<B> for V {
         fn enter_module(&mut self, name: &str, container_type: &str) {
@@ -356,6 +363,9 @@ fn param_shapes<B: Backend, M: Module<B>>(model: &M) -> std::collections::HashMa
             self.containers.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            if self.backend.is_none() {
+                self.backend = Some(B::name(&param.lazy_device()));
+            }
             let p = self.path.join(".");
             let shape = ParamShape {
                 shape: param.lazy_shape().to_vec(),
@@ -382,9 +392,10 @@ fn param_shapes<B: Backend, M: Module<B>>(model: &M) -> std::collections::HashMa
         path: Vec::new(),
         containers: Vec::new(),
         out: Default::default(),
+        backend: None,
     };
     model.visit(&mut v);
-    v.out
+    (v.out, v.backend.unwrap_or_default())
 }
 
 /// Bytes of memory this process can still use: `MemAvailable` from `/proc/meminfo`, lowered to the cgroup's
@@ -409,11 +420,21 @@ pub fn available_memory() -> Option<u64> {
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
     };
+    // The cgroup's usage counts page cache it can drop (a checkpoint just downloaded or read): leave out its
+    // inactive file pages, as a kubelet's working set does.
+    let inactive_file = std::fs::read_to_string("/sys/fs/cgroup/memory.stat")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("inactive_file "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
     let cgroup = match (
         read("/sys/fs/cgroup/memory.max"),
         read("/sys/fs/cgroup/memory.current"),
     ) {
-        (Some(max), Some(cur)) => Some(max.saturating_sub(cur)),
+        (Some(max), Some(cur)) => Some(max.saturating_sub(cur.saturating_sub(inactive_file))),
         _ => None,
     };
     match (meminfo, cgroup) {
@@ -441,7 +462,7 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
     // The module's parameters as their lazy shapes: nothing is initialised here (burn's parameters are
     // lazy; a parameter that the checkpoint provides is replaced by the loaded tensor without ever being
     // randomly initialised, and one it does not provide is initialised when first used).
-    let params = param_shapes(model);
+    let (params, backend) = param_shapes(model);
     let remaps: Vec<(regex::Regex, String)> = spec
         .remaps
         .iter()
@@ -486,12 +507,16 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
         }
         headers.push(infos);
     }
-    // The config's model, in bytes, against the memory there is (the parameters are f32 once loaded).
+    // The config's model, in bytes, against the memory there is (the parameters are f32 once loaded). Norm
+    // parameters are listed under two names; count each once. Only for the CPU backends: on a GPU the
+    // parameters live in device memory, which this does not see.
     let needed: u64 = params
-        .values()
-        .map(|p| p.shape.iter().fold(4u64, |a, &d| a.saturating_mul(d as u64)))
+        .iter()
+        .filter(|(k, _)| !(k.ends_with(".gamma") || k.ends_with(".beta")) || !params.contains_key(&k.replace(".gamma", ".weight").replace(".beta", ".bias")))
+        .map(|(_, p)| p.shape.iter().fold(4u64, |a, &d| a.saturating_mul(d as u64)))
         .fold(0u64, u64::saturating_add);
-    if let Some(available) = available_memory() {
+    let cpu = ["flex", "ndarray"].iter().any(|n| backend.to_lowercase().contains(n));
+    if let Some(available) = available_memory().filter(|_| cpu) {
         if needed > available {
             let dir = first.parent().map(Path::to_path_buf).unwrap_or_default();
             return Err(Error::TooLarge {

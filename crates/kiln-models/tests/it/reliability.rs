@@ -242,7 +242,7 @@ fn bad_generation_settings_name_generation_config_json() {
         ("num_beams", json!(0)),
         ("num_return_sequences", json!(0)),
         ("top_p", json!(1.5)),
-        ("temperature", json!(0.0)),
+        ("temperature", json!(-1.0)),
         ("repetition_penalty", json!(-1.0)),
         ("max_new_tokens", json!(0)),
         ("pad_token_id", json!(4294967297u64)),
@@ -271,4 +271,22 @@ fn adapter_for_another_architecture_names_the_adapter_and_the_modules_there_are(
     assert!(msg.contains("gpt2-lora"), "{msg}");
     assert!(msg.contains("bart"), "{msg}");
     assert!(msg.contains("q_proj"), "{msg}");
+}
+
+/// A temperature of 0 with sampling off loads (transformers warns and loads it too); it is judged once the flags
+/// are laid over, and an index whose `weight_map` names no shard is an error, not a randomly initialised model.
+#[test]
+fn loadable_generation_settings_load_and_an_empty_index_is_an_error() {
+    let (_t, d) = copy_fixture("gpt2");
+    edit_json(&d.join("generation_config.json"), |v| {
+        v["temperature"] = json!(0.0);
+        v["do_sample"] = json!(false);
+    });
+    let p = CausalPipeline::<B>::load(d.to_str().unwrap(), &device()).unwrap();
+    assert_eq!(p.generation.temperature, 0.0);
+    let (_t, d) = copy_fixture("gpt2");
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors.index.json"), r#"{"weight_map": {}}"#).unwrap();
+    let e = gpt2::load::<B>(&d, &device()).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors.index.json") && e.contains("weight_map"), "{e}");
 }
