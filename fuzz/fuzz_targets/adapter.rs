@@ -9,18 +9,26 @@ use kiln_peft::{LoraConfig, TargetMatcher};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, rest)) = data.split_first() else { return };
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
     if which & 1 == 0 {
-        let Ok(text) = std::str::from_utf8(rest) else { return };
+        let Ok(text) = std::str::from_utf8(rest) else {
+            return;
+        };
         let path = Path::new("fuzz/adapter_config.json");
         if let Ok(cfg) = LoraConfig::from_json(path, text) {
             let _ = cfg.init();
             let _ = cfg.resolved_modules_to_save();
             let _ = cfg.to_json();
-            let linears: Vec<String> = ["encoder.layer.0.attention.self.query", "h.1.attn.c_attn", "lm_head"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let linears: Vec<String> = [
+                "encoder.layer.0.attention.self.query",
+                "h.1.attn.c_attn",
+                "lm_head",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
             if let Ok(m) = TargetMatcher::new(&cfg, "bert", &linears, &["lm_head".to_string()]) {
                 for l in &linears {
                     if m.is_target(l) {

@@ -27,7 +27,9 @@ fn weights(model: &str) -> Vec<PathBuf> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let path = Path::new("fuzz/config.json");
     let dev = Default::default();
     let mut vocab = None;
@@ -41,7 +43,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(c) = bert::BertConfig::from_raw(&raw) {
             vocab = Some(c.vocab_size);
             let mut m = c.init::<B>(&dev);
-            let _ = load_into(&mut m, &weights("bert"), &bert::BertConfig::model_load_spec());
+            let _ = load_into(
+                &mut m,
+                &weights("bert"),
+                &bert::BertConfig::model_load_spec(),
+            );
         }
         if let Ok(c) = opt::OptConfig::from_raw(&raw) {
             vocab = Some(c.vocab_size);

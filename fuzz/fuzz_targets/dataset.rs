@@ -8,17 +8,27 @@ use kiln_data::load::{load_cnndm, load_sst2, LoadOptions, OnError, Split};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     let ext = match sel % 3 {
         0 => ".jsonl",
         1 => ".tsv",
         _ => ".csv",
     };
-    let mut f = tempfile::Builder::new().prefix("train").suffix(ext).tempfile().expect("temp file");
+    let mut f = tempfile::Builder::new()
+        .prefix("train")
+        .suffix(ext)
+        .tempfile()
+        .expect("temp file");
     f.write_all(rest).expect("write temp file");
     f.flush().expect("flush");
     let opts = LoadOptions {
-        on_error: if sel & 8 != 0 { OnError::Skip } else { OnError::Fail },
+        on_error: if sel & 8 != 0 {
+            OnError::Skip
+        } else {
+            OnError::Fail
+        },
         max_samples: if sel & 16 != 0 { Some(3) } else { None },
         ..Default::default()
     };

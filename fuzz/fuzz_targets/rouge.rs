@@ -6,7 +6,9 @@ use kiln_metrics::rouge::{split_sentences, tokenize, RougeScorer, SentenceSplit}
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
     let text = String::from_utf8_lossy(rest);
     // Target and prediction are separated by the first NUL (or the whole input is both).
     let (target, prediction) = text.split_once('\0').unwrap_or((&text, &text));
@@ -28,7 +30,10 @@ fuzz_target!(|data: &[u8]| {
     let s = scorer.score(target, prediction);
     for (_, sc) in s.iter() {
         for x in [sc.precision, sc.recall, sc.fmeasure] {
-            assert!(x.is_nan() || (0.0..=1.0).contains(&x), "score out of range: {sc:?}");
+            assert!(
+                x.is_nan() || (0.0..=1.0).contains(&x),
+                "score out of range: {sc:?}"
+            );
         }
     }
 });

@@ -47,7 +47,9 @@ fn max_abs(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn reference(name: &str) -> Result<Value, String> {
-    let p = root().join("fixtures/reference").join(format!("{name}.json"));
+    let p = root()
+        .join("fixtures/reference")
+        .join(format!("{name}.json"));
     let t = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
     serde_json::from_str(&t).map_err(|e| format!("{}: {e}", p.display()))
 }
@@ -72,17 +74,42 @@ fn parity(bin: &Path) -> Result<Vec<Row>, String> {
     let mut worst = 0f64;
     for input in g["inputs"].as_array().cloned().unwrap_or_default() {
         let text = input["text"].as_str().unwrap_or_default();
-        let v = kiln_json(bin, &["score", "--model-dir", &fx("gpt2"), "--text", text, "--logits", "--json"])?;
+        let v = kiln_json(
+            bin,
+            &[
+                "score",
+                "--model-dir",
+                &fx("gpt2"),
+                "--text",
+                text,
+                "--logits",
+                "--json",
+            ],
+        )?;
         worst = worst.max(max_abs(&flat(&v["logits"]), &flat(&input["logits"])));
     }
-    rows.push(Row { name: "gpt2 logits vs transformers".into(), max_abs: worst, tol: 1e-4, exact: None });
+    rows.push(Row {
+        name: "gpt2 logits vs transformers".into(),
+        max_abs: worst,
+        tol: 1e-4,
+        exact: None,
+    });
     // Greedy and beam-search ids, as `generate` gives them.
     let gpt2 = fx("gpt2");
     for (mode, flags) in [
         ("greedy", vec!["--max-new-tokens", "12"]),
         (
             "beam",
-            vec!["--max-new-tokens", "12", "--num-beams", "5", "--no-repeat-ngram-size", "2", "--early-stopping", "true"],
+            vec![
+                "--max-new-tokens",
+                "12",
+                "--num-beams",
+                "5",
+                "--no-repeat-ngram-size",
+                "2",
+                "--early-stopping",
+                "true",
+            ],
         ),
     ] {
         let mut same = true;
@@ -91,7 +118,12 @@ fn parity(bin: &Path) -> Result<Vec<Row>, String> {
             .cloned()
             .unwrap_or_default()
             .iter()
-            .zip(g["generate"][mode]["single"].as_array().cloned().unwrap_or_default())
+            .zip(
+                g["generate"][mode]["single"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            )
         {
             let mut args = vec!["generate", "--model-dir", gpt2.as_str(), "-p"];
             args.push(input["text"].as_str().unwrap_or_default());
@@ -106,10 +138,18 @@ fn parity(bin: &Path) -> Result<Vec<Row>, String> {
                 .chain(r["sequences"][0]["ids"].as_array().into_iter().flatten())
                 .filter_map(Value::as_u64)
                 .collect();
-            let want: Vec<u64> = flat(&want["sequences"][0]).iter().map(|x| *x as u64).collect();
+            let want: Vec<u64> = flat(&want["sequences"][0])
+                .iter()
+                .map(|x| *x as u64)
+                .collect();
             same &= got == want;
         }
-        rows.push(Row { name: format!("gpt2 {mode} ids vs generate"), max_abs: 0.0, tol: 0.0, exact: Some(same) });
+        rows.push(Row {
+            name: format!("gpt2 {mode} ids vs generate"),
+            max_abs: 0.0,
+            tol: 0.0,
+            exact: Some(same),
+        });
     }
     // Seq2seq scores (BART, T5, peft prefix / prompt / LoRA adapters).
     let s = reference("seq2seq_scores")?;
@@ -132,8 +172,18 @@ fn parity(bin: &Path) -> Result<Vec<Row>, String> {
         }
         let v = kiln_json(bin, &args)?;
         rows.push(Row {
-            name: format!("{model}{} target log-probs vs {}", case["adapter"].as_str().map(|a| format!(" + {a}")).unwrap_or_default(),
-                if case["adapter"].is_null() { "transformers" } else { "peft" }),
+            name: format!(
+                "{model}{} target log-probs vs {}",
+                case["adapter"]
+                    .as_str()
+                    .map(|a| format!(" + {a}"))
+                    .unwrap_or_default(),
+                if case["adapter"].is_null() {
+                    "transformers"
+                } else {
+                    "peft"
+                }
+            ),
             max_abs: max_abs(&flat(&v["logprobs"]), &flat(&case["logprobs"])),
             tol: 1e-4,
             exact: None,
@@ -141,7 +191,12 @@ fn parity(bin: &Path) -> Result<Vec<Row>, String> {
     }
     // BERT: mean-pooled embeddings and pair classification probabilities.
     let b = reference("bert")?;
-    let texts: Vec<String> = b["texts"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(String::from)).collect();
+    let texts: Vec<String> = b["texts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(String::from))
+        .collect();
     let bert = fx("bert");
     let mut args = vec!["embed", "--model-dir", bert.as_str(), "--json"];
     for t in &texts {
@@ -167,9 +222,24 @@ fn parity(bin: &Path) -> Result<Vec<Row>, String> {
         exact: None,
     });
     let p = &b["pairs"];
-    let mut args = vec!["classify".to_string(), "--model-dir".into(), bert.clone(), "--json".into()];
-    for (x, y) in p["first"].as_array().into_iter().flatten().zip(p["second"].as_array().into_iter().flatten()) {
-        args.extend(["--text".into(), x.as_str().unwrap_or_default().into(), "--text-pair".into(), y.as_str().unwrap_or_default().into()]);
+    let mut args = vec![
+        "classify".to_string(),
+        "--model-dir".into(),
+        bert.clone(),
+        "--json".into(),
+    ];
+    for (x, y) in p["first"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(p["second"].as_array().into_iter().flatten())
+    {
+        args.extend([
+            "--text".into(),
+            x.as_str().unwrap_or_default().into(),
+            "--text-pair".into(),
+            y.as_str().unwrap_or_default().into(),
+        ]);
     }
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = run(Command::new(bin).current_dir(root()).args(&a))?;
@@ -189,7 +259,12 @@ fn parity(bin: &Path) -> Result<Vec<Row>, String> {
             x.into_iter().map(move |a| (a - m).exp() / z)
         })
         .collect();
-    rows.push(Row { name: "bert pair classification vs transformers".into(), max_abs: max_abs(&got, &want), tol: 1e-5, exact: None });
+    rows.push(Row {
+        name: "bert pair classification vs transformers".into(),
+        max_abs: max_abs(&got, &want),
+        tol: 1e-5,
+        exact: None,
+    });
     Ok(rows)
 }
 
@@ -200,10 +275,20 @@ fn binary(backend: &str, bin: Option<PathBuf>) -> Result<PathBuf, String> {
         return Ok(b);
     }
     let target = root().join("target").join(format!("gpu-check-{backend}"));
-    eprintln!("gpu-check: building kiln with --features {backend} (into {})", target.display());
-    run(cargo()
-        .env("CARGO_TARGET_DIR", &target)
-        .args(["build", "--release", "--quiet", "-p", "kiln-cli", "--no-default-features", "--features", backend]))?;
+    eprintln!(
+        "gpu-check: building kiln with --features {backend} (into {})",
+        target.display()
+    );
+    run(cargo().env("CARGO_TARGET_DIR", &target).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "kiln-cli",
+        "--no-default-features",
+        "--features",
+        backend,
+    ]))?;
     Ok(target.join("release").join("kiln"))
 }
 
@@ -232,11 +317,25 @@ pub fn gpu_check(
     println!("|---|---|---|---|");
     for r in &rows {
         let diff = match r.exact {
-            Some(same) => if same { "identical".to_string() } else { "differ".to_string() },
+            Some(same) => {
+                if same {
+                    "identical".to_string()
+                } else {
+                    "differ".to_string()
+                }
+            }
             None => format!("{:.2e}", r.max_abs),
         };
-        let tol = if r.exact.is_some() { "token-identical".to_string() } else { format!("{:.0e}", r.tol) };
-        println!("| {} | {diff} | {tol} | {} |", r.name, if r.pass() { "✔" } else { "✘" });
+        let tol = if r.exact.is_some() {
+            "token-identical".to_string()
+        } else {
+            format!("{:.0e}", r.tol)
+        };
+        println!(
+            "| {} | {diff} | {tol} | {} |",
+            r.name,
+            if r.pass() { "✔" } else { "✘" }
+        );
     }
     let failed = rows.iter().filter(|r| !r.pass()).count();
     if bench {
@@ -252,7 +351,10 @@ pub fn gpu_check(
                     let out = run(Command::new(py)
                         .arg(root().join("bench/reference/bench.py"))
                         .args([w, "--quick", "--device", device]))?;
-                    Some(serde_json::from_str(out.trim()).map_err(|e| format!("bench.py {w}: {e}"))?)
+                    Some(
+                        serde_json::from_str(out.trim())
+                            .map_err(|e| format!("bench.py {w}: {e}"))?,
+                    )
                 }
                 None => None,
             };

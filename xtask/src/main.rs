@@ -270,8 +270,16 @@ fn demo(out: &Path) -> Result<(), String> {
     };
     let mut real_rows = Vec::new();
     for (name, lr, what) in [
-        ("bert-adapters-sst2", "1e-3", "Houlsby adapters (size 64), backbone frozen"),
-        ("bert-lora-sst2", "1e-3", "LoRA r 8 on query/value, head trained"),
+        (
+            "bert-adapters-sst2",
+            "1e-3",
+            "Houlsby adapters (size 64), backbone frozen",
+        ),
+        (
+            "bert-lora-sst2",
+            "1e-3",
+            "LoRA r 8 on query/value, head trained",
+        ),
         ("bert-sst2", "1e-4", "full fine-tuning"),
     ] {
         let dir = out.join("real-weights").join(name);
@@ -301,7 +309,10 @@ fn demo(out: &Path) -> Result<(), String> {
             "seconds": started.elapsed().as_secs_f64(),
         }));
     }
-    println!("  {:<48} {:>10}  trainable parameters", "method", "accuracy");
+    println!(
+        "  {:<48} {:>10}  trainable parameters",
+        "method", "accuracy"
+    );
     for r in &real_rows {
         println!(
             "  {:<48} {:>10.3}  {}",
@@ -330,7 +341,11 @@ fn demo(out: &Path) -> Result<(), String> {
         .as_array()
         .map(|rows| {
             rows.iter()
-                .map(|r| r.as_array().map(|x| x.iter().filter_map(Value::as_f64).collect()).unwrap_or_default())
+                .map(|r| {
+                    r.as_array()
+                        .map(|x| x.iter().filter_map(Value::as_f64).collect())
+                        .unwrap_or_default()
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -341,7 +356,10 @@ fn demo(out: &Path) -> Result<(), String> {
         let row: Vec<f64> = (0..emb.len()).map(|j| cos(&emb[i], &emb[j])).collect();
         println!(
             "    {}  {}",
-            row.iter().map(|x| format!("{x:5.2}")).collect::<Vec<_>>().join(" "),
+            row.iter()
+                .map(|x| format!("{x:5.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             sentences[i]
         );
         sims.push(row);

@@ -54,12 +54,12 @@ pub use batch::{
 pub use error::{Error, Loc, Result, RowError};
 pub use formats::Format;
 pub use load::{
-    load_cnndm, load_pairs, load_sst2, split_files, LoadOptions, LoadReport, Loaded, OnError, PairExample, SentimentExample,
-    Split, SummaryExample,
+    load_cnndm, load_pairs, load_sst2, split_files, LoadOptions, LoadReport, Loaded, OnError,
+    PairExample, SentimentExample, Split, SummaryExample,
 };
 pub use prompt::PromptTemplate;
 pub use rng::SplitMix64;
 pub use tokenize::{
-    tokenize_pairs, tokenize_sentiment, tokenize_seq2seq, tokenize_texts, Features, Seq2SeqExample, Seq2SeqLengths,
-    Target, Tokenized,
+    tokenize_pairs, tokenize_sentiment, tokenize_seq2seq, tokenize_texts, Features, Seq2SeqExample,
+    Seq2SeqLengths, Target, Tokenized,
 };

@@ -205,7 +205,13 @@ pub fn load_pairs(source: &str, split: Split, opts: &LoadOptions) -> Result<Load
             required: true,
         },
         Column {
-            names: &["sentence2", "#2 String", "sentence", "hypothesis", "question2"],
+            names: &[
+                "sentence2",
+                "#2 String",
+                "sentence",
+                "hypothesis",
+                "question2",
+            ],
             required: true,
         },
         Column {
@@ -236,7 +242,9 @@ pub fn load_pairs(source: &str, split: Split, opts: &LoadOptions) -> Result<Load
             v => {
                 let l = int(v, "label").map_err(|e| format!("bad label: {e}"))?;
                 if l < -1 {
-                    return Err(format!("bad label: column `label`: {l} is not a class index or -1"));
+                    return Err(format!(
+                        "bad label: column `label`: {l} is not a class index or -1"
+                    ));
                 }
                 l
             }

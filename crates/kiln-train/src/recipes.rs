@@ -153,7 +153,11 @@ pub fn run_recipe<B: AutodiffBackend>(
 fn check_flags(name: &str, a: &RecipeArgs) -> Result<()> {
     let training = !matches!(name, "opt-icl-sst2" | "gpt2-generate" | "t0-zero-shot");
     let given: [(&str, bool, bool); 12] = [
-        ("--dataset", a.dataset.is_some(), !matches!(name, "gpt2-generate" | "t0-zero-shot")),
+        (
+            "--dataset",
+            a.dataset.is_some(),
+            !matches!(name, "gpt2-generate" | "t0-zero-shot"),
+        ),
         ("--epochs", a.epochs.is_some(), training),
         ("--batch-size", a.batch_size.is_some(), training),
         ("--learning-rate", a.learning_rate.is_some(), training),
@@ -164,10 +168,18 @@ fn check_flags(name: &str, a: &RecipeArgs) -> Result<()> {
             training || name == "opt-icl-sst2",
         ),
         ("--max-steps", a.max_steps.is_some(), training),
-        ("--seed", a.seed.is_some(), training || name == "gpt2-generate"),
+        (
+            "--seed",
+            a.seed.is_some(),
+            training || name == "gpt2-generate",
+        ),
         ("--resume", a.resume, training),
         ("--save-every-steps", a.save_every_steps.is_some(), training),
-        ("--adapter-size", a.adapter_size.is_some(), name == "bert-adapters-sst2"),
+        (
+            "--adapter-size",
+            a.adapter_size.is_some(),
+            name == "bert-adapters-sst2",
+        ),
         (
             "--num-virtual-tokens",
             a.num_virtual_tokens.is_some(),
@@ -677,7 +689,8 @@ fn prompt_tuning_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) ->
             label: e.label as usize,
         });
     }
-    let mut pcfg = kiln_peft::prompt::PromptLearningConfig::prompt_tuning(a.num_virtual_tokens.unwrap_or(8));
+    let mut pcfg =
+        kiln_peft::prompt::PromptLearningConfig::prompt_tuning(a.num_virtual_tokens.unwrap_or(8));
     pcfg.prompt_tuning_init = "TEXT".into();
     let init_text = "Classify the sentiment of the review as positive or negative:";
     pcfg.prompt_tuning_init_text = Some(init_text.into());

@@ -219,7 +219,10 @@ pub fn icl(a: IclArgs) -> Res {
             labels[best].to_string()
         };
         if a.json {
-            println!("{}", json!({"input": input, "answer": answer, "scores": scores}));
+            println!(
+                "{}",
+                json!({"input": input, "answer": answer, "scores": scores})
+            );
         } else {
             println!("{answer}\t{input}");
         }

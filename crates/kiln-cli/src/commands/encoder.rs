@@ -56,7 +56,10 @@ pub fn embed(a: EmbedArgs) -> Res {
         .map_err(s)?;
     let cut = encs.iter().filter(|e| e.truncated).count();
     if cut > 0 {
-        eprintln!("warning: {cut} of {} texts were longer than {max_len} tokens and were truncated", encs.len());
+        eprintln!(
+            "warning: {cut} of {} texts were longer than {max_len} tokens and were truncated",
+            encs.len()
+        );
     }
     let pad = tok.token_to_id("[PAD]").unwrap_or(0);
     let e = model.embeddings_of(&encs, pad).map_err(s)?;
@@ -89,7 +92,12 @@ pub struct ClassifyArgs {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Text to classify; repeat for several.
-    #[arg(long, short = 't', required_unless_present = "input", conflicts_with = "input")]
+    #[arg(
+        long,
+        short = 't',
+        required_unless_present = "input",
+        conflicts_with = "input"
+    )]
     pub text: Vec<String>,
     /// The second text of a sentence pair (NLI, paraphrase: `[CLS] a [SEP] b [SEP]`, token types 0/1), one per
     /// --text, in order.
@@ -156,7 +164,10 @@ pub fn classify(a: ClassifyArgs) -> Res {
         .map_err(s)?;
     let cut = encs.iter().filter(|e| e.truncated).count();
     if cut > 0 {
-        eprintln!("warning: {cut} of {} texts were longer than {max_len} tokens and were truncated", encs.len());
+        eprintln!(
+            "warning: {cut} of {} texts were longer than {max_len} tokens and were truncated",
+            encs.len()
+        );
     }
     let pad = tok.token_to_id("[PAD]").unwrap_or(0);
     let batch = kiln_models::bert::BertBatch::from_encodings(&encs, pad).map_err(s)?;

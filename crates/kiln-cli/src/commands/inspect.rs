@@ -44,7 +44,13 @@ pub fn inspect(a: InspectArgs) -> Res {
             let p = CausalPipeline::<Inference>::load(&spec, &device).map_err(s)?;
             let n = p.model.num_params();
             let v = p.tokenizer.vocab_size();
-            (p.report, n, "causal LM head tied to the token embedding".to_string(), Some(generation_json(&p.generation)), v)
+            (
+                p.report,
+                n,
+                "causal LM head tied to the token embedding".to_string(),
+                Some(generation_json(&p.generation)),
+                v,
+            )
         }
         "t5" | "mt5" | "bart" => {
             let p = Seq2SeqPipeline::<Inference>::load(&spec, &device).map_err(s)?;
@@ -59,24 +65,46 @@ pub fn inspect(a: InspectArgs) -> Res {
                 "seq2seq LM head (its own lm_head.weight)"
             };
             let v = p.tokenizer.vocab_size();
-            (p.report, n, head.to_string(), Some(generation_json(&p.generation)), v)
+            (
+                p.report,
+                n,
+                head.to_string(),
+                Some(generation_json(&p.generation)),
+                v,
+            )
         }
         "bert" => {
             let (cfg, m, report) =
-                kiln_models::bert::load_for_classification::<Inference>(&dir, &device).map_err(s)?;
-            let random_head = report.initialised.iter().any(|p| p.starts_with("classifier"));
+                kiln_models::bert::load_for_classification::<Inference>(&dir, &device)
+                    .map_err(s)?;
+            let random_head = report
+                .initialised
+                .iter()
+                .any(|p| p.starts_with("classifier"));
             let head = if random_head {
                 "encoder only: no classification head in the weights (`kiln classify` would initialise one randomly)".to_string()
             } else {
-                format!("sequence classification head, {} labels", cfg.id2label.len())
+                format!(
+                    "sequence classification head, {} labels",
+                    cfg.id2label.len()
+                )
             };
-            let n = if random_head { m.bert.num_params() } else { m.num_params() };
+            let n = if random_head {
+                m.bert.num_params()
+            } else {
+                m.num_params()
+            };
             let v = kiln_models::tokenizer::Tokenizer::from_dir(&dir)
                 .map(|t| t.vocab_size())
                 .map_err(s)?;
             (report, n, head, None, v)
         }
-        other => return Err(format!("{}: kiln does not load model_type `{other}`", dir.join("config.json").display())),
+        other => {
+            return Err(format!(
+                "{}: kiln does not load model_type `{other}`",
+                dir.join("config.json").display()
+            ))
+        }
     };
     let v = json!({
         "dir": dir,

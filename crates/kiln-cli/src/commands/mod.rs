@@ -152,10 +152,7 @@ impl GenArgs {
     }
 
     /// Overlay the flags on the checkpoint defaults and validate the result.
-    pub fn apply(
-        &self,
-        g: GenerationConfig,
-    ) -> Result<(GenerationConfig, Vec<String>), String> {
+    pub fn apply(&self, g: GenerationConfig) -> Result<(GenerationConfig, Vec<String>), String> {
         let g = self.overlay(g)?;
         let warnings = g.validate().map_err(s)?;
         Ok((g, warnings))
@@ -261,7 +258,11 @@ pub fn random_head_warning(
     Ok(Some(format!(
         "{} has no classification head{}; it was initialised randomly",
         dir.display(),
-        if adapter.is_some() { " and the adapter does not carry one" } else { "" }
+        if adapter.is_some() {
+            " and the adapter does not carry one"
+        } else {
+            ""
+        }
     )))
 }
 

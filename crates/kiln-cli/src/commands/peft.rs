@@ -93,7 +93,8 @@ pub fn peft(a: PeftArgs) -> Res {
                     let (_, m, report) =
                         kiln_models::bert::load_for_classification::<Inference>(&dir, &device)
                             .map_err(s)?;
-                    if let Some(w) = random_head_warning(&dir, &report.initialised, Some(&adapter))? {
+                    if let Some(w) = random_head_warning(&dir, &report.initialised, Some(&adapter))?
+                    {
                         eprintln!("warning: {w}; the merged checkpoint holds that random head");
                     }
                     let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false)

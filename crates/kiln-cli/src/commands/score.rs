@@ -17,7 +17,12 @@ pub struct ScoreArgs {
     #[command(flatten)]
     pub model: ModelArg,
     /// The text to score (decoder-only models), or the target (encoder-decoders, with --source).
-    #[arg(long, short = 't', required_unless_present = "input", conflicts_with = "input")]
+    #[arg(
+        long,
+        short = 't',
+        required_unless_present = "input",
+        conflicts_with = "input"
+    )]
     pub text: Option<String>,
     /// Encoder-decoders: the source (encoder input) the target is scored against.
     #[arg(long, conflicts_with = "input")]
@@ -97,8 +102,16 @@ pub fn score(a: ScoreArgs) -> Res {
             }
             let tgt = pipe.tokenizer.encode(text, None).map_err(s)?.ids;
             let sc = match &prompt {
-                Some(pm) => kiln_models::scoring::score_seq2seq(pm, &src_ids[0], &tgt, start, a.logits),
-                None => kiln_models::scoring::score_seq2seq(&pipe.model, &src_ids[0], &tgt, start, a.logits),
+                Some(pm) => {
+                    kiln_models::scoring::score_seq2seq(pm, &src_ids[0], &tgt, start, a.logits)
+                }
+                None => kiln_models::scoring::score_seq2seq(
+                    &pipe.model,
+                    &src_ids[0],
+                    &tgt,
+                    start,
+                    a.logits,
+                ),
             }
             .map_err(s)?;
             let tokens: Vec<String> = sc
@@ -114,7 +127,10 @@ pub fn score(a: ScoreArgs) -> Res {
                 for ((id, lp), t) in sc.ids.iter().zip(&sc.logprobs).zip(&tokens) {
                     println!("{id:>6} {lp:>12.5}  {t:?}");
                 }
-                println!("sequence log-prob: {:.5}  perplexity: {:.4}", sc.sum, sc.perplexity);
+                println!(
+                    "sequence log-prob: {:.5}  perplexity: {:.4}",
+                    sc.sum, sc.perplexity
+                );
             }
         }
         return Ok(());

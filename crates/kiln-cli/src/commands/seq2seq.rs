@@ -71,13 +71,11 @@ pub fn zero_shot(a: ZeroShotArgs) -> Res {
                                 format!("{} line {}: `choices` must be strings", p.display(), i + 1)
                             })?,
                     ),
-                    Some(_) => {
-                        return Err(format!(
-                            "{} line {}: `choices` must be a list of strings or a `|`-separated string",
-                            p.display(),
-                            i + 1
-                        ))
-                    }
+                    Some(_) => return Err(format!(
+                        "{} line {}: `choices` must be a list of strings or a `|`-separated string",
+                        p.display(),
+                        i + 1
+                    )),
                 };
                 Ok((
                     field(v, "context", p, i + 1)?,
@@ -94,10 +92,16 @@ pub fn zero_shot(a: ZeroShotArgs) -> Res {
     };
     let ranking = rows.iter().any(|(_, _, ch)| ch.is_some());
     if ranking && a.gen.any_set() {
-        return Err("answer choices are ranked by likelihood; generation flags have no effect with them".into());
+        return Err(
+            "answer choices are ranked by likelihood; generation flags have no effect with them"
+                .into(),
+        );
     }
     if a.length_normalize && !ranking {
-        return Err("--length-normalize applies to answer choices (--choices or a JSONL `choices` field)".into());
+        return Err(
+            "--length-normalize applies to answer choices (--choices or a JSONL `choices` field)"
+                .into(),
+        );
     }
     for (c, q, choices) in &rows {
         for (name, value) in [("{context}", c), ("{question}", q)] {
@@ -159,7 +163,8 @@ pub fn zero_shot(a: ZeroShotArgs) -> Res {
         if truncated > 0 {
             eprintln!("warning: input truncated to the model's maximum source length");
         }
-        let out = kiln_models::seq2seq::generate(&pipe.model, &ids, &mask, &cfg, None).map_err(s)?;
+        let out =
+            kiln_models::seq2seq::generate(&pipe.model, &ids, &mask, &cfg, None).map_err(s)?;
         for w in &out.warnings {
             eprintln!("warning: {w}");
         }
@@ -254,7 +259,11 @@ pub fn summarize(a: SummarizeArgs) -> Res {
         }
     }
     let cfg = apply_gen_flags(&a.gen, pipe.generation.clone())?;
-    let articles: Vec<String> = if a.input.extension().is_some_and(|e| e == "jsonl" || e == "json") {
+    let articles: Vec<String> = if a
+        .input
+        .extension()
+        .is_some_and(|e| e == "jsonl" || e == "json")
+    {
         read_jsonl(&a.input)?
             .iter()
             .enumerate()

@@ -24,15 +24,23 @@ fn flags(r: &serde_json::Value) -> Vec<String> {
 
 /// One JSON line's `sequences` against the reference entry: ids identical, scores within 1e-4.
 fn assert_sequences(got: &serde_json::Value, want: &serde_json::Value, what: &str) {
-    let seqs = got["sequences"].as_array().unwrap_or_else(|| panic!("{what}: {got}"));
+    let seqs = got["sequences"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: {got}"));
     let want_ids = want["sequences"].as_array().unwrap();
     let want_scores = want["sequences_scores"].as_array().unwrap();
     assert_eq!(seqs.len(), want_ids.len(), "{what}: {got}");
     assert_eq!(seqs.len(), 3, "{what}");
     for (j, sq) in seqs.iter().enumerate() {
         assert_eq!(sq["ids"], want_ids[j], "{what}: sequence {j}");
-        let (a, b) = (sq["score"].as_f64().unwrap(), want_scores[j].as_f64().unwrap());
-        assert!((a - b).abs() < 1e-4, "{what}: sequence {j}: score {a} vs {b}");
+        let (a, b) = (
+            sq["score"].as_f64().unwrap(),
+            want_scores[j].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() < 1e-4,
+            "{what}: sequence {j}: score {a} vs {b}"
+        );
         assert!(sq["text"].is_string());
     }
 }
@@ -73,7 +81,10 @@ fn summarize_prints_every_returned_sequence_with_its_beam_score() {
         let args: Vec<&str> = args.iter().copied().filter(|a| *a != "--json").collect();
         let (ok, stdout, stderr) = kiln(&args);
         assert!(ok, "{stderr}");
-        let numbered = stdout.lines().filter(|l| l.starts_with(['1', '2', '3'])).count();
+        let numbered = stdout
+            .lines()
+            .filter(|l| l.starts_with(['1', '2', '3']))
+            .count();
         assert_eq!(numbered, 3 * want.len(), "{stdout}");
     }
 }
@@ -116,36 +127,180 @@ fn flags_that_would_be_ignored_are_refused() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         // Beam-search sampling is not implemented: it used to run plain beam search.
         (
-            vec!["generate", "--model-dir", missing, "-p", "hi", "--do-sample", "--num-beams", "4"],
+            vec![
+                "generate",
+                "--model-dir",
+                missing,
+                "-p",
+                "hi",
+                "--do-sample",
+                "--num-beams",
+                "4",
+            ],
             "--do-sample",
         ),
         (
-            vec!["zero-shot", "--model-dir", missing, "--context", "c", "--question", "q", "--do-sample", "--num-beams", "3"],
+            vec![
+                "zero-shot",
+                "--model-dir",
+                missing,
+                "--context",
+                "c",
+                "--question",
+                "q",
+                "--do-sample",
+                "--num-beams",
+                "3",
+            ],
             "--do-sample",
         ),
         // More sequences than beams (with --do-sample this used to index past the beams and panic).
         (
-            vec!["generate", "--model-dir", missing, "-p", "hi", "--num-beams", "2", "--num-return-sequences", "3"],
+            vec![
+                "generate",
+                "--model-dir",
+                missing,
+                "-p",
+                "hi",
+                "--num-beams",
+                "2",
+                "--num-return-sequences",
+                "3",
+            ],
             "--num-return-sequences",
         ),
         (
-            vec!["zero-shot", "--model-dir", missing, "--context", "c", "--question", "q", "--input", &jsonl],
+            vec![
+                "zero-shot",
+                "--model-dir",
+                missing,
+                "--context",
+                "c",
+                "--question",
+                "q",
+                "--input",
+                &jsonl,
+            ],
             "--input",
         ),
         (
-            vec!["icl", "--model-dir", missing, "--examples", &jsonl, "--input", "x", "--labels", "a,b", "--max-new-tokens", "3"],
+            vec![
+                "icl",
+                "--model-dir",
+                missing,
+                "--examples",
+                &jsonl,
+                "--input",
+                "x",
+                "--labels",
+                "a,b",
+                "--max-new-tokens",
+                "3",
+            ],
             "--max-new-tokens",
         ),
-        (vec!["score", "--model-dir", missing, "--text", "a b c", "--logits"], "--logits"),
-        (vec!["rouge", "--predictions", &jsonl, "--references", &jsonl], "--references"),
-        (vec!["train", "--recipe", "gpt2-generate", "--model", missing, "--epochs", "2"], "--epochs"),
-        (vec!["train", "--recipe", "t0-zero-shot", "--model", missing, "--dataset", "x"], "--dataset"),
-        (vec!["train", "--recipe", "bert-sst2", "--model", missing, "--adapter-size", "8"], "--adapter-size"),
-        (vec!["train", "--recipe", "opt-icl-sst2", "--model", missing, "--max-samples", "3"], "--max-samples"),
+        (
+            vec![
+                "score",
+                "--model-dir",
+                missing,
+                "--text",
+                "a b c",
+                "--logits",
+            ],
+            "--logits",
+        ),
+        (
+            vec!["rouge", "--predictions", &jsonl, "--references", &jsonl],
+            "--references",
+        ),
+        (
+            vec![
+                "train",
+                "--recipe",
+                "gpt2-generate",
+                "--model",
+                missing,
+                "--epochs",
+                "2",
+            ],
+            "--epochs",
+        ),
+        (
+            vec![
+                "train",
+                "--recipe",
+                "t0-zero-shot",
+                "--model",
+                missing,
+                "--dataset",
+                "x",
+            ],
+            "--dataset",
+        ),
+        (
+            vec![
+                "train",
+                "--recipe",
+                "bert-sst2",
+                "--model",
+                missing,
+                "--adapter-size",
+                "8",
+            ],
+            "--adapter-size",
+        ),
+        (
+            vec![
+                "train",
+                "--recipe",
+                "opt-icl-sst2",
+                "--model",
+                missing,
+                "--max-samples",
+                "3",
+            ],
+            "--max-samples",
+        ),
         // --stream with what it cannot stream (after loading: beams may come from the checkpoint).
-        (vec!["generate", "--model-dir", &gpt2, "-p", "Hello", "--stream", "--json"], "--stream"),
-        (vec!["generate", "--model-dir", &gpt2, "-p", "Hello", "--stream", "--num-beams", "2"], "--stream"),
-        (vec!["generate", "--model-dir", &gpt2, "-p", "Hello", "-p", "Hi", "--stream"], "--stream"),
+        (
+            vec![
+                "generate",
+                "--model-dir",
+                &gpt2,
+                "-p",
+                "Hello",
+                "--stream",
+                "--json",
+            ],
+            "--stream",
+        ),
+        (
+            vec![
+                "generate",
+                "--model-dir",
+                &gpt2,
+                "-p",
+                "Hello",
+                "--stream",
+                "--num-beams",
+                "2",
+            ],
+            "--stream",
+        ),
+        (
+            vec![
+                "generate",
+                "--model-dir",
+                &gpt2,
+                "-p",
+                "Hello",
+                "-p",
+                "Hi",
+                "--stream",
+            ],
+            "--stream",
+        ),
     ];
     for (args, needle) in cases {
         let (ok, _, stderr) = kiln(&args);
@@ -164,7 +319,15 @@ fn flags_that_would_be_ignored_are_refused() {
 #[test]
 fn template_placeholders_and_do_sample_false() {
     let (ok, _, stderr) = kiln(&[
-        "zero-shot", "--model-dir", &fx("t5"), "--context", "c", "--question", "q", "--template", "question: {question}",
+        "zero-shot",
+        "--model-dir",
+        &fx("t5"),
+        "--context",
+        "c",
+        "--question",
+        "q",
+        "--template",
+        "question: {question}",
     ]);
     assert!(!ok && stderr.contains("{context}"), "{stderr}");
     let t = tempfile::tempdir().unwrap();
@@ -175,12 +338,22 @@ fn template_placeholders_and_do_sample_false() {
         std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
     }
     let g = d.join("generation_config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&g).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&g).unwrap()).unwrap();
     v["do_sample"] = serde_json::json!(true);
     std::fs::write(&g, v.to_string()).unwrap();
     let ds = d.display().to_string();
     let greedy = |dir: &str, extra: &[&str]| {
-        let mut a = vec!["generate", "--model-dir", dir, "-p", "Hello", "--max-new-tokens", "8", "--json"];
+        let mut a = vec![
+            "generate",
+            "--model-dir",
+            dir,
+            "-p",
+            "Hello",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ];
         a.extend(extra);
         let (ok, out, err) = kiln(&a);
         assert!(ok, "{err}");
@@ -189,6 +362,14 @@ fn template_placeholders_and_do_sample_false() {
     };
     let reference = greedy(&fx("gpt2"), &[]);
     assert_eq!(greedy(&ds, &["--do-sample", "false"]), reference);
-    let (ok, _, stderr) = kiln(&["generate", "--model-dir", &ds, "-p", "Hello", "--do-sample", "maybe"]);
+    let (ok, _, stderr) = kiln(&[
+        "generate",
+        "--model-dir",
+        &ds,
+        "-p",
+        "Hello",
+        "--do-sample",
+        "maybe",
+    ]);
     assert!(!ok && stderr.contains("maybe"), "{stderr}");
 }

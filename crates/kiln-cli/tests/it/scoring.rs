@@ -33,12 +33,28 @@ fn score_scores_targets_of_encoder_decoders_with_adapters() {
         assert_eq!(got["ids"], case["target_ids"], "{args:?}");
         let (a, b) = (got["sum"].as_f64().unwrap(), case["sum"].as_f64().unwrap());
         assert!((a - b).abs() < 1e-3, "{args:?}: {a} vs {b}");
-        for (x, y) in got["logprobs"].as_array().unwrap().iter().zip(case["logprobs"].as_array().unwrap()) {
-            assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4, "{args:?}");
+        for (x, y) in got["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(case["logprobs"].as_array().unwrap())
+        {
+            assert!(
+                (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4,
+                "{args:?}"
+            );
         }
     }
     // A decoder-only model refuses --source; an encoder-decoder needs it.
-    let (ok, _, stderr) = kiln(&["score", "--model-dir", &fx("gpt2"), "--text", "a b", "--source", "x"]);
+    let (ok, _, stderr) = kiln(&[
+        "score",
+        "--model-dir",
+        &fx("gpt2"),
+        "--text",
+        "a b",
+        "--source",
+        "x",
+    ]);
     assert!(!ok && stderr.contains("--source"), "{stderr}");
     let (ok, _, stderr) = kiln(&["score", "--model-dir", &fx("bart"), "--text", "a b"]);
     assert!(!ok && stderr.contains("--source"), "{stderr}");
@@ -48,14 +64,37 @@ fn score_scores_targets_of_encoder_decoders_with_adapters() {
 fn score_batch_mode_reads_jsonl() {
     let t = tempfile::tempdir().unwrap();
     let p = t.path().join("in.jsonl");
-    std::fs::write(&p, "{\"text\": \"Hello world\"}\n{\"text\": \"The film was\"}\n").unwrap();
-    let (ok, stdout, stderr) = kiln(&["score", "--model-dir", &fx("gpt2"), "--input", &p.display().to_string()]);
+    std::fs::write(
+        &p,
+        "{\"text\": \"Hello world\"}\n{\"text\": \"The film was\"}\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = kiln(&[
+        "score",
+        "--model-dir",
+        &fx("gpt2"),
+        "--input",
+        &p.display().to_string(),
+    ]);
     assert!(ok, "{stderr}");
-    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 2);
     // Each line equals the single-text run.
-    let (_, one, _) = kiln(&["score", "--model-dir", &fx("gpt2"), "--text", "The film was", "--json"]);
-    assert_eq!(rows[1], serde_json::from_str::<serde_json::Value>(one.trim()).unwrap());
+    let (_, one, _) = kiln(&[
+        "score",
+        "--model-dir",
+        &fx("gpt2"),
+        "--text",
+        "The film was",
+        "--json",
+    ]);
+    assert_eq!(
+        rows[1],
+        serde_json::from_str::<serde_json::Value>(one.trim()).unwrap()
+    );
 }
 
 #[test]
@@ -99,7 +138,12 @@ fn zero_shot_choices_rank_by_likelihood_as_transformers() {
         }
         let best = want
             .iter()
-            .max_by(|a, b| a[key].as_f64().unwrap().total_cmp(&b[key].as_f64().unwrap()))
+            .max_by(|a, b| {
+                a[key]
+                    .as_f64()
+                    .unwrap()
+                    .total_cmp(&b[key].as_f64().unwrap())
+            })
             .unwrap();
         assert_eq!(got["answer"], best["choice"], "{key}");
     }
@@ -124,7 +168,10 @@ fn rouge_per_example_equals_rouge_score_for_each_pair() {
     let input = t.path().join("pairs.jsonl");
     let lines: Vec<String> = pairs
         .iter()
-        .map(|p| serde_json::json!({"prediction": p["prediction"], "reference": p["reference"]}).to_string())
+        .map(|p| {
+            serde_json::json!({"prediction": p["prediction"], "reference": p["reference"]})
+                .to_string()
+        })
         .collect();
     std::fs::write(&input, lines.join("\n")).unwrap();
     for (stem, key) in [(true, "stem"), (false, "nostem")] {
@@ -156,7 +203,11 @@ fn rouge_per_example_equals_rouge_score_for_each_pair() {
                 let s = &g["scores"][ty];
                 for (field, w) in ["precision", "recall", "fmeasure"].iter().zip(want) {
                     let (x, y) = (s[field].as_f64().unwrap(), w.as_f64().unwrap());
-                    assert!((x - y).abs() < 1e-12, "pair {}: {ty} {field} {x} vs {y}", g["index"]);
+                    assert!(
+                        (x - y).abs() < 1e-12,
+                        "pair {}: {ty} {field} {x} vs {y}",
+                        g["index"]
+                    );
                 }
             }
         }
@@ -177,11 +228,17 @@ fn inspect_reports_every_architecture() {
         assert!(ok, "{model}: {stderr}");
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
         assert_eq!(v["model_type"], model, "{stdout}");
-        assert!(v["head"].as_str().unwrap().contains(head), "{model}: {stdout}");
+        assert!(
+            v["head"].as_str().unwrap().contains(head),
+            "{model}: {stdout}"
+        );
         assert!(v["parameters"].as_u64().unwrap() > 0);
         assert!(v["tensors_loaded"].as_u64().unwrap() > 0);
         if model != "bert" {
-            assert!(v["generation"]["num_beams"].as_u64().is_some(), "{model}: {stdout}");
+            assert!(
+                v["generation"]["num_beams"].as_u64().is_some(),
+                "{model}: {stdout}"
+            );
         }
     }
     let (ok, stdout, _) = kiln(&["inspect", "--model-dir", &fx("bart"), "--json"]);
@@ -197,29 +254,62 @@ fn generation_at_the_model_maximum_returns_its_tokens_with_a_warning() {
     // The GPT-2 fixture has 64 positions, BART's 64: 65 tokens in all (the last chosen token needs no position).
     // min_new_tokens keeps EOS away, so the run goes to the limit.
     let (ok, stdout, stderr) = kiln(&[
-        "generate", "--model-dir", &fx("gpt2"), "-p", "Hello", "--max-new-tokens", "100", "--min-new-tokens", "100",
+        "generate",
+        "--model-dir",
+        &fx("gpt2"),
+        "-p",
+        "Hello",
+        "--max-new-tokens",
+        "100",
+        "--min-new-tokens",
+        "100",
         "--json",
     ]);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("stops at 65 tokens") && stderr.contains("64 positions"), "{stderr}");
+    assert!(
+        stderr.contains("stops at 65 tokens") && stderr.contains("64 positions"),
+        "{stderr}"
+    );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let prompt = v["results"][0]["prompt_ids"].as_array().unwrap().len();
-    let new = v["results"][0]["sequences"][0]["ids"].as_array().unwrap().len();
+    let new = v["results"][0]["sequences"][0]["ids"]
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(prompt + new, 65, "{stdout}");
     let (ok, _, stderr) = kiln(&[
-        "generate", "--model-dir", &fx("gpt2"), "-p", "Hello", "--max-new-tokens", "100", "--num-beams", "2",
+        "generate",
+        "--model-dir",
+        &fx("gpt2"),
+        "-p",
+        "Hello",
+        "--max-new-tokens",
+        "100",
+        "--num-beams",
+        "2",
     ]);
     assert!(ok && stderr.contains("64 positions"), "{stderr}");
     // A prompt longer than the positions is an error, not an empty success.
     let long = "the film was good and ".repeat(40);
     let (ok, _, stderr) = kiln(&["generate", "--model-dir", &fx("gpt2"), "-p", &long]);
-    assert!(!ok && stderr.contains("exceeds the model's 64 positions"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("exceeds the model's 64 positions"),
+        "{stderr}"
+    );
     let t = tempfile::tempdir().unwrap();
     let art = t.path().join("a.txt");
     std::fs::write(&art, "Heavy rain flooded the streets of the old town.").unwrap();
     let (ok, stdout, stderr) = kiln(&[
-        "summarize", "--model-dir", &fx("bart"), "--input", art.to_str().unwrap(), "--max-new-tokens", "100",
-        "--num-beams", "1", "--json",
+        "summarize",
+        "--model-dir",
+        &fx("bart"),
+        "--input",
+        art.to_str().unwrap(),
+        "--max-new-tokens",
+        "100",
+        "--num-beams",
+        "1",
+        "--json",
     ]);
     assert!(ok, "{stderr}");
     assert!(stderr.contains("64 positions"), "{stderr}");
@@ -233,12 +323,35 @@ fn generation_at_the_model_maximum_returns_its_tokens_with_a_warning() {
 fn embed_and_classify_truncate_to_the_model_positions_with_a_warning() {
     let long = "a great film with a clever script and warm performances ".repeat(20);
     for cmd in ["embed", "classify"] {
-        let (ok, stdout, stderr) = kiln(&[cmd, "--model-dir", &fx("bert"), "--text", &long, "--text", "short", "--json"]);
+        let (ok, stdout, stderr) = kiln(&[
+            cmd,
+            "--model-dir",
+            &fx("bert"),
+            "--text",
+            &long,
+            "--text",
+            "short",
+            "--json",
+        ]);
         assert!(ok, "{cmd}: {stderr}");
-        assert!(stderr.contains("1 of 2 texts were longer than 64 tokens"), "{cmd}: {stderr}");
+        assert!(
+            stderr.contains("1 of 2 texts were longer than 64 tokens"),
+            "{cmd}: {stderr}"
+        );
         let first = stdout.lines().next().unwrap_or_default();
-        assert!(serde_json::from_str::<serde_json::Value>(first).is_ok(), "{stdout}");
-        let (ok, _, stderr) = kiln(&[cmd, "--model-dir", &fx("bert"), "--text", "short", "--max-len", "1000"]);
+        assert!(
+            serde_json::from_str::<serde_json::Value>(first).is_ok(),
+            "{stdout}"
+        );
+        let (ok, _, stderr) = kiln(&[
+            cmd,
+            "--model-dir",
+            &fx("bert"),
+            "--text",
+            "short",
+            "--max-len",
+            "1000",
+        ]);
         assert!(ok && stderr.contains("--max-len 1000"), "{cmd}: {stderr}");
     }
 }
@@ -252,13 +365,28 @@ fn classify_sentence_pairs_match_transformers() {
     )
     .unwrap();
     let p = &r["pairs"];
-    let first: Vec<&str> = p["first"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
-    let second: Vec<&str> = p["second"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    let first: Vec<&str> = p["first"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    let second: Vec<&str> = p["second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
     let logits = p["logits"].as_array().unwrap();
     let want: Vec<Vec<f64>> = logits
         .iter()
         .map(|row| {
-            let row: Vec<f64> = row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            let row: Vec<f64> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
             let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
             row.iter().map(|x| (x - m).exp() / z).collect()
@@ -279,7 +407,13 @@ fn classify_sentence_pairs_match_transformers() {
         .map(|(a, b)| serde_json::json!({"text": a, "text_pair": b}).to_string())
         .collect();
     std::fs::write(&input, lines.join("\n")).unwrap();
-    let (ok, stdout2, stderr) = kiln(&["classify", "--model-dir", &bert, "--input", input.to_str().unwrap()]);
+    let (ok, stdout2, stderr) = kiln(&[
+        "classify",
+        "--model-dir",
+        &bert,
+        "--input",
+        input.to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, stdout2);
     for (line, w) in stdout.lines().zip(&want) {
@@ -289,7 +423,17 @@ fn classify_sentence_pairs_match_transformers() {
         }
     }
     // One second text per text.
-    let (ok, _, stderr) = kiln(&["classify", "--model-dir", &bert, "--text", "a", "--text", "b", "--text-pair", "c"]);
+    let (ok, _, stderr) = kiln(&[
+        "classify",
+        "--model-dir",
+        &bert,
+        "--text",
+        "a",
+        "--text",
+        "b",
+        "--text-pair",
+        "c",
+    ]);
     assert!(!ok && stderr.contains("--text-pair"), "{stderr}");
 }
 
@@ -302,14 +446,27 @@ fn embed_sentence_pairs_match_transformers() {
     let bert = fx("bert");
     let mut args = vec!["embed", "--model-dir", bert.as_str(), "--json"];
     for row in rows {
-        args.extend(["--text", row["text"].as_str().unwrap(), "--text-pair", row["text_pair"].as_str().unwrap()]);
+        args.extend([
+            "--text",
+            row["text"].as_str().unwrap(),
+            "--text-pair",
+            row["text_pair"].as_str().unwrap(),
+        ]);
     }
     let (ok, stdout, stderr) = kiln(&args);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     for (got, want) in v["embeddings"].as_array().unwrap().iter().zip(rows) {
-        for (x, y) in got.as_array().unwrap().iter().zip(want["embedding"].as_array().unwrap()) {
-            assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5, "{x} vs {y}");
+        for (x, y) in got
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(want["embedding"].as_array().unwrap())
+        {
+            assert!(
+                (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5,
+                "{x} vs {y}"
+            );
         }
     }
 }
@@ -326,15 +483,26 @@ fn icl_reports_label_scores_equal_to_transformers() {
     let opt = fx("opt");
     for case in r["cases"].as_array().unwrap() {
         let (ok, stdout, stderr) = kiln(&[
-            "icl", "--model-dir", &opt, "--examples", &examples, "--input", case["input"].as_str().unwrap(),
-            "--labels", "positive,negative", "--json",
+            "icl",
+            "--model-dir",
+            &opt,
+            "--examples",
+            &examples,
+            "--input",
+            case["input"].as_str().unwrap(),
+            "--labels",
+            "positive,negative",
+            "--json",
         ]);
         assert!(ok, "{stderr}");
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
         let mut best = ("", f64::NEG_INFINITY);
         for s in v["scores"].as_array().unwrap() {
             let label = s["label"].as_str().unwrap();
-            let (x, y) = (s["score"].as_f64().unwrap(), case["label_logprobs"][label].as_f64().unwrap());
+            let (x, y) = (
+                s["score"].as_f64().unwrap(),
+                case["label_logprobs"][label].as_f64().unwrap(),
+            );
             assert!((x - y).abs() < 1e-3, "{label}: {x} vs {y}");
             if y > best.1 {
                 best = (label, y);
@@ -351,9 +519,24 @@ fn bert_lora_recipe_saves_an_adapter_that_classify_takes() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("bert-lora");
     let (ok, stdout, stderr) = kiln(&[
-        "train", "--recipe", "bert-lora-sst2", "--model", &fx("bert"), "--dataset", &fx("samples/sentiment"),
-        "--epochs", "1", "--max-samples", "32", "--max-eval-samples", "16", "--learning-rate", "1e-3",
-        "--out", out.to_str().unwrap(), "--json",
+        "train",
+        "--recipe",
+        "bert-lora-sst2",
+        "--model",
+        &fx("bert"),
+        "--dataset",
+        &fx("samples/sentiment"),
+        "--epochs",
+        "1",
+        "--max-samples",
+        "32",
+        "--max-eval-samples",
+        "16",
+        "--learning-rate",
+        "1e-3",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
     ]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -367,13 +550,26 @@ fn bert_lora_recipe_saves_an_adapter_that_classify_takes() {
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["task_type"], "SEQ_CLS");
     let (ok, with, stderr) = kiln(&[
-        "classify", "--model-dir", &fx("bert"), "--adapter", out.join("adapter").to_str().unwrap(), "--text", "a fine film",
+        "classify",
+        "--model-dir",
+        &fx("bert"),
+        "--adapter",
+        out.join("adapter").to_str().unwrap(),
+        "--text",
+        "a fine film",
         "--json",
     ]);
     assert!(ok, "{stderr}");
     assert!(!stderr.contains("initialised randomly"), "{stderr}");
     // The trained adapter changes the predictions (LoRA B and the head moved away from their start).
-    let (ok, without, _) = kiln(&["classify", "--model-dir", &fx("bert"), "--text", "a fine film", "--json"]);
+    let (ok, without, _) = kiln(&[
+        "classify",
+        "--model-dir",
+        &fx("bert"),
+        "--text",
+        "a fine film",
+        "--json",
+    ]);
     assert!(ok);
     let p = |s: &str| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap()["probs"].clone();
     assert_ne!(p(&with), p(&without));

@@ -20,9 +20,18 @@ fn mrpc_rte_and_jsonl_pairs_load() {
         "train.tsv",
         "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tThe cat sat.\tA cat was sitting.\n0\t3\t4\tIt rained.\tThe sun shone.\n",
     );
-    let got = load_pairs(&mrpc, Split::Train, &LoadOptions::default()).unwrap().examples;
+    let got = load_pairs(&mrpc, Split::Train, &LoadOptions::default())
+        .unwrap()
+        .examples;
     assert_eq!(got.len(), 2);
-    assert_eq!((got[0].text.as_str(), got[0].text_pair.as_str(), got[0].label), ("The cat sat.", "A cat was sitting.", 1));
+    assert_eq!(
+        (
+            got[0].text.as_str(),
+            got[0].text_pair.as_str(),
+            got[0].label
+        ),
+        ("The cat sat.", "A cat was sitting.", 1)
+    );
     assert_eq!((got[1].idx, got[1].label), (1, 0));
 
     let rte = write(
@@ -30,21 +39,40 @@ fn mrpc_rte_and_jsonl_pairs_load() {
         "dev.tsv",
         "index\tsentence1\tsentence2\tlabel\n7\tA man sleeps.\tA person rests.\tentailment\n8\tA dog runs.\tNo animal moves.\tnot_entailment\n",
     );
-    let got = load_pairs(&rte, Split::Validation, &LoadOptions::default()).unwrap().examples;
-    assert_eq!(got.iter().map(|e| (e.idx, e.label)).collect::<Vec<_>>(), [(7, 0), (8, 1)]);
+    let got = load_pairs(&rte, Split::Validation, &LoadOptions::default())
+        .unwrap()
+        .examples;
+    assert_eq!(
+        got.iter().map(|e| (e.idx, e.label)).collect::<Vec<_>>(),
+        [(7, 0), (8, 1)]
+    );
 
     let jsonl = write(
         t.path(),
         "validation.jsonl",
         "{\"premise\": \"p\", \"hypothesis\": \"h\", \"label\": 2, \"idx\": 0}\n{\"premise\": \"p2\", \"hypothesis\": \"h2\", \"label\": \"neutral\", \"idx\": 1}\n",
     );
-    let got = load_pairs(&jsonl, Split::Validation, &LoadOptions::default()).unwrap().examples;
+    let got = load_pairs(&jsonl, Split::Validation, &LoadOptions::default())
+        .unwrap()
+        .examples;
     assert_eq!(got.iter().map(|e| e.label).collect::<Vec<_>>(), [2, 1]);
 
     // The test split may have no label column; other splits may not.
-    let test = write(t.path(), "test.tsv", "index\tsentence1\tsentence2\n0\ta\tb\n");
-    assert_eq!(load_pairs(&test, Split::Test, &LoadOptions::default()).unwrap().examples[0].label, -1);
-    let e = load_pairs(&test, Split::Train, &LoadOptions::default()).unwrap_err().to_string();
+    let test = write(
+        t.path(),
+        "test.tsv",
+        "index\tsentence1\tsentence2\n0\ta\tb\n",
+    );
+    assert_eq!(
+        load_pairs(&test, Split::Test, &LoadOptions::default())
+            .unwrap()
+            .examples[0]
+            .label,
+        -1
+    );
+    let e = load_pairs(&test, Split::Train, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("label") && e.contains("test.tsv"), "{e}");
 
     // A bad label names the file and the line; Skip reports it and keeps the rest.
@@ -53,7 +81,9 @@ fn mrpc_rte_and_jsonl_pairs_load() {
         "bad.tsv",
         "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n1\tc\td\t1\n",
     );
-    let e = load_pairs(&bad, Split::Train, &LoadOptions::default()).unwrap_err().to_string();
+    let e = load_pairs(&bad, Split::Train, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("bad.tsv") && e.contains("maybe"), "{e}");
     let opts = LoadOptions {
         on_error: OnError::Skip,
@@ -77,8 +107,15 @@ fn hub_parquet_schema_loads() {
         ],
         1,
     );
-    let got = load_pairs(p.to_str().unwrap(), Split::Train, &LoadOptions::default()).unwrap().examples;
-    assert_eq!(got.iter().map(|e| (e.idx, e.label, e.text_pair.as_str())).collect::<Vec<_>>(), [(10, 1, "uno"), (11, 0, "dos")]);
+    let got = load_pairs(p.to_str().unwrap(), Split::Train, &LoadOptions::default())
+        .unwrap()
+        .examples;
+    assert_eq!(
+        got.iter()
+            .map(|e| (e.idx, e.label, e.text_pair.as_str()))
+            .collect::<Vec<_>>(),
+        [(10, 1, "uno"), (11, 0, "dos")]
+    );
 }
 
 #[test]
@@ -105,9 +142,20 @@ fn pair_tokenization_matches_transformers() {
     let got = tokenize_pairs(&tok, &examples, None).unwrap();
     for (i, f) in got.features.iter().enumerate() {
         // The reference rows are right-padded with 0; the mask gives each row's length.
-        let n = p["attention_mask"][i].as_array().unwrap().iter().filter(|x| x.as_u64() == Some(1)).count();
-        let ids: Vec<u32> = p["input_ids"][i].as_array().unwrap()[..n].iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        let types: Vec<u32> = p["token_type_ids"][i].as_array().unwrap()[..n].iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let n = p["attention_mask"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x.as_u64() == Some(1))
+            .count();
+        let ids: Vec<u32> = p["input_ids"][i].as_array().unwrap()[..n]
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let types: Vec<u32> = p["token_type_ids"][i].as_array().unwrap()[..n]
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(f.input_ids, ids, "row {i}");
         assert_eq!(f.token_type_ids, types, "row {i}");
         assert!(types.contains(&1));

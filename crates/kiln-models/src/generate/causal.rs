@@ -3,9 +3,9 @@
 
 use burn::prelude::*;
 
-use crate::models::attention::{ids_tensor, positions_from_mask, rows_f32, KvCache};
-use crate::load::error::{Error, Result};
 use crate::generate::DecodeSession;
+use crate::load::error::{Error, Result};
+use crate::models::attention::{ids_tensor, positions_from_mask, rows_f32, KvCache};
 
 /// A decoder-only language model, as the generation engine and scorers see it.
 pub trait CausalLm<B: Backend> {

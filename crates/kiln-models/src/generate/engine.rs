@@ -145,7 +145,11 @@ impl GenerationConfig {
                 if x.is_finite() && x >= 0.0 {
                     Ok(x)
                 } else {
-                    Err(Error::field(path, k, format!("must be a number ≥ 0, got {val}")))
+                    Err(Error::field(
+                        path,
+                        k,
+                        format!("must be a number ≥ 0, got {val}"),
+                    ))
                 }
             };
             match k.as_str() {
@@ -159,14 +163,22 @@ impl GenerationConfig {
                 "top_p" => {
                     let p = f()?;
                     if !(0.0..=1.0).contains(&p) {
-                        return Err(Error::field(path, k, format!("must be in [0, 1], got {val}")));
+                        return Err(Error::field(
+                            path,
+                            k,
+                            format!("must be in [0, 1], got {val}"),
+                        ));
                     }
                     self.top_p = p
                 }
                 "repetition_penalty" => {
                     let x = f()?;
                     if !(x.is_finite() && x > 0.0) {
-                        return Err(Error::field(path, k, format!("must be a positive number, got {val}")));
+                        return Err(Error::field(
+                            path,
+                            k,
+                            format!("must be a positive number, got {val}"),
+                        ));
                     }
                     self.repetition_penalty = x
                 }

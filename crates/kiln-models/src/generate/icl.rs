@@ -6,8 +6,8 @@
 use burn::prelude::*;
 
 use crate::generate::causal::CausalLm;
-use crate::load::error::{Error, Result};
 use crate::generate::scoring::score_tokens;
+use crate::load::error::{Error, Result};
 use crate::load::tokenizer::Tokenizer;
 
 /// How examples and the query are laid out. `{input}` and `{output}` are replaced.

@@ -5,10 +5,10 @@
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::models::attention::ids_tensor;
 use crate::generate::causal::CausalLm;
 use crate::generate::seq2seq::EncoderDecoder;
 use crate::load::error::{Error, Result};
+use crate::models::attention::ids_tensor;
 
 /// The score of one token sequence.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -45,12 +45,7 @@ pub fn score_tokens<B: Backend, M: CausalLm<B>>(
     let n = ids.len();
     let mask = vec![vec![1u8; n]];
     let positions = Tensor::<B, 1, Int>::arange(0..n as i64, &device).unsqueeze::<2>();
-    let h = model.hidden(
-        ids_tensor::<B>(&ids_row, &device),
-        positions,
-        &mask,
-        None,
-    );
+    let h = model.hidden(ids_tensor::<B>(&ids_row, &device), positions, &mask, None);
     Ok(scores_from_logits(model.logits(h), ids, with_logits))
 }
 
@@ -129,7 +124,8 @@ pub fn score_seq2seq<B: Backend, M: EncoderDecoder<B>>(
         .expect("f32");
     let logprobs: Vec<f32> = (0..t).map(|i| lp[i * vocab + target[i] as usize]).collect();
     let sum: f32 = logprobs.iter().sum();
-    let logits = with_logits.then(|| crate::models::attention::rows_f32(logits.reshape([t, vocab])));
+    let logits =
+        with_logits.then(|| crate::models::attention::rows_f32(logits.reshape([t, vocab])));
     Ok(Seq2SeqScores {
         source_ids: source.to_vec(),
         ids: target.to_vec(),

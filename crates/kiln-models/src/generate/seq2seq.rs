@@ -11,9 +11,9 @@
 
 use burn::prelude::*;
 
-use crate::models::attention::{attend, ids_tensor, rows_f32, KvCache, LayerCache, MASKED};
-use crate::load::error::{Error, Result};
 use crate::generate::{DecodeSession, GenerateOutput, GenerationConfig};
+use crate::load::error::{Error, Result};
+use crate::models::attention::{attend, ids_tensor, rows_f32, KvCache, LayerCache, MASKED};
 
 /// What a seq2seq model provides to [`Seq2SeqSession`] (and to its own full forward).
 pub trait EncoderDecoder<B: Backend> {
@@ -180,7 +180,12 @@ pub struct Seq2SeqSession<'a, B: Backend, M: EncoderDecoder<B>> {
 impl<'a, B: Backend, M: EncoderDecoder<B>> Seq2SeqSession<'a, B, M> {
     /// Run the encoder on `input_ids` (`[batch][s]`, padded to one length) under `attention_mask`.
     pub fn new(model: &'a M, input_ids: &[Vec<u32>], attention_mask: &[Vec<u8>]) -> Result<Self> {
-        let ids = encoder_inputs::<B>(input_ids, attention_mask, model.vocab_size(), &model.device())?;
+        let ids = encoder_inputs::<B>(
+            input_ids,
+            attention_mask,
+            model.vocab_size(),
+            &model.device(),
+        )?;
         let hidden = model.encode(ids, attention_mask)?;
         Ok(Self::from_encoder_output(
             model,

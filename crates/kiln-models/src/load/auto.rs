@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
-use crate::models::attention::KvCache;
 use crate::generate::causal::CausalLm;
+use crate::generate::GenerationConfig;
 use crate::load::config::RawConfig;
 use crate::load::error::{Error, Result};
-use crate::generate::GenerationConfig;
 use crate::load::hub::{HubOptions, Source};
 use crate::load::tokenizer::Tokenizer;
 use crate::load::weights::LoadReport;
+use crate::models::attention::KvCache;
 use crate::models::{gpt2, opt};
 
 /// The decoder-only architectures kiln implements.
@@ -293,7 +293,8 @@ impl<B: Backend> Seq2SeqModel<B> {
         match self {
             Seq2SeqModel::T5(_) => None,
             Seq2SeqModel::Bart(m) => Some(
-                m.model.encoder.embed_positions.weight.dims()[0] - crate::models::bart::POSITION_OFFSET,
+                m.model.encoder.embed_positions.weight.dims()[0]
+                    - crate::models::bart::POSITION_OFFSET,
             ),
         }
     }
@@ -341,7 +342,10 @@ impl<B: Backend> crate::generate::seq2seq::EncoderDecoder<B> for Seq2SeqModel<B>
     ) -> Result<Tensor<B, 3>> {
         delegate_s2s!(self, m => m.encode_embeds(embeds, attention_mask))
     }
-    fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<crate::models::attention::LayerCache<B>> {
+    fn cross_kv(
+        &self,
+        encoder_hidden: Tensor<B, 3>,
+    ) -> Vec<crate::models::attention::LayerCache<B>> {
         delegate_s2s!(self, m => m.cross_kv(encoder_hidden))
     }
     fn n_decoder_layers(&self) -> usize {

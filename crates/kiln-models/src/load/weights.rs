@@ -512,10 +512,19 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
     // parameters live in device memory, which this does not see.
     let needed: u64 = params
         .iter()
-        .filter(|(k, _)| !(k.ends_with(".gamma") || k.ends_with(".beta")) || !params.contains_key(&k.replace(".gamma", ".weight").replace(".beta", ".bias")))
-        .map(|(_, p)| p.shape.iter().fold(4u64, |a, &d| a.saturating_mul(d as u64)))
+        .filter(|(k, _)| {
+            !(k.ends_with(".gamma") || k.ends_with(".beta"))
+                || !params.contains_key(&k.replace(".gamma", ".weight").replace(".beta", ".bias"))
+        })
+        .map(|(_, p)| {
+            p.shape
+                .iter()
+                .fold(4u64, |a, &d| a.saturating_mul(d as u64))
+        })
         .fold(0u64, u64::saturating_add);
-    let cpu = ["flex", "ndarray"].iter().any(|n| backend.to_lowercase().contains(n));
+    let cpu = ["flex", "ndarray"]
+        .iter()
+        .any(|n| backend.to_lowercase().contains(n));
     if let Some(available) = available_memory().filter(|_| cpu) {
         if needed > available {
             let dir = first.parent().map(Path::to_path_buf).unwrap_or_default();

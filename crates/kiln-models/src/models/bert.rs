@@ -18,11 +18,13 @@ use burn::nn::{
 use burn::prelude::*;
 use kiln_peft::PeftLinear;
 
-use crate::models::attention::{additive_mask, attend_with_dropout, ids_tensor, merge_heads, split_heads};
 use crate::load::config::{Activation, RawConfig};
 use crate::load::error::{Error, Result};
 use crate::load::tokenizer::{Encoding, Tokenizer};
 use crate::load::weights::{LoadReport, LoadSpec};
+use crate::models::attention::{
+    additive_mask, attend_with_dropout, ids_tensor, merge_heads, split_heads,
+};
 
 /// The fields of BERT's `config.json` that the model uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -761,7 +763,8 @@ pub fn load<B: Backend>(
     let cfg = read_config(dir)?;
     let mut model = cfg.init::<B>(device);
     let files = crate::load::weights::weight_files(dir)?;
-    let report = crate::load::weights::load_into(&mut model, &files, &BertConfig::model_load_spec())?;
+    let report =
+        crate::load::weights::load_into(&mut model, &files, &BertConfig::model_load_spec())?;
     Ok((cfg, model, report))
 }
 

@@ -8,10 +8,10 @@ use burn::prelude::*;
 use kiln_peft::adapter::maybe_adapt;
 use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
 
-use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
 use crate::load::config::{Activation, RawConfig};
 use crate::load::error::Result;
 use crate::load::weights::LoadSpec;
+use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
 
 /// The fields of GPT-2's `config.json` that the forward pass uses.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,10 +10,10 @@ use burn::prelude::*;
 use kiln_peft::adapter::maybe_adapt;
 use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
 
-use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
 use crate::load::config::{Activation, RawConfig};
 use crate::load::error::Result;
 use crate::load::weights::LoadSpec;
+use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
 
 /// OPT's learned positions start at index 2 of `embed_positions`.
 pub const POSITION_OFFSET: i64 = 2;
@@ -322,7 +322,8 @@ impl<B: Backend> OptForCausalLm<B> {
         let [b, s] = ids.dims();
         let ones = vec![vec![1u8; s]; b];
         let mask = attention_mask.unwrap_or(&ones);
-        let positions = crate::models::attention::positions_from_mask::<B>(mask, -1, 0, &ids.device());
+        let positions =
+            crate::models::attention::positions_from_mask::<B>(mask, -1, 0, &ids.device());
         let h = self.hidden(ids, positions, mask, None);
         self.logits(h)
     }
@@ -380,7 +381,11 @@ impl<B: Backend> crate::generate::causal::CausalLm<B> for OptForCausalLm<B> {
 pub fn load<B: Backend>(
     dir: &Path,
     device: &B::Device,
-) -> Result<(OptConfig, OptForCausalLm<B>, crate::load::weights::LoadReport)> {
+) -> Result<(
+    OptConfig,
+    OptForCausalLm<B>,
+    crate::load::weights::LoadReport,
+)> {
     let raw = RawConfig::load(&dir.join("config.json"))?;
     let mt = raw.model_type()?;
     if mt != "opt" {

@@ -23,11 +23,13 @@ use burn::prelude::*;
 use kiln_peft::adapter::maybe_adapt;
 use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
 
-use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, KvCache, LayerCache};
+use crate::generate::seq2seq::{encoder_inputs, grouped_attend, EncoderDecoder};
 use crate::load::config::{Activation, RawConfig};
 use crate::load::error::{Error, Result};
-use crate::generate::seq2seq::{encoder_inputs, grouped_attend, EncoderDecoder};
 use crate::load::weights::{LoadReport, LoadSpec};
+use crate::models::attention::{
+    additive_mask, attend, merge_heads, split_heads, KvCache, LayerCache,
+};
 
 /// The fields of T5's `config.json` that the forward pass uses.
 #[derive(Debug, Clone, PartialEq)]

@@ -22,9 +22,9 @@ use kiln_peft::prompt::{
 };
 use kiln_peft::PeftError;
 
+use crate::load::error::{Error, Result};
 use crate::models::attention::ids_tensor;
 use crate::models::bert::{BertBatch, BertForSequenceClassification};
-use crate::load::error::{Error, Result};
 use crate::prompt::{peft_err, prompt_from_file, text_init_rows};
 
 /// peft's keys for the saved classification head.

@@ -21,11 +21,11 @@ use kiln_peft::prompt::{
     read_prompt, save_prompt, PromptEncoder, PromptLearningConfig, PromptMethod,
 };
 
-use crate::models::attention::{ids_tensor, positions_from_mask, KvCache, LayerCache};
-use crate::load::auto::CausalModel;
 use crate::generate::causal::{CausalLm, CausalSession};
-use crate::load::error::{Error, Result};
 use crate::generate::DecodeSession;
+use crate::load::auto::CausalModel;
+use crate::load::error::{Error, Result};
+use crate::models::attention::{ids_tensor, positions_from_mask, KvCache, LayerCache};
 use crate::prompt::{peft_err, prompt_from_file, text_init_rows};
 
 /// A decoder-only model with a trainable prompt (peft's `PeftModelForCausalLM` for `PROMPT_TUNING` /

@@ -22,11 +22,11 @@ use kiln_peft::prompt::{
     read_prompt, save_prompt, PromptEncoder, PromptLearningConfig, PromptMethod,
 };
 
-use crate::models::attention::{ids_tensor, KvCache, LayerCache};
+use crate::generate::seq2seq::EncoderDecoder;
 use crate::load::auto::Seq2SeqModel;
 use crate::load::error::{Error, Result};
+use crate::models::attention::{ids_tensor, KvCache, LayerCache};
 use crate::prompt::{peft_err, prompt_from_file, text_init_rows};
-use crate::generate::seq2seq::EncoderDecoder;
 
 /// An encoder-decoder model with a trainable prompt (peft's `PeftModelForSeq2SeqLM` for `PROMPT_TUNING` /
 /// `PREFIX_TUNING`). The base model is frozen; only `prompt` requires grad (unless loaded for inference).
@@ -168,7 +168,12 @@ impl<B: Backend> Seq2SeqPromptModel<B> {
         decoder_input_ids: &[Vec<u32>],
     ) -> Result<Tensor<B, 3>> {
         let device = EncoderDecoder::<B>::device(self);
-        let ids = crate::generate::seq2seq::encoder_inputs::<B>(input_ids, attention_mask, self.vocab_size(), &device)?;
+        let ids = crate::generate::seq2seq::encoder_inputs::<B>(
+            input_ids,
+            attention_mask,
+            self.vocab_size(),
+            &device,
+        )?;
         let enc = self.encode(ids, attention_mask)?;
         self.decoder_logits(
             ids_tensor::<B>(decoder_input_ids, &device),
@@ -244,7 +249,9 @@ impl<B: Backend> EncoderDecoder<B> for Seq2SeqPromptModel<B> {
             PromptMethod::PrefixTuning => self.num_virtual_tokens(),
             _ => 0,
         };
-        self.model.max_target_positions().map(|m| m.saturating_sub(n))
+        self.model
+            .max_target_positions()
+            .map(|m| m.saturating_sub(n))
     }
 
     /// Prefix tuning: `self_mask` covers the real decoder tokens only; the `n` prefix positions are prepended

@@ -66,7 +66,13 @@ fn terabyte_config_on_a_small_checkpoint_is_a_shape_error_not_an_abort() {
                     v[k] = json!(65536);
                 }
             }
-            for k in ["n_layer", "num_hidden_layers", "num_layers", "encoder_layers", "decoder_layers"] {
+            for k in [
+                "n_layer",
+                "num_hidden_layers",
+                "num_layers",
+                "encoder_layers",
+                "decoder_layers",
+            ] {
                 if v.get(k).is_some() {
                     v[k] = json!(1024);
                 }
@@ -143,7 +149,9 @@ fn special_ids_beyond_the_vocabulary_are_errors_naming_the_file_and_field() {
     ];
     for (arch, field) in cases {
         let (_t, d) = copy_fixture(arch);
-        edit_json(&d.join("generation_config.json"), |v| v[field] = json!(1101));
+        edit_json(&d.join("generation_config.json"), |v| {
+            v[field] = json!(1101)
+        });
         let e = match arch {
             "gpt2" | "opt" => CausalPipeline::<B>::load(d.to_str().unwrap(), &device())
                 .map(|_| ())
@@ -153,8 +161,14 @@ fn special_ids_beyond_the_vocabulary_are_errors_naming_the_file_and_field() {
                 .unwrap_err(),
         };
         let msg = e.to_string();
-        assert!(msg.contains("generation_config.json"), "{arch} {field}: {msg}");
-        assert!(msg.contains(field) && msg.contains("1101"), "{arch} {field}: {msg}");
+        assert!(
+            msg.contains("generation_config.json"),
+            "{arch} {field}: {msg}"
+        );
+        assert!(
+            msg.contains(field) && msg.contains("1101"),
+            "{arch} {field}: {msg}"
+        );
     }
     // The same id in config.json (no generation_config.json) names config.json.
     let (_t, d) = copy_fixture("gpt2");
@@ -164,7 +178,10 @@ fn special_ids_beyond_the_vocabulary_are_errors_naming_the_file_and_field() {
         .map(|_| ())
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("config.json") && msg.contains("eos_token_id"), "{msg}");
+    assert!(
+        msg.contains("config.json") && msg.contains("eos_token_id"),
+        "{msg}"
+    );
 }
 
 /// Classes 2 and 3 for library users who build a [`GenerationConfig`] themselves: the engine checks prompt and
@@ -172,7 +189,8 @@ fn special_ids_beyond_the_vocabulary_are_errors_naming_the_file_and_field() {
 /// a row of −inf and an arbitrary pick (greedy id 0, exit 0).
 #[test]
 fn the_engine_refuses_out_of_range_ids_before_any_forward() {
-    let p = CausalPipeline::<B>::load(fixtures().join("gpt2").to_str().unwrap(), &device()).unwrap();
+    let p =
+        CausalPipeline::<B>::load(fixtures().join("gpt2").to_str().unwrap(), &device()).unwrap();
     let (ids, mask) = p.encode_left_padded(&["Hello"]).unwrap();
     let ok = GenerationConfig {
         max_new_tokens: Some(3),
@@ -212,11 +230,18 @@ fn the_engine_refuses_out_of_range_ids_before_any_forward() {
         let e = generate(&mut CausalSession::new(&p.model), &ids, &mask, &cfg, None).unwrap_err();
         assert!(e.to_string().contains(field), "{field}: {e}");
     }
-    let e = generate(&mut CausalSession::new(&p.model), &[vec![1, 400]], &[vec![1, 1]], &ok, None)
-        .unwrap_err();
+    let e = generate(
+        &mut CausalSession::new(&p.model),
+        &[vec![1, 400]],
+        &[vec![1, 1]],
+        &ok,
+        None,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("token id 400"), "{e}");
     // Seq2seq: the decoder start and the encoder input.
-    let s = Seq2SeqPipeline::<B>::load(fixtures().join("bart").to_str().unwrap(), &device()).unwrap();
+    let s =
+        Seq2SeqPipeline::<B>::load(fixtures().join("bart").to_str().unwrap(), &device()).unwrap();
     let (ids, mask, _) = s.encode_right_padded(&["Hello"], None).unwrap();
     let cfg = GenerationConfig {
         decoder_start_token_id: Some(5000),
@@ -229,8 +254,9 @@ fn the_engine_refuses_out_of_range_ids_before_any_forward() {
         max_new_tokens: Some(3),
         ..s.generation.clone()
     };
-    let e = kiln_models::seq2seq::generate(&s.model, &[vec![0, 999, 2]], &[vec![1, 1, 1]], &cfg, None)
-        .unwrap_err();
+    let e =
+        kiln_models::seq2seq::generate(&s.model, &[vec![0, 999, 2]], &[vec![1, 1, 1]], &cfg, None)
+            .unwrap_err();
     assert!(e.to_string().contains("token id 999"), "{e}");
 }
 
@@ -248,7 +274,9 @@ fn bad_generation_settings_name_generation_config_json() {
         ("pad_token_id", json!(4294967297u64)),
     ] {
         let (_t, d) = copy_fixture("gpt2");
-        edit_json(&d.join("generation_config.json"), |v| v[field] = value.clone());
+        edit_json(&d.join("generation_config.json"), |v| {
+            v[field] = value.clone()
+        });
         let msg = GenerationConfig::from_dir(&d).unwrap_err().to_string();
         assert!(
             msg.contains("generation_config.json") && msg.contains(field),
@@ -261,7 +289,8 @@ fn bad_generation_settings_name_generation_config_json() {
 /// adapter directory, the base model's type and some modules that do exist (as peft's message lists them).
 #[test]
 fn adapter_for_another_architecture_names_the_adapter_and_the_modules_there_are() {
-    let s = Seq2SeqPipeline::<B>::load(fixtures().join("bart").to_str().unwrap(), &device()).unwrap();
+    let s =
+        Seq2SeqPipeline::<B>::load(fixtures().join("bart").to_str().unwrap(), &device()).unwrap();
     let dir = fixtures().join("peft/gpt2-lora");
     let e = kiln_peft::LoraModel::from_pretrained(s.model, &dir, false)
         .map(|_| ())
@@ -286,7 +315,17 @@ fn loadable_generation_settings_load_and_an_empty_index_is_an_error() {
     assert_eq!(p.generation.temperature, 0.0);
     let (_t, d) = copy_fixture("gpt2");
     std::fs::remove_file(d.join("model.safetensors")).unwrap();
-    std::fs::write(d.join("model.safetensors.index.json"), r#"{"weight_map": {}}"#).unwrap();
-    let e = gpt2::load::<B>(&d, &device()).map(|_| ()).unwrap_err().to_string();
-    assert!(e.contains("model.safetensors.index.json") && e.contains("weight_map"), "{e}");
+    std::fs::write(
+        d.join("model.safetensors.index.json"),
+        r#"{"weight_map": {}}"#,
+    )
+    .unwrap();
+    let e = gpt2::load::<B>(&d, &device())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.safetensors.index.json") && e.contains("weight_map"),
+        "{e}"
+    );
 }
