@@ -75,11 +75,7 @@ pub fn score(a: ScoreArgs) -> Res {
             ));
         }
         let mut pipe = Seq2SeqPipeline::<Inference>::load(&spec, &device).map_err(s)?;
-        let start = pipe
-            .generation
-            .decoder_start_token_id
-            .or(pipe.generation.bos_token_id)
-            .ok_or("the checkpoint sets neither decoder_start_token_id nor bos_token_id")?;
+        let start = pipe.generation.decoder_start().map_err(s)?;
         let prompt = match a.adapter.as_ref() {
             Some(d) if is_prompt_adapter(d)? => Some(
                 kiln_models::prompt_seq2seq::Seq2SeqPromptModel::from_pretrained(
@@ -114,15 +110,9 @@ pub fn score(a: ScoreArgs) -> Res {
                 ),
             }
             .map_err(s)?;
-            let tokens: Vec<String> = sc
-                .ids
-                .iter()
-                .map(|&i| pipe.tokenizer.decode(&[i], false).unwrap_or_default())
-                .collect();
+            let tokens = token_texts(&pipe.tokenizer, &sc.ids);
             if a.json || batch {
-                let mut v = serde_json::to_value(&sc).map_err(s)?;
-                v["tokens"] = json!(tokens);
-                println!("{v}");
+                print_with_tokens(&sc, tokens)?;
             } else {
                 for ((id, lp), t) in sc.ids.iter().zip(&sc.logprobs).zip(&tokens) {
                     println!("{id:>6} {lp:>12.5}  {t:?}");
@@ -159,14 +149,7 @@ pub fn score(a: ScoreArgs) -> Res {
         }
         .map_err(s)?;
         if a.json || batch {
-            let tokens: Vec<String> = sc
-                .ids
-                .iter()
-                .map(|&i| pipe.tokenizer.decode(&[i], false).unwrap_or_default())
-                .collect();
-            let mut v = serde_json::to_value(&sc).map_err(s)?;
-            v["tokens"] = json!(tokens);
-            println!("{v}");
+            print_with_tokens(&sc, token_texts(&pipe.tokenizer, &sc.ids))?;
         } else {
             for (i, lp) in sc.logprobs.iter().enumerate() {
                 let t = pipe
@@ -178,5 +161,20 @@ pub fn score(a: ScoreArgs) -> Res {
             println!("perplexity: {:.4}", sc.perplexity);
         }
     }
+    Ok(())
+}
+
+/// Each id decoded on its own (special tokens kept), for reports.
+fn token_texts(tok: &kiln_models::tokenizer::Tokenizer, ids: &[u32]) -> Vec<String> {
+    ids.iter()
+        .map(|&i| tok.decode(&[i], false).unwrap_or_default())
+        .collect()
+}
+
+/// One JSON line: the scores with the decoded `tokens` beside them.
+fn print_with_tokens<T: serde::Serialize>(scores: &T, tokens: Vec<String>) -> Res {
+    let mut v = serde_json::to_value(scores).map_err(s)?;
+    v["tokens"] = json!(tokens);
+    println!("{v}");
     Ok(())
 }

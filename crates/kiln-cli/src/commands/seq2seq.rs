@@ -71,11 +71,13 @@ pub fn zero_shot(a: ZeroShotArgs) -> Res {
                                 format!("{} line {}: `choices` must be strings", p.display(), i + 1)
                             })?,
                     ),
-                    Some(_) => return Err(format!(
+                    Some(_) => {
+                        return Err(format!(
                         "{} line {}: `choices` must be a list of strings or a `|`-separated string",
                         p.display(),
                         i + 1
-                    )),
+                    ))
+                    }
                 };
                 Ok((
                     field(v, "context", p, i + 1)?,
@@ -123,11 +125,7 @@ pub fn zero_shot(a: ZeroShotArgs) -> Res {
             if truncated > 0 {
                 eprintln!("warning: input truncated to the model's maximum source length");
             }
-            let start = pipe
-                .generation
-                .decoder_start_token_id
-                .or(pipe.generation.bos_token_id)
-                .ok_or("the checkpoint sets neither decoder_start_token_id nor bos_token_id")?;
+            let start = pipe.generation.decoder_start().map_err(s)?;
             let targets = choices
                 .iter()
                 .map(|x| pipe.tokenizer.encode(x, None).map(|e| e.ids))

@@ -251,6 +251,19 @@ impl GenerationConfig {
         Ok(g)
     }
 
+    /// The token an encoder-decoder's decoder starts from: `decoder_start_token_id`, else `bos_token_id` (as
+    /// transformers' `_get_decoder_start_token_id`).
+    pub fn decoder_start(&self) -> Result<u32> {
+        self.decoder_start_token_id
+            .or(self.bos_token_id)
+            .ok_or_else(|| {
+                Error::Generation(
+                    "`decoder_start_token_id` or `bos_token_id` has to be set for encoder-decoder generation"
+                        .into(),
+                )
+            })
+    }
+
     /// [`Self::check_token_ids`] for a configuration read by [`Self::from_dir`]: the error names the file the id
     /// came from (`generation_config.json`, which overrides `config.json`) and the field.
     pub fn check_token_ids_in_dir(&self, dir: &Path, vocab: usize) -> Result<()> {

@@ -100,22 +100,58 @@ pub fn score_seq2seq<B: Backend, M: EncoderDecoder<B>>(
     decoder_start: u32,
     with_logits: bool,
 ) -> Result<Seq2SeqScores> {
-    if source.is_empty() || target.is_empty() {
+    let (enc, mask) = encode_source(model, source)?;
+    score_target(
+        model,
+        enc,
+        &mask,
+        source,
+        target,
+        decoder_start,
+        with_logits,
+    )
+}
+
+/// The encoder's output for one source row (and its mask), checked.
+fn encode_source<B: Backend, M: EncoderDecoder<B>>(
+    model: &M,
+    source: &[u32],
+) -> Result<(Tensor<B, 3>, Vec<Vec<u8>>)> {
+    if source.is_empty() {
         return Err(Error::Input(
-            "need a non-empty source and target to score".into(),
+            "need a non-empty source to score against".into(),
         ));
+    }
+    let mask = vec![vec![1u8; source.len()]];
+    let ids = crate::generate::seq2seq::encoder_inputs::<B>(
+        &[source.to_vec()],
+        &mask,
+        model.vocab_size(),
+        &model.device(),
+    )?;
+    Ok((model.encode(ids, &mask)?, mask))
+}
+
+/// [`score_seq2seq`] of `target` over an encoder output computed once ([`encode_source`]).
+fn score_target<B: Backend, M: EncoderDecoder<B>>(
+    model: &M,
+    enc: Tensor<B, 3>,
+    mask: &[Vec<u8>],
+    source: &[u32],
+    target: &[u32],
+    decoder_start: u32,
+    with_logits: bool,
+) -> Result<Seq2SeqScores> {
+    if target.is_empty() {
+        return Err(Error::Input("need a non-empty target to score".into()));
     }
     let v = model.vocab_size();
     crate::models::attention::check_ids(&[vec![decoder_start]], v, "decoder_start_token_id")?;
     crate::models::attention::check_ids(&[target.to_vec()], v, "target")?;
-    let device = model.device();
-    let mask = vec![vec![1u8; source.len()]];
-    let ids = crate::generate::seq2seq::encoder_inputs::<B>(&[source.to_vec()], &mask, v, &device)?;
-    let enc = model.encode(ids, &mask)?;
     let dec: Vec<u32> = std::iter::once(decoder_start)
         .chain(target[..target.len() - 1].iter().copied())
         .collect();
-    let logits = model.decoder_logits(ids_tensor::<B>(&[dec], &device), enc, &mask)?; // [1, t, v]
+    let logits = model.decoder_logits(ids_tensor::<B>(&[dec], &model.device()), enc, mask)?; // [1, t, v]
     let [_, t, vocab] = logits.dims();
     let lp: Vec<f32> = log_softmax(logits.clone(), 2)
         .into_data()
@@ -137,8 +173,9 @@ pub fn score_seq2seq<B: Backend, M: EncoderDecoder<B>>(
 }
 
 /// Rank classification (Sanh et al. 2021, how T0 is evaluated): each of `choices` (token ids, as the tokenizer
-/// gives a target) scored as the target given `source`; returns each choice's summed log-probability and its
-/// length-normalised mean, in order. The prediction is the choice with the highest score of the kind chosen.
+/// gives a target) scored as the target given `source` (the encoder runs once); returns each choice's summed
+/// log-probability and its length-normalised mean, in order. The prediction is the choice with the highest score
+/// of the kind chosen.
 pub fn rank_choices<B: Backend, M: EncoderDecoder<B>>(
     model: &M,
     source: &[u32],
@@ -148,10 +185,11 @@ pub fn rank_choices<B: Backend, M: EncoderDecoder<B>>(
     if choices.is_empty() {
         return Err(Error::Input("no answer choices to rank".into()));
     }
+    let (enc, mask) = encode_source(model, source)?;
     choices
         .iter()
         .map(|c| {
-            let s = score_seq2seq(model, source, c, decoder_start, false)?;
+            let s = score_target(model, enc.clone(), &mask, source, c, decoder_start, false)?;
             Ok((s.sum, s.sum / c.len() as f32))
         })
         .collect()

@@ -364,9 +364,7 @@ pub fn generate<B: Backend, M: EncoderDecoder<B>>(
     cfg: &GenerationConfig,
     on_token: Option<&mut dyn FnMut(&[u32])>,
 ) -> Result<GenerateOutput> {
-    let start = cfg.decoder_start_token_id.or(cfg.bos_token_id).ok_or_else(|| {
-        Error::Generation("`decoder_start_token_id` or `bos_token_id` has to be set for encoder-decoder generation".into())
-    })?;
+    let start = cfg.decoder_start()?;
     cfg.check_token_ids(model.vocab_size())?;
     let mut session = Seq2SeqSession::new(model, input_ids, attention_mask)?;
     let b = input_ids.len();
