@@ -36,31 +36,9 @@ pub fn embed(a: EmbedArgs) -> Res {
     let tok = kiln_models::tokenizer::Tokenizer::from_dir(&dir)
         .map_err(s)?
         .with_model_vocab(cfg.vocab_size);
-    let texts: Vec<&str> = a.text.iter().map(String::as_str).collect();
-    if !a.text_pair.is_empty() && a.text_pair.len() != texts.len() {
-        return Err(format!(
-            "{} --text-pair for {} --text: give one second text per text",
-            a.text_pair.len(),
-            texts.len()
-        ));
-    }
+    let rows = flag_rows(&a.text, &a.text_pair)?;
     let max_len = max_len_for(a.max_len, cfg.max_position_embeddings);
-    let encs = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| match a.text_pair.get(i) {
-            Some(b) => tok.encode_pair(t, b, Some(max_len)),
-            None => tok.encode(t, Some(max_len)),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(s)?;
-    let cut = encs.iter().filter(|e| e.truncated).count();
-    if cut > 0 {
-        eprintln!(
-            "warning: {cut} of {} texts were longer than {max_len} tokens and were truncated",
-            encs.len()
-        );
-    }
+    let encs = encode_rows(&tok, &rows, max_len)?;
     let pad = tok.token_to_id("[PAD]").unwrap_or(0);
     let e = model.embeddings_of(&encs, pad).map_err(s)?;
     let [n, d] = e.dims();
@@ -69,14 +47,14 @@ pub fn embed(a: EmbedArgs) -> Res {
         .convert::<f32>()
         .to_vec()
         .map_err(|e| format!("{e:?}"))?;
-    let rows: Vec<&[f32]> = (0..n).map(|i| &v[i * d..(i + 1) * d]).collect();
+    let embeddings: Vec<&[f32]> = (0..n).map(|i| &v[i * d..(i + 1) * d]).collect();
     if a.json {
         println!(
             "{}",
-            json!({"model": a.model.spec(), "dim": d, "embeddings": rows})
+            json!({"model": a.model.spec(), "dim": d, "embeddings": embeddings})
         );
     } else {
-        for (t, r) in texts.iter().zip(&rows) {
+        for ((t, _), r) in rows.iter().zip(&embeddings) {
             let head: Vec<String> = r.iter().take(6).map(|x| format!("{x:.4}")).collect();
             println!("{t:?}: [{} …] (dim {d})", head.join(", "));
         }
@@ -115,13 +93,6 @@ pub struct ClassifyArgs {
 }
 
 pub fn classify(a: ClassifyArgs) -> Res {
-    if !a.text_pair.is_empty() && a.text_pair.len() != a.text.len() {
-        return Err(format!(
-            "{} --text-pair for {} --text: give one second text per text",
-            a.text_pair.len(),
-            a.text.len()
-        ));
-    }
     let rows: Vec<(String, Option<String>)> = match &a.input {
         Some(p) => read_jsonl(p)?
             .iter()
@@ -134,12 +105,7 @@ pub fn classify(a: ClassifyArgs) -> Res {
                 Ok((field(v, "text", p, i + 1)?, pair))
             })
             .collect::<Result<_, String>>()?,
-        None => a
-            .text
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), a.text_pair.get(i).cloned()))
-            .collect(),
+        None => flag_rows(&a.text, &a.text_pair)?,
     };
     let device = backend::device()?;
     let dir = resolve_model(&a.model.spec()).map_err(s)?;
@@ -154,21 +120,7 @@ pub fn classify(a: ClassifyArgs) -> Res {
         .map_err(s)?
         .with_model_vocab(cfg.vocab_size);
     let max_len = max_len_for(a.max_len, cfg.max_position_embeddings);
-    let encs = rows
-        .iter()
-        .map(|(t, pair)| match pair {
-            Some(b) => tok.encode_pair(t, b, Some(max_len)),
-            None => tok.encode(t, Some(max_len)),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(s)?;
-    let cut = encs.iter().filter(|e| e.truncated).count();
-    if cut > 0 {
-        eprintln!(
-            "warning: {cut} of {} texts were longer than {max_len} tokens and were truncated",
-            encs.len()
-        );
-    }
+    let encs = encode_rows(&tok, &rows, max_len)?;
     let pad = tok.token_to_id("[PAD]").unwrap_or(0);
     let batch = kiln_models::bert::BertBatch::from_encodings(&encs, pad).map_err(s)?;
     let logits = model.forward_batch(&batch).map_err(s)?;
@@ -214,4 +166,45 @@ fn max_len_for(flag: Option<usize>, positions: usize) -> usize {
         Some(m) => m,
         None => positions,
     }
+}
+
+/// `--text` with its `--text-pair` (one second text per text, or none) as rows.
+fn flag_rows(text: &[String], pair: &[String]) -> Result<Vec<(String, Option<String>)>, String> {
+    if !pair.is_empty() && pair.len() != text.len() {
+        return Err(format!(
+            "{} --text-pair for {} --text: give one second text per text",
+            pair.len(),
+            text.len()
+        ));
+    }
+    Ok(text
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), pair.get(i).cloned()))
+        .collect())
+}
+
+/// Encode texts and sentence pairs (`[CLS] a [SEP] b [SEP]`, token types 0/1), cut to `max_len` tokens, with a
+/// warning counting the texts that were cut.
+fn encode_rows(
+    tok: &kiln_models::tokenizer::Tokenizer,
+    rows: &[(String, Option<String>)],
+    max_len: usize,
+) -> Result<Vec<kiln_models::tokenizer::Encoding>, String> {
+    let encs = rows
+        .iter()
+        .map(|(t, pair)| match pair {
+            Some(b) => tok.encode_pair(t, b, Some(max_len)),
+            None => tok.encode(t, Some(max_len)),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(s)?;
+    let cut = encs.iter().filter(|e| e.truncated).count();
+    if cut > 0 {
+        eprintln!(
+            "warning: {cut} of {} texts were longer than {max_len} tokens and were truncated",
+            encs.len()
+        );
+    }
+    Ok(encs)
 }

@@ -58,7 +58,7 @@ impl ModelArg {
 
 /// Generation settings, named as in transformers' GenerationConfig; unset ones come from the
 /// checkpoint's generation_config.json.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct GenArgs {
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
@@ -121,34 +121,7 @@ impl GenArgs {
 
     /// Whether any generation flag was given.
     pub fn any_set(&self) -> bool {
-        let GenArgs {
-            max_new_tokens,
-            min_new_tokens,
-            do_sample,
-            temperature,
-            top_k,
-            top_p,
-            repetition_penalty,
-            no_repeat_ngram_size,
-            num_beams,
-            early_stopping,
-            length_penalty,
-            num_return_sequences,
-            seed,
-        } = self;
-        max_new_tokens.is_some()
-            || min_new_tokens.is_some()
-            || do_sample.is_some()
-            || temperature.is_some()
-            || top_k.is_some()
-            || top_p.is_some()
-            || repetition_penalty.is_some()
-            || no_repeat_ngram_size.is_some()
-            || num_beams.is_some()
-            || early_stopping.is_some()
-            || length_penalty.is_some()
-            || num_return_sequences.is_some()
-            || seed.is_some()
+        *self != GenArgs::default()
     }
 
     /// Overlay the flags on the checkpoint defaults and validate the result.
@@ -250,8 +223,10 @@ pub fn random_head_warning(
         return Ok(None);
     }
     if let Some(a) = adapter {
-        let tensors = kiln_peft::read_tensors(&a.join("adapter_model.safetensors")).map_err(s)?;
-        if tensors.keys().any(|k| k.contains("classifier")) {
+        // The header is enough (the adapter's tensors are read again when it is applied).
+        let tensors = kiln_models::weights::inspect_safetensors(&a.join("adapter_model.safetensors"))
+            .map_err(s)?;
+        if tensors.iter().any(|t| t.name.contains("classifier")) {
             return Ok(None);
         }
     }
