@@ -343,15 +343,16 @@ struct ParamShape {
 /// Every float parameter of `model` by path (norm parameters under both burn's `gamma`/`beta` and the
 /// checkpoint's `weight`/`bias`), from the parameters' lazy shapes: visiting initialises nothing, unlike
 /// burn-store's `collect`, which reads every value (and so fills a random initialisation of the whole model).
-/// Also returns the backend's name (`B::name` of the parameters' device).
+/// Also returns the backend's name (`B::name` of the parameters' device) and the number of parameter values.
 fn param_shapes<B: Backend, M: Module<B>>(
     model: &M,
-) -> (std::collections::HashMap<String, ParamShape>, String) {
+) -> (std::collections::HashMap<String, ParamShape>, String, u64) {
     struct V {
         path: Vec<String>,
         containers: Vec<String>,
         out: std::collections::HashMap<String, ParamShape>,
         backend: Option<String>,
+        numel: u64,
     }
     impl<B: Backend> burn::module::ModuleVisitor<B> for V {
         fn enter_module(&mut self, name: &str, container_type: &str) {
@@ -367,8 +368,12 @@ fn param_shapes<B: Backend, M: Module<B>>(
                 self.backend = Some(B::name(&param.lazy_device()));
             }
             let p = self.path.join(".");
+            let dims = param.lazy_shape().to_vec();
+            self.numel = self
+                .numel
+                .saturating_add(dims.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64)));
             let shape = ParamShape {
-                shape: param.lazy_shape().to_vec(),
+                shape: dims,
                 linear_weight: D == 2
                     && self.path.last().map(String::as_str) == Some("weight")
                     && self
@@ -393,9 +398,10 @@ fn param_shapes<B: Backend, M: Module<B>>(
         containers: Vec::new(),
         out: Default::default(),
         backend: None,
+        numel: 0,
     };
     model.visit(&mut v);
-    (v.out, v.backend.unwrap_or_default())
+    (v.out, v.backend.unwrap_or_default(), v.numel)
 }
 
 /// Bytes of memory this process can still use: `MemAvailable` from `/proc/meminfo`, lowered to the cgroup's
@@ -462,7 +468,7 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
     // The module's parameters as their lazy shapes: nothing is initialised here (burn's parameters are
     // lazy; a parameter that the checkpoint provides is replaced by the loaded tensor without ever being
     // randomly initialised, and one it does not provide is initialised when first used).
-    let (params, backend) = param_shapes(model);
+    let (params, backend, numel) = param_shapes(model);
     let remaps: Vec<(regex::Regex, String)> = spec
         .remaps
         .iter()
@@ -479,10 +485,16 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
     // that disagree with the config are errors naming the file and key.
     let mut headers = Vec::with_capacity(files.len());
     for file in files {
-        let infos = inspect_safetensors(file)?;
-        for info in &infos {
-            let key = remap(&info.name);
-            let Some(p) = params.get(&key) else { continue };
+        // Each tensor with its key after the architecture's remaps (computed once, used again below).
+        let infos: Vec<(TensorInfo, String)> = inspect_safetensors(file)?
+            .into_iter()
+            .map(|info| {
+                let key = remap(&info.name);
+                (info, key)
+            })
+            .collect();
+        for (info, key) in &infos {
+            let Some(p) = params.get(key) else { continue };
             if !matches!(info.dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
                 return Err(Error::Dtype {
                     path: file.clone(),
@@ -507,21 +519,9 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
         }
         headers.push(infos);
     }
-    // The config's model, in bytes, against the memory there is (the parameters are f32 once loaded). Norm
-    // parameters are listed under two names; count each once. Only for the CPU backends: on a GPU the
-    // parameters live in device memory, which this does not see.
-    let needed: u64 = params
-        .iter()
-        .filter(|(k, _)| {
-            !(k.ends_with(".gamma") || k.ends_with(".beta"))
-                || !params.contains_key(&k.replace(".gamma", ".weight").replace(".beta", ".bias"))
-        })
-        .map(|(_, p)| {
-            p.shape
-                .iter()
-                .fold(4u64, |a, &d| a.saturating_mul(d as u64))
-        })
-        .fold(0u64, u64::saturating_add);
+    // The config's model, in bytes, against the memory there is (the parameters are f32 once loaded). Only for
+    // the CPU backends: on a GPU the parameters live in device memory, which this does not see.
+    let needed = numel.saturating_mul(4);
     let cpu = ["flex", "ndarray"]
         .iter()
         .any(|n| backend.to_lowercase().contains(n));
@@ -540,11 +540,10 @@ pub fn load_into<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
         // it, converted, and dropped, so peak memory is the model plus one tensor — a memory map of the whole
         // file would add the checkpoint's size again to the resident set while loading.
         let mut snapshots = Vec::with_capacity(infos.len());
-        for info in &infos {
+        for (info, key) in &infos {
             let Some(dtype) = burn_dtype(&info.dtype) else {
                 continue;
             };
-            let key = remap(&info.name);
             let (path, start, len, shape) = (
                 file.clone(),
                 info.start,

@@ -140,7 +140,6 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// An `[b, s]` Int tensor from rows of ids.
 /// An error naming the first id in `rows` at or beyond `vocab` (`what` says which input), so that no
 /// out-of-range index from user data reaches a backend's embedding gather.
 pub fn check_ids(rows: &[Vec<u32>], vocab: usize, what: &str) -> crate::Result<()> {
@@ -154,6 +153,7 @@ pub fn check_ids(rows: &[Vec<u32>], vocab: usize, what: &str) -> crate::Result<(
     Ok(())
 }
 
+/// An `[b, s]` Int tensor from rows of ids.
 pub fn ids_tensor<B: Backend>(rows: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
     let b = rows.len();
     let s = rows.first().map_or(0, |r| r.len());
