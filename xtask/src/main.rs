@@ -135,6 +135,21 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// `kiln train --recipe name --out dir --json` with `extra` flags; its summary.
+fn train_recipe(bin: &Path, name: &str, dir: &Path, extra: &[String]) -> Result<Value, String> {
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        "--recipe".into(),
+        name.into(),
+        "--out".into(),
+        dir.display().to_string(),
+        "--json".into(),
+    ];
+    args.extend(extra.iter().cloned());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    serde_json::from_str(kiln(bin, &a)?.trim()).map_err(|e| format!("{name}: {e}"))
+}
+
 fn demo(out: &Path) -> Result<(), String> {
     let out = if out.is_absolute() {
         out.to_path_buf()
@@ -236,19 +251,7 @@ fn demo(out: &Path) -> Result<(), String> {
     ];
     for (name, extra) in recipes {
         println!("== {name}");
-        let dir = out.join(name);
-        let mut args: Vec<String> = vec![
-            "train".into(),
-            "--recipe".into(),
-            name.into(),
-            "--out".into(),
-            dir.display().to_string(),
-            "--json".into(),
-        ];
-        args.extend(extra);
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let v: Value =
-            serde_json::from_str(kiln(&bin, &a)?.trim()).map_err(|e| format!("{name}: {e}"))?;
+        let v = train_recipe(&bin, name, &out.join(name), &extra)?;
         let mut short = v.clone();
         if let Some(o) = short.as_object_mut() {
             o.remove("train");
@@ -284,13 +287,7 @@ fn demo(out: &Path) -> Result<(), String> {
     ] {
         let dir = out.join("real-weights").join(name);
         let started = std::time::Instant::now();
-        let args: Vec<String> = vec![
-            "train".into(),
-            "--recipe".into(),
-            name.into(),
-            "--out".into(),
-            dir.display().to_string(),
-            "--json".into(),
+        let extra: Vec<String> = vec![
             "--model".into(),
             bert_dir.clone(),
             "--dataset".into(),
@@ -300,9 +297,7 @@ fn demo(out: &Path) -> Result<(), String> {
             "--learning-rate".into(),
             lr.into(),
         ];
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let v: Value =
-            serde_json::from_str(kiln(&bin, &a)?.trim()).map_err(|e| format!("{name}: {e}"))?;
+        let v = train_recipe(&bin, name, &dir, &extra)?;
         real_rows.push(json!({
             "recipe": name, "method": what, "parameters": v["parameters"],
             "held_out_accuracy": v["final_eval"]["accuracy"], "eval_examples": v["eval_examples"],

@@ -25,6 +25,27 @@ fn kiln(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A copy of fixture checkpoint `name` in `to`, to damage.
+fn copy_fixture(name: &str, to: &Path) -> PathBuf {
+    let d = to.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    for e in std::fs::read_dir(fixtures().join(name)).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+    }
+    d
+}
+
+/// Rewrite a JSON file through `f`.
+fn edit_json(p: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(p, v.to_string()).unwrap();
+}
+
 fn fx(p: &str) -> String {
     fixtures().join(p).display().to_string()
 }

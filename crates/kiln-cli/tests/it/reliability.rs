@@ -1,29 +1,9 @@
 //! Issue 15 through the binary: no input file makes `kiln` exit 101 or die by a signal; each is an `error:`
 //! line naming the file, exit 1.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::fixtures;
-
-fn copy_fixture(name: &str, to: &Path) -> PathBuf {
-    let d = to.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    for e in std::fs::read_dir(fixtures().join(name)).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
-        }
-    }
-    d
-}
-
-fn edit_json(p: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-    f(&mut v);
-    std::fs::write(p, v.to_string()).unwrap();
-}
+use super::{copy_fixture, edit_json, fixtures};
 
 /// Runs kiln; asserts a clean failure (exit code 1, not 101 or a signal) and returns stderr.
 fn fails_cleanly(args: &[&str], env: &[(&str, &str)]) -> String {

@@ -2,7 +2,7 @@
 //! search's `sequences_scores`, as transformers' `generate` returns them
 //! (fixtures/reference/return_sequences.json, from fixtures/generate_return_sequences.py).
 
-use super::{fixtures, fx, kiln};
+use super::{copy_fixture, edit_json, fixtures, fx, kiln};
 
 fn reference() -> serde_json::Value {
     let p = fixtures().join("reference/return_sequences.json");
@@ -331,17 +331,10 @@ fn template_placeholders_and_do_sample_false() {
     ]);
     assert!(!ok && stderr.contains("{context}"), "{stderr}");
     let t = tempfile::tempdir().unwrap();
-    let d = t.path().join("gpt2");
-    std::fs::create_dir(&d).unwrap();
-    for e in std::fs::read_dir(fixtures().join("gpt2")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
-    }
-    let g = d.join("generation_config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&g).unwrap()).unwrap();
-    v["do_sample"] = serde_json::json!(true);
-    std::fs::write(&g, v.to_string()).unwrap();
+    let d = copy_fixture("gpt2", t.path());
+    edit_json(&d.join("generation_config.json"), |v| {
+        v["do_sample"] = serde_json::json!(true)
+    });
     let ds = d.display().to_string();
     let greedy = |dir: &str, extra: &[&str]| {
         let mut a = vec![
