@@ -12,6 +12,7 @@ pub const IGNORE_INDEX: i64 = -100;
 /// Which side padding goes on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaddingSide {
+    /// Pad after the real tokens (the default; for training and encoders).
     #[default]
     Right,
     /// For decoder-only generation, so the last position is the last real token.
@@ -61,6 +62,7 @@ impl Default for BatchOptions {
 /// Batch labels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Labels {
+    /// No labels: the examples carry no target ([`Target::None`]).
     None,
     /// One class per row.
     Class(Vec<i64>),

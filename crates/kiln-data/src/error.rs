@@ -43,9 +43,12 @@ pub enum Error {
     #[error("{0}")]
     Malformed(RowError),
 
+    /// An I/O error reading a local data file.
     #[error("{path}: {source}")]
     Io {
+        /// The file being read.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -57,22 +60,31 @@ pub enum Error {
     /// No file for the split in a directory or hub repository.
     #[error("{dataset}: no file for split `{split}`{hint}")]
     NoSplit {
+        /// The dataset as given (path or hub repository id).
         dataset: String,
+        /// The split's canonical name (`train`, `validation`, `test`).
         split: String,
+        /// Extra context appended to the message, e.g. ` (data files: …)`; may be empty.
         hint: String,
     },
 
     /// Files for the split in several configurations (subdirectories); pick one with `LoadOptions::config`.
     #[error("{dataset}: split `{split}` exists in several configurations ({}); set the config", configs.join(", "))]
     AmbiguousConfig {
+        /// The dataset as given (path or hub repository id).
         dataset: String,
+        /// The split's canonical name (`train`, `validation`, `test`).
         split: String,
+        /// The configuration directories holding files for the split, sorted.
         configs: Vec<String>,
     },
 
     /// A file whose extension is none of `.parquet`, `.jsonl`, `.json`, `.tsv`, `.csv`.
     #[error("{path}: unsupported data file (expected .parquet, .jsonl, .json, .tsv or .csv)")]
-    UnsupportedFormat { path: PathBuf },
+    UnsupportedFormat {
+        /// The file with the unsupported extension.
+        path: PathBuf,
+    },
 
     /// Invalid options or inputs (a zero batch size, mixed target kinds, ...).
     #[error("invalid input: {0}")]

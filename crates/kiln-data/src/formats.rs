@@ -15,6 +15,7 @@ use crate::error::{Error, Loc, Result, RowError};
 /// The on-disk format of a data file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
+    /// Apache Parquet (`.parquet`).
     Parquet,
     /// JSON lines (`.jsonl`, and `.json` files holding one object per line).
     Jsonl,

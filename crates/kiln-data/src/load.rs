@@ -13,8 +13,11 @@ use crate::formats::{self, Column, Format, Row, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
+    /// The training split (`train`).
     Train,
+    /// The validation split (`validation`; also matched by `dev`, `valid`, `val` file names).
     Validation,
+    /// The test split (`test`).
     Test,
 }
 

@@ -26,8 +26,11 @@ pub const DEFAULT_SEED: u64 = 0x6b69_6c6e;
 /// A confidence interval: rouge-score's `AggregateScore(low, mid, high)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AggregateScore {
+    /// Lower bound: the `(1 - ci) / 2` percentile of the bootstrap means (2.5th for `ci = 0.95`).
     pub low: Score,
+    /// The median (50th percentile) of the bootstrap means, not the plain mean.
     pub mid: Score,
+    /// Upper bound: the `1 - (1 - ci) / 2` percentile of the bootstrap means (97.5th for `ci = 0.95`).
     pub high: Score,
 }
 
@@ -198,14 +201,17 @@ impl BootstrapAggregator {
         self
     }
 
+    /// The base resampling seed (default [`DEFAULT_SEED`]); each type uses `seed ^ fnv1a(type name)`.
     pub fn seed(&self) -> u64 {
         self.seed
     }
 
+    /// Number of bootstrap resamples per type (default 1000).
     pub fn n_samples(&self) -> usize {
         self.n_samples
     }
 
+    /// Confidence level of the interval in `[0, 1]` (default 0.95).
     pub fn confidence_interval(&self) -> f64 {
         self.confidence_interval
     }

@@ -23,6 +23,8 @@
 //! # Ok::<(), kiln_metrics::MetricsError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod aggregate;
 pub mod bench;
 pub mod porter;
@@ -41,7 +43,12 @@ pub use rouge::{
 pub enum MetricsError {
     /// Two inputs that must be parallel have different lengths.
     #[error("length mismatch: {left} predictions/targets vs {right} labels/predictions")]
-    LengthMismatch { left: usize, right: usize },
+    LengthMismatch {
+        /// Length of the first input (predictions, or targets for ROUGE).
+        left: usize,
+        /// Length of the second input (labels, or predictions for ROUGE).
+        right: usize,
+    },
     /// An input that must be non-empty is empty (the name says which).
     #[error("{0} is empty")]
     Empty(&'static str),

@@ -62,16 +62,27 @@ use crate::MetricsError;
 /// A ROUGE variant: `rouge1`..`rouge9` (n-grams), `rougeL` (LCS) or `rougeLsum` (summary-level LCS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RougeType {
+    /// `rouge1`: unigram overlap.
     Rouge1,
+    /// `rouge2`: bigram overlap.
     Rouge2,
+    /// `rouge3`: trigram overlap.
     Rouge3,
+    /// `rouge4`: 4-gram overlap.
     Rouge4,
+    /// `rouge5`: 5-gram overlap.
     Rouge5,
+    /// `rouge6`: 6-gram overlap.
     Rouge6,
+    /// `rouge7`: 7-gram overlap.
     Rouge7,
+    /// `rouge8`: 8-gram overlap.
     Rouge8,
+    /// `rouge9`: 9-gram overlap.
     Rouge9,
+    /// `rougeL`: longest common subsequence over the whole token sequences (newlines ignored).
     RougeL,
+    /// `rougeLsum`: summary-level LCS over newline-separated sentences (ROUGE-1.5.5).
     RougeLsum,
 }
 
@@ -173,8 +184,11 @@ impl<'de> Deserialize<'de> for RougeType {
 /// Precision, recall and F1 (rouge-score's `Score` namedtuple).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Score {
+    /// Precision: matches / number of prediction n-grams (or prediction tokens for the LCS types), in `[0, 1]`.
     pub precision: f64,
+    /// Recall: matches / number of reference n-grams (or reference tokens for the LCS types), in `[0, 1]`.
     pub recall: f64,
+    /// F1, the harmonic mean `2PR / (P + R)` (0 when `P + R = 0`).
     pub fmeasure: f64,
 }
 
@@ -225,6 +239,7 @@ impl<V> Default for ByType<V> {
 }
 
 impl<V> ByType<V> {
+    /// An empty map.
     pub fn new() -> Self {
         Self::default()
     }
@@ -242,6 +257,7 @@ impl<V> ByType<V> {
             .map(|(_, v)| v)
     }
 
+    /// Mutable access to the value for `ty`, if present.
     pub fn get_mut(&mut self, ty: RougeType) -> Option<&mut V> {
         self.entries
             .iter_mut()
@@ -257,22 +273,27 @@ impl<V> ByType<V> {
         }
     }
 
+    /// `(type, value)` pairs in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (RougeType, &V)> + '_ {
         self.entries.iter().map(|(t, v)| (*t, v))
     }
 
+    /// The types present, in insertion order.
     pub fn types(&self) -> impl Iterator<Item = RougeType> + '_ {
         self.entries.iter().map(|(t, _)| *t)
     }
 
+    /// Number of types present.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no type is present.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// The `(type, value)` pairs in insertion order.
     pub fn into_vec(self) -> Vec<(RougeType, V)> {
         self.entries
     }
@@ -320,6 +341,7 @@ impl<V: Serialize> Serialize for ByType<V> {
 /// A custom tokenizer for [`RougeScorer::with_tokenizer`] (rouge-score's `tokenizer=` argument: any object
 /// with a `tokenize(text)` method). Closures `Fn(&str) -> Vec<String>` implement it.
 pub trait RougeTokenizer: Send + Sync {
+    /// Splits `text` into tokens (already lowercased/stemmed as the tokenizer sees fit).
     fn tokenize(&self, text: &str) -> Vec<String>;
 }
 
@@ -336,10 +358,12 @@ where
 /// id-producing fast path); it is here for inspecting tokens and as a base for custom tokenizers.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultTokenizer {
+    /// Whether tokens longer than 3 characters are reduced with NLTK's Porter stemmer.
     pub use_stemmer: bool,
 }
 
 impl DefaultTokenizer {
+    /// A tokenizer that stems when `use_stemmer` is true.
     pub fn new(use_stemmer: bool) -> Self {
         DefaultTokenizer { use_stemmer }
     }
@@ -649,10 +673,12 @@ impl RougeScorer {
         self
     }
 
+    /// The types this scorer computes, deduplicated, in the order they were given.
     pub fn rouge_types(&self) -> &[RougeType] {
         &self.types
     }
 
+    /// Whether the default tokenizer stems tokens (always `false` with a custom tokenizer).
     pub fn uses_stemmer(&self) -> bool {
         self.use_stemmer
     }

@@ -56,6 +56,8 @@
 //! More in `crates/kiln-models/examples/`: `generate`, `summarize_with_adapter` (BART + a PEFT LoRA adapter),
 //! `classify` and `embed_similarity` (`cargo run --release -p kiln-models --example generate`).
 
+#![warn(missing_docs)]
+
 pub mod generate;
 pub mod load;
 pub mod models;

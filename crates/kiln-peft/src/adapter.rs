@@ -27,9 +27,13 @@ pub enum AdapterPlacement {
 /// Non-linearity of the bottleneck.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AdapterActivation {
+    /// ReLU (the default).
     Relu,
+    /// GELU (exact, erf-based).
     Gelu,
+    /// Swish / SiLU, `x · sigmoid(x)`.
     Swish,
+    /// Hyperbolic tangent.
     Tanh,
 }
 

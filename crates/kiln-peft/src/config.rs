@@ -40,7 +40,9 @@ pub fn task_modules_to_save(task_type: Option<&str>) -> &'static [&'static str] 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Targets {
+    /// Module names, each matching a full module path or its trailing dotted components (a JSON list).
     List(Vec<String>),
+    /// One regular expression matched against the whole module path (a JSON string), or `"all-linear"`.
     Regex(String),
 }
 
@@ -62,7 +64,9 @@ impl Targets {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum LayerIndices {
+    /// A single layer index (a JSON number).
     One(usize),
+    /// Several layer indices (a JSON list); an empty list means no restriction.
     List(Vec<usize>),
 }
 
@@ -70,6 +74,7 @@ pub enum LayerIndices {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Bias {
+    /// No bias trains (peft's `"none"`, the default).
     #[default]
     None,
     /// Every bias of the model (linear layers' and LayerNorms').
@@ -83,7 +88,9 @@ pub enum Bias {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum InitLoraWeights {
+    /// `true`: kaiming-uniform A and zero B (a no-op branch at start); `false`: both random (not a no-op).
     Bool(bool),
+    /// A method name; kiln implements only `"gaussian"` (A ~ N(0, 1/r), B zero).
     Method(String),
 }
 

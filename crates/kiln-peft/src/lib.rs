@@ -9,6 +9,8 @@
 //!   [`freeze_except`] to train only them.
 //! - [`LoraConfig`] (peft's, read from / written to `adapter_config.json`) and [`LoraModel`] (inject, freeze,
 //!   count, merge/unmerge, several named adapters, save/load in peft's layout).
+//! - [`Said`]: intrinsic-dimension fine-tuning (SAID / DID, Aghajanyan et al. 2021): only d numbers train,
+//!   projected onto every parameter by the Fastfood transform ([`Fastfood`]), saved as a few kilobytes.
 //!
 //! Dependencies point one way: kiln-peft depends on burn only; kiln-models depends on kiln-peft. See
 //! docs/peft.md for the design and how other PEFT methods slot in.
@@ -48,6 +50,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod adapter;
 pub mod config;
 pub mod error;
@@ -58,6 +62,7 @@ pub mod linear;
 pub mod lora;
 pub mod model;
 pub mod prompt;
+pub mod said;
 
 pub use adapter::{
     freeze_all_but_adapters, is_adapter_path, Adapter, AdapterActivation, AdapterConfig,
@@ -71,3 +76,4 @@ pub use linear::{LoraInit, LoraLayer, PeftLinear};
 pub use lora::{check_adapter_name, LoraModel, ParamCount, PlannedLayer};
 pub use model::{base_params, BaseParam, PeftModel};
 pub use prompt::{PromptEncoder, PromptLearningConfig, PromptMethod};
+pub use said::{merge_said, Fastfood, Said, SaidConfig, SaidParams};

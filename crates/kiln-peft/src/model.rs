@@ -79,11 +79,14 @@ impl BaseParam {
 /// What [`map_base_params`] does to one parameter.
 #[derive(Debug, Clone)]
 pub enum ParamAction {
+    /// Leave the parameter as it is.
     Keep,
     /// Set its require-grad flag (meaningful on autodiff backends).
     RequireGrad(bool),
     /// Replace its value (same shape, kiln's layout), keeping its id and require-grad flag.
     Replace(TensorData),
+    /// Add to its value (same shape, kiln's layout), keeping its id and require-grad flag.
+    Add(TensorData),
 }
 
 const NORMS: &[&str] = &[
@@ -250,6 +253,12 @@ impl<B: Backend, M: PeftModel<B>> ModuleMapper<B> for Mapper<'_, '_, B, M> {
                 let new = Tensor::<B, D>::from_data(data, &t.device()).set_require_grad(rg);
                 Param::from_mapped_value(id, new, mapper)
             }
+            ParamAction::Add(data) => {
+                let (id, t, mapper) = param.consume();
+                let rg = t.is_require_grad();
+                let delta = Tensor::<B, D>::from_data(data, &t.device());
+                Param::from_mapped_value(id, (t + delta).set_require_grad(rg), mapper)
+            }
         }
     }
 }
@@ -266,4 +275,47 @@ pub fn map_base_params<B: Backend, M: PeftModel<B>>(
         f,
     };
     model.map(&mut m)
+}
+
+struct GradReader<'m, 'g, 'f, B: burn::tensor::backend::AutodiffBackend, M: PeftModel<B>> {
+    at: PathStack<'m, B, M>,
+    grads: &'g B::Gradients,
+    want: &'f mut dyn FnMut(&BaseParam) -> bool,
+    out: Vec<(BaseParam, Option<TensorData>)>,
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend, M: PeftModel<B>> ModuleVisitor<B>
+    for GradReader<'_, '_, '_, B, M>
+{
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.at.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.at.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(p) = self.at.current(param.dims().to_vec()) {
+            if (self.want)(&p) {
+                let g = param.val().grad(self.grads).map(|g| g.into_data());
+                self.out.push((p, g));
+            }
+        }
+    }
+}
+
+/// The gradients (kiln's layout) of the base parameters `want` selects, after `loss.backward()`: `None` for a
+/// parameter that did not require a gradient or did not take part in the loss.
+pub fn read_base_grads<B: burn::tensor::backend::AutodiffBackend, M: PeftModel<B>>(
+    model: &M,
+    grads: &B::Gradients,
+    want: &mut dyn FnMut(&BaseParam) -> bool,
+) -> Vec<(BaseParam, Option<TensorData>)> {
+    let mut r = GradReader {
+        at: PathStack::new(model),
+        grads,
+        want,
+        out: Vec::new(),
+    };
+    model.visit(&mut r);
+    r.out
 }

@@ -31,6 +31,7 @@ pub enum PromptMethod {
 }
 
 impl PromptMethod {
+    /// peft's `peft_type` string: `PROMPT_TUNING` or `PREFIX_TUNING`.
     pub fn peft_type(self) -> &'static str {
         match self {
             PromptMethod::PromptTuning => "PROMPT_TUNING",
@@ -44,26 +45,40 @@ impl PromptMethod {
 /// `_prepare_prompt_learning_config`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptLearningConfig {
+    /// Prompt tuning or prefix tuning (`peft_type`).
     pub method: PromptMethod,
+    /// peft's `task_type` (`CAUSAL_LM`, `SEQ_2_SEQ_LM` or `SEQ_CLS`); `None` is written as `null`.
     pub task_type: Option<String>,
+    /// Number of virtual tokens `n` prepended to every sequence (`num_virtual_tokens`, at least 1).
     pub num_virtual_tokens: usize,
+    /// Hidden size of the base model's token embeddings (`token_dim`); `None` until resolved.
     pub token_dim: Option<usize>,
+    /// `num_transformer_submodules`: 1 for decoder-only and encoder models, 2 for encoder-decoder models
+    /// (`SEQ_2_SEQ_LM`).
     pub num_transformer_submodules: Option<usize>,
+    /// Attention heads per layer of the base model (`num_attention_heads`); `None` until resolved.
     pub num_attention_heads: Option<usize>,
+    /// Transformer layers of the base model (`num_layers`); `None` until resolved.
     pub num_layers: Option<usize>,
     /// Prompt tuning: `RANDOM` (N(0, 1), torch's `nn.Embedding` default), `TEXT` or `SAMPLE_VOCAB`.
     pub prompt_tuning_init: String,
+    /// `TEXT` init: the text whose token ids initialise the prompt (`prompt_tuning_init_text`).
     pub prompt_tuning_init_text: Option<String>,
+    /// `TEXT` init: the tokenizer (hub id or directory) that encodes the init text (`tokenizer_name_or_path`).
     pub tokenizer_name_or_path: Option<String>,
     /// Prefix tuning: an MLP `Linear(token_dim, encoder_hidden_size) → tanh → Linear(…, num_layers·2·token_dim)`
     /// over `[n, token_dim]` embeddings while training. peft saves its *output* and cannot train it further after
     /// loading.
     pub prefix_projection: bool,
+    /// Prefix tuning with projection: hidden width of the MLP (`encoder_hidden_size`; defaults to `token_dim`).
     pub encoder_hidden_size: Option<usize>,
     /// Prefix tuning: `null` (random) or `"zero"`.
     pub init_weights: Option<String>,
+    /// The base model the adapter was made for, hub id or path (`base_model_name_or_path`).
     pub base_model_name_or_path: Option<String>,
+    /// Hub revision of the base model (`revision`), if one was pinned.
     pub revision: Option<String>,
+    /// peft's `inference_mode`: `true` when the prompt is loaded frozen, for inference only.
     pub inference_mode: bool,
     /// Keys kiln does not model, written back as read.
     pub other: Map<String, Value>,
@@ -469,7 +484,9 @@ pub fn text_init_ids(tokenized: &[u32], n: usize) -> Vec<u32> {
 /// peft's `PrefixEncoder.transform`: `Linear → tanh → Linear` (weights `[in, out]`).
 #[derive(Module, Debug)]
 pub struct PrefixMlp<B: Backend> {
+    /// First projection layer, `token_dim → encoder_hidden_size` (followed by tanh).
     pub fc1: Linear<B>,
+    /// Second projection layer, `encoder_hidden_size → num_layers · 2 · token_dim`.
     pub fc2: Linear<B>,
 }
 
@@ -477,7 +494,10 @@ pub struct PrefixMlp<B: Backend> {
 /// training) or `[n, num_layers · 2 · token_dim]` (prefix tuning), and the projection MLP if any.
 #[derive(Module, Debug)]
 pub struct PromptEncoder<B: Backend> {
+    /// The trainable rows: `[stored_rows, token_dim]` (prompt tuning, or the MLP input with a projection) or
+    /// `[n, num_layers · 2 · token_dim]` (prefix tuning without projection).
     pub embedding: Param<Tensor<B, 2>>,
+    /// The prefix-projection MLP (prefix tuning with `prefix_projection`, while training); `None` otherwise.
     pub transform: Option<PrefixMlp<B>>,
 }
 

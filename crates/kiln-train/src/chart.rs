@@ -98,6 +98,16 @@ pub fn line_chart(
     title: &str,
     series: &[(String, Vec<(f64, f64)>)],
 ) -> Result<(), ChartError> {
+    line_chart_xy(path, title, "step", series)
+}
+
+/// Line chart of one or more named series of (x, y) points, with `x_desc` under the x axis.
+pub fn line_chart_xy(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), ChartError> {
     register_font();
     let pts: Vec<&(f64, f64)> = series
         .iter()
@@ -129,7 +139,7 @@ pub fn line_chart(
     chart
         .configure_mesh()
         .label_style(("sans-serif", 14))
-        .x_desc("step")
+        .x_desc(x_desc)
         .draw()
         .map_err(|e| err(path, e))?;
     let colors = [BLUE, RED, GREEN, MAGENTA];

@@ -36,10 +36,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod chart;
 pub mod error;
 pub mod loss;
 pub mod recipes;
+pub mod said;
 pub mod tasks;
 pub mod trainer;
 

@@ -27,6 +27,7 @@ pub const RECIPES: &[&str] = &[
     "bert-adapters-sst2",
     "bert-lora-sst2",
     "bert-sst2",
+    "said-sst2",
     "bart-lora-cnndm",
     "bart-cnndm",
     "bart-lora-vs-full",
@@ -70,6 +71,8 @@ pub struct RecipeArgs {
     pub adapter_size: Option<usize>,
     /// Virtual tokens for the prompt / prefix tuning recipes.
     pub num_virtual_tokens: Option<usize>,
+    /// Intrinsic dimensions d for `said-sst2` (default [`SAID_DIMS`]).
+    pub intrinsic_dims: Option<Vec<usize>>,
 }
 
 impl RecipeArgs {
@@ -128,6 +131,7 @@ pub fn run_recipe<B: AutodiffBackend>(
         "bert-adapters-sst2" => bert_sst2::<B>(a, device, BertMethod::Adapters)?,
         "bert-lora-sst2" => bert_sst2::<B>(a, device, BertMethod::Lora)?,
         "bert-sst2" => bert_sst2::<B>(a, device, BertMethod::Full)?,
+        "said-sst2" => said_sst2::<B>(a, device)?,
         "prompt-tuning-sst2" => prompt_tuning_sst2::<B>(a, device)?,
         "opt-icl-sst2" => opt_icl_sst2::<B::InnerBackend>(a, &device_inner::<B>(device))?,
         "gpt2-generate" => gpt2_generate::<B::InnerBackend>(a, &device_inner::<B>(device))?,
@@ -152,7 +156,7 @@ pub fn run_recipe<B: AutodiffBackend>(
 /// `--num-virtual-tokens` outside the recipes they size.
 fn check_flags(name: &str, a: &RecipeArgs) -> Result<()> {
     let training = !matches!(name, "opt-icl-sst2" | "gpt2-generate" | "t0-zero-shot");
-    let given: [(&str, bool, bool); 12] = [
+    let given: [(&str, bool, bool); 13] = [
         (
             "--dataset",
             a.dataset.is_some(),
@@ -184,6 +188,11 @@ fn check_flags(name: &str, a: &RecipeArgs) -> Result<()> {
             "--num-virtual-tokens",
             a.num_virtual_tokens.is_some(),
             matches!(name, "prefix-cnndm" | "prompt-tuning-sst2"),
+        ),
+        (
+            "--intrinsic-dims",
+            a.intrinsic_dims.is_some(),
+            name == "said-sst2",
         ),
     ];
     for (flag, set, used) in given {
@@ -302,31 +311,7 @@ fn bert_sst2<B: AutodiffBackend>(
     let data = a.dataset_or("stanfordnlp/sst2");
     let dir = resolve_model(&model_spec)?;
     let (bert_cfg, model, load) = bert::load_for_classification::<B>(&dir, device)?;
-    // 64 tokens as the seed notebook, never more than the model has positions for.
-    let max_len = Some(bert_cfg.max_position_embeddings.min(64));
-    let tok = Tokenizer::from_dir(&dir)?.with_model_vocab(bert_cfg.vocab_size);
-    let pad = tok.token_to_id("[PAD]").unwrap_or(0);
-    let bs = a.batch_size.unwrap_or(16);
-    let train_ex = load_sst2(&data, Split::Train, &load_opts(a.max_samples))?.examples;
-    let eval_ex = load_sst2(&data, Split::Validation, &load_opts(a.max_eval_samples))?.examples;
-    let train_b = Batcher::new(
-        features("training", tokenize_sentiment(&tok, &train_ex, max_len)?),
-        BatchOptions {
-            batch_size: bs,
-            pad_id: pad,
-            shuffle: true,
-            seed: a.seed.unwrap_or(42),
-            ..Default::default()
-        },
-    )?;
-    let eval_b = Batcher::new(
-        features("evaluation", tokenize_sentiment(&tok, &eval_ex, max_len)?),
-        BatchOptions {
-            batch_size: bs,
-            pad_id: pad,
-            ..Default::default()
-        },
-    )?;
+    let (train_b, eval_b, n_train, n_eval) = bert_sst2_data(a, &dir, &bert_cfg, &data)?;
     let task = Classification { eval: eval_b };
     let mut lora_model = None;
     let (model, trainable, total) = match method {
@@ -374,10 +359,145 @@ fn bert_sst2<B: AutodiffBackend>(
     Ok(json!({
         "recipe": name, "model": model_spec, "dataset": data,
         "initialised": load.initialised, "parameters": kiln_peft::trainable_summary(trainable, total),
-        "train_examples": train_ex.len(), "eval_examples": eval_ex.len(),
+        "train_examples": n_train, "eval_examples": n_eval,
         "final_eval": final_eval.metrics, "train": report,
     }))
 }
+
+/// SST-2's training and evaluation batches for a BERT classifier (64 tokens as the seed notebook, never more
+/// than the model has positions for), with the numbers of examples.
+fn bert_sst2_data(
+    a: &RecipeArgs,
+    dir: &std::path::Path,
+    bert_cfg: &bert::BertConfig,
+    data: &str,
+) -> Result<(Batcher, Batcher, usize, usize)> {
+    let max_len = Some(bert_cfg.max_position_embeddings.min(64));
+    let tok = Tokenizer::from_dir(dir)?.with_model_vocab(bert_cfg.vocab_size);
+    let pad = tok.token_to_id("[PAD]").unwrap_or(0);
+    let bs = a.batch_size.unwrap_or(16);
+    let train_ex = load_sst2(data, Split::Train, &load_opts(a.max_samples))?.examples;
+    let eval_ex = load_sst2(data, Split::Validation, &load_opts(a.max_eval_samples))?.examples;
+    let train_b = Batcher::new(
+        features("training", tokenize_sentiment(&tok, &train_ex, max_len)?),
+        BatchOptions {
+            batch_size: bs,
+            pad_id: pad,
+            shuffle: true,
+            seed: a.seed.unwrap_or(42),
+            ..Default::default()
+        },
+    )?;
+    let eval_b = Batcher::new(
+        features("evaluation", tokenize_sentiment(&tok, &eval_ex, max_len)?),
+        BatchOptions {
+            batch_size: bs,
+            pad_id: pad,
+            ..Default::default()
+        },
+    )?;
+    Ok((train_b, eval_b, train_ex.len(), eval_ex.len()))
+}
+
+/// The default intrinsic dimensions of `said-sst2` (the paper's sweep is logarithmic in d).
+pub const SAID_DIMS: &[usize] = &[10, 100, 1000, 10_000];
+
+/// Intrinsic-dimension fine-tuning (SAID, Aghajanyan et al. 2021) of a BERT classifier on SST-2 for each d, and
+/// full fine-tuning from the same initial model: accuracy per d, d90 (the smallest d reaching 90% of full
+/// fine-tuning's accuracy) and a chart of accuracy against log d.
+fn said_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
+    use kiln_peft::{Said, SaidConfig};
+    let model_spec = a.model_or("bert-base-uncased");
+    let data = a.dataset_or("stanfordnlp/sst2");
+    let dir = resolve_model(&model_spec)?;
+    let (bert_cfg, model, load) = bert::load_for_classification::<B>(&dir, device)?;
+    let (train_b, eval_b, n_train, n_eval) = bert_sst2_data(a, &dir, &bert_cfg, &data)?;
+    let task = Classification { eval: eval_b };
+    // θ₀ is shared by every run, the randomly initialised head included, so the runs differ only in d.
+    let base = model.valid();
+    let seed = a.seed.unwrap_or(42);
+    let dims = a
+        .intrinsic_dims
+        .clone()
+        .unwrap_or_else(|| SAID_DIMS.to_vec());
+    let mut runs = Vec::new();
+    let mut points = Vec::new();
+    for &d in &dims {
+        let mut cfg = SaidConfig::new(d).with_seed(seed).with_task_type("SEQ_CLS");
+        cfg.base_model_name_or_path = Some(model_spec.clone());
+        let said = Said::new(&model, cfg).map_err(|e| Error::Config(e.to_string()))?;
+        let said_task = crate::said::SaidTask::<B, Classification> {
+            inner: &task,
+            said: &said,
+            base: base.clone(),
+        };
+        let mut tc = train_config(a, 3, SAID_LEARNING_RATE, OptimizerKind::AdamW);
+        tc.out_dir = a.out_dir.join(format!("said-d{d}"));
+        let t0 = std::time::Instant::now();
+        let params = said.init::<B>(device);
+        let (params, report) = train(
+            &said_task,
+            params,
+            &train_b,
+            &tc,
+            said.trainable_parameters(),
+        )?;
+        let eval = crate::trainer::Task::<B>::evaluate(&said_task, &params.valid())?;
+        let adapter = tc.out_dir.join("adapter");
+        said.save_pretrained(&adapter, &params, &base)
+            .map_err(|e| Error::Io(e.to_string()))?;
+        let acc = eval.get("accuracy").unwrap_or(0.0);
+        points.push((d, acc));
+        runs.push(json!({
+            "intrinsic_dim": d, "trainable_parameters": said.trainable_parameters(),
+            "projected_parameters": said.projected_parameters(), "accuracy": acc,
+            "final_eval": eval.metrics, "seconds": t0.elapsed().as_secs_f64(),
+            "adapter": adapter, "train": report,
+        }));
+    }
+    // Full fine-tuning from the same θ₀, as `bert-sst2` (Adam 2e-5).
+    let mut tc = train_config(a, 3, 2e-5, OptimizerKind::Adam);
+    tc.learning_rate = 2e-5;
+    tc.out_dir = a.out_dir.join("full");
+    let full_model =
+        <bert::BertForSequenceClassification<B> as AutodiffModule<B>>::from_inner(base.clone());
+    let n = full_model.num_params();
+    let (full_model, full_report) = train(&task, full_model, &train_b, &tc, n)?;
+    let full_eval = crate::trainer::Task::<B>::evaluate(&task, &full_model.valid())?;
+    let full_acc = full_eval.get("accuracy").unwrap_or(0.0);
+    let d90 = crate::said::d90(&points, full_acc);
+    let chart = a.out_dir.join("said.png");
+    let log: Vec<(f64, f64)> = points
+        .iter()
+        .map(|&(d, acc)| ((d as f64).log10(), acc))
+        .collect();
+    let (x0, x1) = log
+        .iter()
+        .fold((f64::MAX, f64::MIN), |r, p| (r.0.min(p.0), r.1.max(p.0)));
+    let flat = |y: f64| vec![(x0, y), (x1.max(x0 + 1.0), y)];
+    crate::chart::line_chart_xy(
+        &chart,
+        "SST-2 accuracy against intrinsic dimension",
+        "log10 d",
+        &[
+            ("SAID".into(), log.clone()),
+            ("full fine-tuning".into(), flat(full_acc)),
+            ("90% of full".into(), flat(0.9 * full_acc)),
+        ],
+    )
+    .map_err(|e| Error::Io(e.to_string()))?;
+    Ok(json!({
+        "recipe": "said-sst2", "model": model_spec, "dataset": data,
+        "initialised": load.initialised, "train_examples": n_train, "eval_examples": n_eval,
+        "said": runs,
+        "full": {"accuracy": full_acc, "trainable_parameters": n, "final_eval": full_eval.metrics, "train": full_report},
+        "d90": d90, "accuracy_by_dim": points.iter().map(|(d, a)| json!({"d": d, "accuracy": a})).collect::<Vec<_>>(),
+        "chart": chart,
+    }))
+}
+
+/// Peak learning rate of the SAID runs (AdamW on d and λ; override with `--learning-rate`).
+pub const SAID_LEARNING_RATE: f64 = 1e-3;
 
 /// Peak resident memory of this process as the kernel counts it (`VmHWM`), in bytes (Linux; `None` elsewhere).
 pub fn peak_rss() -> Option<u64> {

@@ -90,6 +90,8 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Checks the settings: at least one epoch, a positive finite learning rate, `grad_accum >= 1`,
+    /// `warmup_ratio` in `[0, 1)` and a positive `max_grad_norm`; returns [`Error::Config`] otherwise.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.epochs == 0 {
@@ -133,6 +135,7 @@ impl EvalResult {
 
 /// A task: how to compute the loss of a batch, and how to evaluate a model.
 pub trait Task<B: AutodiffBackend> {
+    /// The model being trained (an autodiff module; its `valid()` copy is evaluated).
     type Model: AutodiffModule<B> + Clone;
     /// Mean loss of the batch (a scalar).
     fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>>;

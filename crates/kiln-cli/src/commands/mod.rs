@@ -224,8 +224,9 @@ pub fn random_head_warning(
     }
     if let Some(a) = adapter {
         // The header is enough (the adapter's tensors are read again when it is applied).
-        let tensors = kiln_models::weights::inspect_safetensors(&a.join("adapter_model.safetensors"))
-            .map_err(s)?;
+        let tensors =
+            kiln_models::weights::inspect_safetensors(&a.join("adapter_model.safetensors"))
+                .map_err(s)?;
         if tensors.iter().any(|t| t.name.contains("classifier")) {
             return Ok(None);
         }

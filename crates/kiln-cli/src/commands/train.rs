@@ -10,7 +10,7 @@ use super::*;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// A recipe: t5-prompt-sst2, bert-adapters-sst2, bert-lora-sst2, bert-sst2, bart-lora-cnndm, bart-cnndm, bart-lora-vs-full, prefix-cnndm, prompt-tuning-sst2, opt-icl-sst2, gpt2-generate, t0-zero-shot.
+    /// A recipe: t5-prompt-sst2, bert-adapters-sst2, bert-lora-sst2, bert-sst2, said-sst2, bart-lora-cnndm, bart-cnndm, bart-lora-vs-full, prefix-cnndm, prompt-tuning-sst2, opt-icl-sst2, gpt2-generate, t0-zero-shot.
     #[arg(long)]
     pub recipe: String,
     /// Model hub id or directory (default: the recipe's, e.g. t5-small).
@@ -50,6 +50,9 @@ pub struct TrainArgs {
     /// Virtual tokens of the prompt / prefix (prefix-cnndm: 20).
     #[arg(long)]
     pub num_virtual_tokens: Option<usize>,
+    /// Intrinsic dimensions to sweep, comma-separated (said-sst2: 10,100,1000,10000).
+    #[arg(long, value_delimiter = ',')]
+    pub intrinsic_dims: Option<Vec<usize>>,
     #[arg(long)]
     pub no_progress: bool,
     #[arg(long)]
@@ -68,10 +71,13 @@ pub fn train(a: TrainArgs) -> Res {
         || a.batch_size == Some(0)
         || a.num_virtual_tokens == Some(0)
         || a.save_every_steps == Some(0)
+        || a.intrinsic_dims
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.contains(&0))
         || a.learning_rate.is_some_and(|l| !(l > 0.0))
     {
         return Err(
-            "--epochs, --batch-size, --num-virtual-tokens, --save-every-steps and --learning-rate must be positive"
+            "--epochs, --batch-size, --num-virtual-tokens, --save-every-steps, --intrinsic-dims and --learning-rate must be positive"
                 .into(),
         );
     }
@@ -92,6 +98,7 @@ pub fn train(a: TrainArgs) -> Res {
         progress: !a.no_progress && !a.json,
         adapter_size: a.adapter_size,
         num_virtual_tokens: a.num_virtual_tokens,
+        intrinsic_dims: a.intrinsic_dims,
     };
     let summary = kiln_train::recipes::run_recipe::<backend::Training>(&a.recipe, &args, &device)
         .map_err(s)?;

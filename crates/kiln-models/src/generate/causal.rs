@@ -9,11 +9,13 @@ use crate::models::attention::{ids_tensor, positions_from_mask, rows_f32, KvCach
 
 /// A decoder-only language model, as the generation engine and scorers see it.
 pub trait CausalLm<B: Backend> {
+    /// Number of transformer layers (the length of a [`KvCache`] for this model).
     fn n_layer(&self) -> usize;
     /// Rows of the input embedding: every token id fed to the model must be below it.
     fn vocab_size(&self) -> usize;
     /// The largest position id the model has an embedding for, plus one.
     fn max_positions(&self) -> usize;
+    /// The device the model's parameters live on.
     fn device(&self) -> B::Device;
     /// Final hidden states for `ids` at raw `positions`, attending to the cache and the new tokens under
     /// `key_mask` (`[b, past + s]`, 1 = real token).

@@ -617,6 +617,7 @@ fn force(scores: &mut [f32], id: u32) {
     }
 }
 
+/// Softmax of logits, computed in `f32` after subtracting the maximum.
 pub fn softmax(x: &[f32]) -> Vec<f32> {
     let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
@@ -624,6 +625,7 @@ pub fn softmax(x: &[f32]) -> Vec<f32> {
     e.into_iter().map(|v| v / s).collect()
 }
 
+/// Log-softmax of logits, `x - max - ln Σ exp(x - max)`, in `f32`.
 pub fn log_softmax(x: &[f32]) -> Vec<f32> {
     let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let s: f32 = x.iter().map(|v| (v - m).exp()).sum();

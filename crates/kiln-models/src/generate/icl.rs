@@ -13,8 +13,11 @@ use crate::load::tokenizer::Tokenizer;
 /// How examples and the query are laid out. `{input}` and `{output}` are replaced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IclTemplate {
+    /// Layout of one demonstration (default `Input: {input}\nOutput: {output}`).
     pub example: String,
+    /// Layout of the query the model completes (default `Input: {input}\nOutput:`).
     pub query: String,
+    /// Joins the demonstrations and the query (default `\n---\n`).
     pub separator: String,
 }
 
@@ -31,7 +34,9 @@ impl Default for IclTemplate {
 /// One demonstration.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 pub struct Example {
+    /// The demonstration's input text (replaces `{input}`).
     pub input: String,
+    /// The demonstration's expected output text (replaces `{output}`).
     pub output: String,
 }
 

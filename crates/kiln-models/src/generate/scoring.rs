@@ -13,6 +13,7 @@ use crate::models::attention::ids_tensor;
 /// The score of one token sequence.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TokenScores {
+    /// The scored token ids (at least two).
     pub ids: Vec<u32>,
     /// `log p(ids[i] | ids[..i])` for `i ≥ 1` (the first token has no prediction).
     pub logprobs: Vec<f32>,
@@ -75,6 +76,7 @@ pub(crate) fn scores_from_logits<B: Backend>(
 /// The score of a target sequence given a source under an encoder-decoder.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Seq2SeqScores {
+    /// The source (encoder input) token ids.
     pub source_ids: Vec<u32>,
     /// The target (the labels), as the tokenizer gives it (with its special tokens).
     pub ids: Vec<u32>,

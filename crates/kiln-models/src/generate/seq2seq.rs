@@ -45,6 +45,7 @@ pub trait EncoderDecoder<B: Backend> {
     /// Per decoder layer, the cross-attention keys and values `[b, heads, s, head_dim]` of encoder states.
     fn cross_kv(&self, encoder_hidden: Tensor<B, 3>) -> Vec<LayerCache<B>>;
 
+    /// Number of decoder layers (the length of the decoder's [`KvCache`]).
     fn n_decoder_layers(&self) -> usize;
 
     /// Rows of the (shared) input embedding: every token id fed to the encoder or decoder must be below it.
@@ -72,6 +73,7 @@ pub trait EncoderDecoder<B: Backend> {
     /// LM-head logits `[r, t, vocab]` from decoder hidden states.
     fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3>;
 
+    /// The device the model's parameters live on.
     fn device(&self) -> B::Device;
 
     /// Full teacher-forced forward: logits `[b, t, vocab]` for `decoder_input_ids` given the encoder's
@@ -220,6 +222,7 @@ impl<'a, B: Backend, M: EncoderDecoder<B>> Seq2SeqSession<'a, B, M> {
         self.encoder_mask.len()
     }
 
+    /// The encoder's final hidden states, `[batch, src_len, hidden]` (one row per batch item).
     pub fn encoder_hidden(&self) -> &Tensor<B, 3> {
         &self.encoder_hidden
     }

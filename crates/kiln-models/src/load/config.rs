@@ -9,16 +9,20 @@ use crate::load::error::{Error, Result};
 /// A parsed `config.json`, with typed accessors that report the file and field on error.
 #[derive(Debug, Clone)]
 pub struct RawConfig {
+    /// The file the config was read from (named in errors).
     pub path: PathBuf,
+    /// The top-level JSON object.
     pub map: Map<String, Value>,
 }
 
 impl RawConfig {
+    /// Reads and parses the config file at `path`.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::parse(path, &text)
     }
 
+    /// Parses `text` as the config at `path`; errors unless it is a JSON object.
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
             path: path.to_path_buf(),
@@ -33,6 +37,7 @@ impl RawConfig {
         }
     }
 
+    /// The required `model_type` string (e.g. `"gpt2"`, `"t5"`).
     pub fn model_type(&self) -> Result<String> {
         self.req_str("model_type")
     }
@@ -71,6 +76,7 @@ impl RawConfig {
         Err(self.err(fields[0], "missing required field"))
     }
 
+    /// An optional non-negative integer; `None` when absent or `null`.
     pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         self.get(field).map(|v| self.as_usize(field, v)).transpose()
     }
@@ -91,6 +97,7 @@ impl RawConfig {
             .ok_or_else(|| self.err(field, format!("expected a non-negative integer, found {v}")))
     }
 
+    /// An optional number, `default` when absent or `null`.
     pub fn f64_or(&self, field: &str, default: f64) -> Result<f64> {
         match self.get(field) {
             None => Ok(default),
@@ -100,6 +107,7 @@ impl RawConfig {
         }
     }
 
+    /// An optional boolean, `default` when absent or `null`.
     pub fn bool_or(&self, field: &str, default: bool) -> Result<bool> {
         match self.get(field) {
             None => Ok(default),
@@ -109,6 +117,7 @@ impl RawConfig {
         }
     }
 
+    /// An optional string, `default` when absent or `null`.
     pub fn str_or(&self, field: &str, default: &str) -> Result<String> {
         match self.get(field) {
             None => Ok(default.to_string()),
@@ -119,6 +128,7 @@ impl RawConfig {
         }
     }
 
+    /// A required string.
     pub fn req_str(&self, field: &str) -> Result<String> {
         match self.get(field) {
             None => Err(self.err(field, "missing required field")),
@@ -170,11 +180,15 @@ pub enum Activation {
     Gelu,
     /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
     GeluNew,
+    /// ReLU (`relu`): `max(x, 0)`.
     Relu,
+    /// SiLU / swish (`silu`, `swish`): `x · sigmoid(x)`.
     Silu,
 }
 
 impl Activation {
+    /// The activation for an HF name (`gelu`, `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`, `relu`, `silu`,
+    /// `swish`); `None` for any other.
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name {
             "gelu" => Self::Gelu,
@@ -185,6 +199,7 @@ impl Activation {
         })
     }
 
+    /// Applies the activation elementwise.
     pub fn forward<B: burn::prelude::Backend, const D: usize>(
         self,
         x: burn::prelude::Tensor<B, D>,

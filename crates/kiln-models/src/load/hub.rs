@@ -17,12 +17,15 @@ pub struct HubOptions {
     pub endpoint: Option<String>,
     /// `$HF_HUB_OFFLINE=1`: never touch the network; use only the cache.
     pub offline: bool,
+    /// Branch, tag or commit to fetch (default `main`).
     pub revision: String,
     /// Show download progress bars.
     pub progress: bool,
 }
 
 impl HubOptions {
+    /// Options from the environment, as `huggingface_hub` reads it (`HF_HUB_CACHE` / `HF_HOME`, `HF_ENDPOINT`,
+    /// `HF_HUB_OFFLINE`); revision `main`, no progress bars.
     pub fn from_env() -> Self {
         let cache_dir = if let Some(c) =
             std::env::var_os("HF_HUB_CACHE").or_else(|| std::env::var_os("HUGGINGFACE_HUB_CACHE"))
@@ -51,13 +54,18 @@ impl HubOptions {
 
 /// A model (or dataset) source: a directory on disk, or a hub repository fetched file by file on demand.
 pub enum Source {
+    /// A local directory holding the files.
     Dir(PathBuf),
     /// `repo_type` is [`RepoType::Model`] from [`Source::resolve`], [`RepoType::Dataset`] from
     /// [`Source::resolve_dataset`].
     Hub {
+        /// The repository id (`owner/name` or `name`).
         id: String,
+        /// The hub settings the source was resolved with.
         opts: HubOptions,
+        /// The `hf-hub` client for the repository; `None` when offline (cache only).
         api: Option<ApiRepo>,
+        /// Model or dataset repository.
         repo_type: RepoType,
     },
 }

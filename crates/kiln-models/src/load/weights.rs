@@ -117,11 +117,15 @@ pub fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
 /// A tensor's name, dtype and shape, from a validated header.
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
+    /// The tensor's key in the file (e.g. `transformer.h.0.attn.c_attn.weight`).
     pub name: String,
+    /// The safetensors dtype name (`F32`, `F16`, `BF16`, `F64`, `I64`, …).
     pub dtype: String,
+    /// The tensor's shape, as stored (PyTorch layout).
     pub shape: Vec<usize>,
     /// Byte range of the tensor's data in the file.
     pub start: u64,
+    /// End of the byte range (exclusive), as an absolute file offset.
     pub end: u64,
 }
 

@@ -77,7 +77,9 @@ pub fn additive_mask<B: Backend>(
 /// Keys and values of one attention layer for the tokens seen so far, `[b, h, t, d]`.
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
+    /// Keys, `[batch, heads, tokens, head_dim]`.
     pub k: Tensor<B, 4>,
+    /// Values, `[batch, heads, tokens, head_dim]`.
     pub v: Tensor<B, 4>,
 }
 
@@ -85,10 +87,12 @@ pub struct LayerCache<B: Backend> {
 /// `slice_assign` on burn 0.21's flex backend).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
+    /// Per layer, the keys/values cached so far; `None` until the layer has run once.
     pub layers: Vec<Option<LayerCache<B>>>,
 }
 
 impl<B: Backend> KvCache<B> {
+    /// An empty cache for a model with `n_layers` layers.
     pub fn new(n_layers: usize) -> Self {
         Self {
             layers: vec![None; n_layers],
@@ -135,6 +139,7 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
+    /// Whether no token is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

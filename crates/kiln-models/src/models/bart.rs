@@ -32,25 +32,44 @@ pub const POSITION_OFFSET: usize = 2;
 /// The fields of BART's `config.json` that the forward pass uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BartConfig {
+    /// Vocabulary size: rows of the shared embedding (`vocab_size`).
     pub vocab_size: usize,
+    /// Hidden size `d` of both stacks (`d_model`, alias `hidden_size`).
     pub d_model: usize,
+    /// Number of encoder layers (`encoder_layers`, default 12).
     pub encoder_layers: usize,
+    /// Number of decoder layers (`decoder_layers`, default 12).
     pub decoder_layers: usize,
+    /// Attention heads per encoder layer (`encoder_attention_heads`, default 16); must divide `d_model`.
     pub encoder_attention_heads: usize,
+    /// Attention heads per decoder layer (`decoder_attention_heads`, default 16); must divide `d_model`.
     pub decoder_attention_heads: usize,
+    /// Inner width of the encoder feed-forward blocks (`encoder_ffn_dim`, default 4096).
     pub encoder_ffn_dim: usize,
+    /// Inner width of the decoder feed-forward blocks (`decoder_ffn_dim`, default 4096).
     pub decoder_ffn_dim: usize,
+    /// Maximum sequence length of each stack (`max_position_embeddings`, default 1024); the position tables
+    /// have 2 more rows.
     pub max_position_embeddings: usize,
+    /// Feed-forward activation (`activation_function`, default `gelu`).
     pub activation_function: Activation,
+    /// Multiply token embeddings by `√d_model` (`scale_embedding`, default false).
     pub scale_embedding: bool,
+    /// Std of the normal initialisation of fresh weights (`init_std`, default 0.02).
     pub init_std: f64,
+    /// Padding token id (`pad_token_id`, 1 in facebook/bart-*).
     pub pad_token_id: Option<u32>,
+    /// Beginning-of-sequence token id (`bos_token_id`, 0 in facebook/bart-*).
     pub bos_token_id: Option<u32>,
+    /// End-of-sequence token id (`eos_token_id`; the first one if a list).
     pub eos_token_id: Option<u32>,
+    /// First decoder input token (`decoder_start_token_id`, `</s>` = 2 in facebook/bart-*).
     pub decoder_start_token_id: Option<u32>,
 }
 
 impl BartConfig {
+    /// The config from a parsed `config.json`, with defaults as transformers' `BartConfig` and range checks;
+    /// rejects pre-LN (mBART-style) variants.
     pub fn from_raw(c: &RawConfig) -> Result<Self> {
         let cfg = Self {
             vocab_size: c.req_usize("vocab_size")?,
@@ -118,6 +137,7 @@ impl BartConfig {
         Ok(cfg)
     }
 
+    /// Reads and parses `config.json` at `path`.
     pub fn load(path: &Path) -> Result<Self> {
         Self::from_raw(&RawConfig::load(path)?)
     }
@@ -206,44 +226,64 @@ impl BartConfig {
     }
 }
 
+/// BART with the LM head (transformers' `BartForConditionalGeneration`); the head is tied to `model.shared`.
 #[derive(Module, Debug)]
 pub struct BartForConditionalGeneration<B: Backend> {
+    /// The encoder-decoder body (`model.*` keys).
     pub model: BartModel<B>,
     /// `[1, vocab]`, added to the logits.
     pub final_logits_bias: Param<Tensor<B, 2>>,
 }
 
+/// The BART encoder-decoder body (transformers' `BartModel`).
 #[derive(Module, Debug)]
 pub struct BartModel<B: Backend> {
     /// `[vocab, d]`: both stacks' token embedding and the LM head.
     pub shared: Embedding<B>,
+    /// The encoder stack.
     pub encoder: BartEncoder<B>,
+    /// The decoder stack.
     pub decoder: BartDecoder<B>,
 }
 
+/// BART's encoder (`BartEncoder`); token embeddings come from [`BartModel::shared`].
 #[derive(Module, Debug)]
 pub struct BartEncoder<B: Backend> {
     /// `[max_position_embeddings + 2, d]`.
     pub embed_positions: Embedding<B>,
+    /// LayerNorm over the summed token and position embeddings.
     pub layernorm_embedding: LayerNorm<B>,
+    /// The `encoder_layers` encoder layers.
     pub layers: Vec<BartEncoderLayer<B>>,
+    /// Token-embedding multiplier: `√d_model` with `scale_embedding`, else 1.
     pub embed_scale: f64,
 }
 
+/// BART's decoder (`BartDecoder`); token embeddings come from [`BartModel::shared`].
 #[derive(Module, Debug)]
 pub struct BartDecoder<B: Backend> {
+    /// Learned position embedding `[max_position_embeddings + 2, d]`, looked up at position + 2.
     pub embed_positions: Embedding<B>,
+    /// LayerNorm over the summed token and position embeddings.
     pub layernorm_embedding: LayerNorm<B>,
+    /// The `decoder_layers` decoder layers.
     pub layers: Vec<BartDecoderLayer<B>>,
+    /// Token-embedding multiplier: `√d_model` with `scale_embedding`, else 1.
     pub embed_scale: f64,
 }
 
+/// BART multi-head attention (`BartAttention`), used for self- and cross-attention.
 #[derive(Module, Debug)]
 pub struct BartAttention<B: Backend> {
+    /// Query projection `[d, d]`.
     pub q_proj: PeftLinear<B>,
+    /// Key projection `[d, d]` (applied to the encoder states in cross-attention).
     pub k_proj: PeftLinear<B>,
+    /// Value projection `[d, d]` (applied to the encoder states in cross-attention).
     pub v_proj: PeftLinear<B>,
+    /// Output projection `[d, d]`.
     pub out_proj: PeftLinear<B>,
+    /// Number of attention heads.
     pub n_heads: usize,
     /// `head_dim^-0.5`.
     pub scale: f64,
@@ -252,11 +292,17 @@ pub struct BartAttention<B: Backend> {
 /// `x = LN(x + self_attn(x))`, `LN(x + fc2(act(fc1(x))))`.
 #[derive(Module, Debug)]
 pub struct BartEncoderLayer<B: Backend> {
+    /// Self-attention over the input tokens.
     pub self_attn: BartAttention<B>,
+    /// LayerNorm after the self-attention residual.
     pub self_attn_layer_norm: LayerNorm<B>,
+    /// Feed-forward up projection `[d, encoder_ffn_dim]`.
     pub fc1: PeftLinear<B>,
+    /// Feed-forward down projection `[encoder_ffn_dim, d]`.
     pub fc2: PeftLinear<B>,
+    /// LayerNorm after the feed-forward residual.
     pub final_layer_norm: LayerNorm<B>,
+    /// Feed-forward activation.
     #[module(skip)]
     pub act: Activation,
     /// A bottleneck adapter (Houlsby placement) on the self-attention output (`out_proj`), before the
@@ -274,13 +320,21 @@ pub struct BartEncoderLayer<B: Backend> {
 /// `cross_adapter` is off in both configurations).
 #[derive(Module, Debug)]
 pub struct BartDecoderLayer<B: Backend> {
+    /// Causal self-attention (keys/values cached during generation).
     pub self_attn: BartAttention<B>,
+    /// LayerNorm after the self-attention residual.
     pub self_attn_layer_norm: LayerNorm<B>,
+    /// Cross-attention over the encoder's final hidden states.
     pub encoder_attn: BartAttention<B>,
+    /// LayerNorm after the cross-attention residual.
     pub encoder_attn_layer_norm: LayerNorm<B>,
+    /// Feed-forward up projection `[d, decoder_ffn_dim]`.
     pub fc1: PeftLinear<B>,
+    /// Feed-forward down projection `[decoder_ffn_dim, d]`.
     pub fc2: PeftLinear<B>,
+    /// LayerNorm after the feed-forward residual.
     pub final_layer_norm: LayerNorm<B>,
+    /// Feed-forward activation.
     #[module(skip)]
     pub act: Activation,
     /// A bottleneck adapter (Houlsby placement) on the self-attention output, before the residual and

@@ -29,20 +29,31 @@ use crate::models::attention::{
 /// The fields of BERT's `config.json` that the model uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BertConfig {
+    /// Vocabulary size: rows of `word_embeddings` (`vocab_size`).
     pub vocab_size: usize,
+    /// Hidden size `d` (`hidden_size`).
     pub hidden_size: usize,
+    /// Number of encoder layers (`num_hidden_layers`).
     pub num_hidden_layers: usize,
+    /// Attention heads per layer (`num_attention_heads`); must divide `hidden_size`.
     pub num_attention_heads: usize,
+    /// Inner width of the feed-forward block (`intermediate_size`).
     pub intermediate_size: usize,
+    /// Feed-forward activation (`hidden_act`, default `gelu`).
     pub hidden_act: Activation,
     /// Dropout after the embeddings and after each residual branch's output projection.
     pub hidden_dropout_prob: f64,
     /// Dropout on the attention probabilities.
     pub attention_probs_dropout_prob: f64,
+    /// Maximum sequence length: rows of `position_embeddings` (`max_position_embeddings`, default 512).
     pub max_position_embeddings: usize,
+    /// Number of token types (segments): rows of `token_type_embeddings` (`type_vocab_size`, default 2).
     pub type_vocab_size: usize,
+    /// Std of the normal initialisation of fresh weights (`initializer_range`, default 0.02).
     pub initializer_range: f64,
+    /// Epsilon of every LayerNorm (`layer_norm_eps`, default 1e-12).
     pub layer_norm_eps: f64,
+    /// Padding token id (`pad_token_id`); its word-embedding row is initialised to zero.
     pub pad_token_id: Option<u32>,
     /// Dropout before the classifier; `None` means `hidden_dropout_prob` (as HF).
     pub classifier_dropout: Option<f64>,
@@ -343,32 +354,44 @@ fn labels(c: &RawConfig) -> Result<Vec<String>> {
 /// The encoder (`BertModel`): embeddings, layers, pooler.
 #[derive(Module, Debug)]
 pub struct BertModel<B: Backend> {
+    /// Word, position and token-type embeddings.
     pub embeddings: BertEmbeddings<B>,
+    /// The stack of encoder layers.
     pub encoder: BertEncoder<B>,
+    /// The pooler over the first token.
     pub pooler: BertPooler<B>,
 }
 
 /// `LayerNorm(word + position + token_type)`, then dropout.
 #[derive(Module, Debug)]
 pub struct BertEmbeddings<B: Backend> {
+    /// Word-piece embedding `[vocab_size, d]`.
     pub word_embeddings: Embedding<B>,
+    /// Learned absolute position embedding `[max_position_embeddings, d]`.
     pub position_embeddings: Embedding<B>,
+    /// Token-type (segment) embedding `[type_vocab_size, d]`.
     pub token_type_embeddings: Embedding<B>,
+    /// LayerNorm over the summed embeddings.
     pub LayerNorm: LayerNorm<B>,
+    /// Dropout after the LayerNorm (`hidden_dropout_prob`).
     pub dropout: Dropout,
 }
 
 /// The stack of encoder layers.
 #[derive(Module, Debug)]
 pub struct BertEncoder<B: Backend> {
+    /// The `num_hidden_layers` layers (`encoder.layer.{i}` keys).
     pub layer: Vec<BertLayer<B>>,
 }
 
 /// One post-LN encoder layer: attention block, then feed-forward block.
 #[derive(Module, Debug)]
 pub struct BertLayer<B: Backend> {
+    /// Self-attention with its output projection and LayerNorm.
     pub attention: BertAttention<B>,
+    /// Widening half of the feed-forward block.
     pub intermediate: BertIntermediate<B>,
+    /// Narrowing half of the feed-forward block, with the residual and LayerNorm.
     pub output: BertOutput<B>,
 }
 
@@ -377,26 +400,35 @@ pub struct BertLayer<B: Backend> {
 pub struct BertAttention<B: Backend> {
     /// HF's `attention.self` (remapped on load).
     pub self_attn: BertSelfAttention<B>,
+    /// Output projection, dropout, residual and LayerNorm.
     pub output: BertSelfOutput<B>,
 }
 
 /// Multi-head scaled dot-product self-attention.
 #[derive(Module, Debug)]
 pub struct BertSelfAttention<B: Backend> {
+    /// Query projection `[d, d]`.
     pub query: PeftLinear<B>,
+    /// Key projection `[d, d]`.
     pub key: PeftLinear<B>,
+    /// Value projection `[d, d]`.
     pub value: PeftLinear<B>,
     /// On the attention probabilities.
     pub dropout: Dropout,
+    /// Number of attention heads.
     pub num_attention_heads: usize,
+    /// Multiplier of the attention scores, `1/√head_dim`.
     pub scale: f64,
 }
 
 /// `LayerNorm(dropout(dense(h)) + residual)`.
 #[derive(Module, Debug)]
 pub struct BertSelfOutput<B: Backend> {
+    /// Output projection `[d, d]`.
     pub dense: PeftLinear<B>,
+    /// LayerNorm after the residual (checkpoint key `LayerNorm`).
     pub LayerNorm: LayerNorm<B>,
+    /// Dropout on the projection's output (`hidden_dropout_prob`).
     pub dropout: Dropout,
     /// A bottleneck adapter (Houlsby placement), applied before the residual and LayerNorm.
     pub adapter: Option<kiln_peft::Adapter<B>>,
@@ -405,7 +437,9 @@ pub struct BertSelfOutput<B: Backend> {
 /// `act(dense(x))`, the widening half of the feed-forward block.
 #[derive(Module, Debug)]
 pub struct BertIntermediate<B: Backend> {
+    /// Up projection `[d, intermediate_size]`.
     pub dense: PeftLinear<B>,
+    /// The activation (`hidden_act`).
     #[module(skip)]
     pub act: Activation,
 }
@@ -413,8 +447,11 @@ pub struct BertIntermediate<B: Backend> {
 /// `LayerNorm(dropout(dense(h)) + residual)`, the narrowing half of the feed-forward block.
 #[derive(Module, Debug)]
 pub struct BertOutput<B: Backend> {
+    /// Down projection `[intermediate_size, d]`.
     pub dense: PeftLinear<B>,
+    /// LayerNorm after the residual (checkpoint key `LayerNorm`).
     pub LayerNorm: LayerNorm<B>,
+    /// Dropout on the projection's output (`hidden_dropout_prob`).
     pub dropout: Dropout,
     /// A bottleneck adapter (Houlsby and Pfeiffer placements), applied before the residual and LayerNorm.
     pub adapter: Option<kiln_peft::Adapter<B>>,
@@ -423,6 +460,7 @@ pub struct BertOutput<B: Backend> {
 /// `tanh(dense(h[:, 0]))`.
 #[derive(Module, Debug)]
 pub struct BertPooler<B: Backend> {
+    /// Projection `[d, d]` of the first token's hidden state, followed by tanh.
     pub dense: PeftLinear<B>,
 }
 
@@ -431,6 +469,7 @@ pub struct BertPooler<B: Backend> {
 pub struct BertForSequenceClassification<B: Backend> {
     /// The encoder (with its pooler).
     pub bert: BertModel<B>,
+    /// Dropout on the pooled output (`classifier_dropout`, else `hidden_dropout_prob`).
     pub dropout: Dropout,
     /// `[hidden, num_labels]` head on the pooled output.
     pub classifier: PeftLinear<B>,

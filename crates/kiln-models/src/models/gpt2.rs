@@ -16,23 +16,38 @@ use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, 
 /// The fields of GPT-2's `config.json` that the forward pass uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gpt2Config {
+    /// Vocabulary size: rows of the token embedding `wte` (`vocab_size`).
     pub vocab_size: usize,
+    /// Maximum sequence length: rows of the position embedding `wpe` (`n_positions`, default 1024).
     pub n_positions: usize,
+    /// Hidden size (`n_embd`, alias `hidden_size`).
     pub n_embd: usize,
+    /// Number of transformer blocks (`n_layer`, alias `num_hidden_layers`).
     pub n_layer: usize,
+    /// Attention heads per block (`n_head`, alias `num_attention_heads`); must divide `n_embd`.
     pub n_head: usize,
+    /// Inner width of the MLP (`n_inner`, default `4 · n_embd`).
     pub n_inner: usize,
+    /// Epsilon of every LayerNorm (`layer_norm_epsilon`, default 1e-5).
     pub layer_norm_epsilon: f64,
+    /// MLP activation (`activation_function`, default `gelu_new`).
     pub activation: Activation,
+    /// Scale attention scores by `1/√head_dim` (`scale_attn_weights`, default true).
     pub scale_attn_weights: bool,
+    /// Further scale the scores of block `i` by `1/(i + 1)` (`scale_attn_by_inverse_layer_idx`, default false).
     pub scale_attn_by_inverse_layer_idx: bool,
+    /// Std of the normal initialisation of fresh weights (`initializer_range`, default 0.02).
     pub initializer_range: f64,
+    /// Beginning-of-sequence token id (`bos_token_id`).
     pub bos_token_id: Option<u32>,
+    /// End-of-sequence token id (`eos_token_id`; the first one if a list).
     pub eos_token_id: Option<u32>,
+    /// Padding token id (`pad_token_id`; GPT-2 checkpoints usually have none).
     pub pad_token_id: Option<u32>,
 }
 
 impl Gpt2Config {
+    /// The config from a parsed `config.json`, with defaults as transformers' `GPT2Config` and range checks.
     pub fn from_raw(c: &RawConfig) -> Result<Self> {
         let n_embd = c.req_usize_any(&["n_embd", "hidden_size"])?;
         let n_head = c.req_usize_any(&["n_head", "num_attention_heads"])?;
@@ -63,6 +78,7 @@ impl Gpt2Config {
         Ok(cfg)
     }
 
+    /// Reads and parses `config.json` at `path`.
     pub fn load(path: &Path) -> Result<Self> {
         Self::from_raw(&RawConfig::load(path)?)
     }
@@ -77,6 +93,7 @@ impl Gpt2Config {
         }
     }
 
+    /// A freshly initialised model (normal weights with std `initializer_range`, no adapters).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt2LmHead<B> {
         let std = self.initializer_range;
         let d = self.n_embd;
@@ -131,25 +148,36 @@ impl Gpt2Config {
     }
 }
 
+/// GPT-2 language model with the LM head (transformers' `GPT2LMHeadModel`); the head is tied to `wte`.
 #[derive(Module, Debug)]
 pub struct Gpt2LmHead<B: Backend> {
+    /// The transformer body (`transformer.*` keys in the checkpoint).
     pub transformer: Gpt2Model<B>,
 }
 
+/// The GPT-2 transformer body (transformers' `GPT2Model`): embeddings, blocks and the final LayerNorm.
 #[derive(Module, Debug)]
 pub struct Gpt2Model<B: Backend> {
+    /// Token embedding `[vocab_size, n_embd]` (also the tied LM head).
     pub wte: Embedding<B>,
+    /// Learned position embedding `[n_positions, n_embd]`.
     pub wpe: Embedding<B>,
+    /// The `n_layer` transformer blocks.
     pub h: Vec<Block<B>>,
+    /// Final LayerNorm, applied after the last block.
     pub ln_f: LayerNorm<B>,
 }
 
 /// A pre-LN block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
+    /// LayerNorm before attention.
     pub ln_1: LayerNorm<B>,
+    /// Causal self-attention.
     pub attn: Attention<B>,
+    /// LayerNorm before the MLP.
     pub ln_2: LayerNorm<B>,
+    /// Feed-forward block.
     pub mlp: Mlp<B>,
     /// A bottleneck adapter (Houlsby placement) on the attention output (`attn.c_proj`), before the residual.
     pub attention_adapter: Option<Adapter<B>>,
@@ -158,19 +186,27 @@ pub struct Block<B: Backend> {
     pub output_adapter: Option<Adapter<B>>,
 }
 
+/// GPT-2 causal self-attention with fused QKV projection (`GPT2Attention`).
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// `[d, 3d]`: queries, keys and values in one projection.
     pub c_attn: PeftLinear<B>,
+    /// Output projection `[d, d]`.
     pub c_proj: PeftLinear<B>,
+    /// Number of attention heads.
     pub n_head: usize,
+    /// Multiplier of the attention scores (`1/√head_dim`, optionally `/(layer + 1)`; see [`Gpt2Config`]).
     pub scale: f64,
 }
 
+/// GPT-2 feed-forward block: `c_proj(act(c_fc(x)))`.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
+    /// Up projection `[n_embd, n_inner]`.
     pub c_fc: PeftLinear<B>,
+    /// Down projection `[n_inner, n_embd]`.
     pub c_proj: PeftLinear<B>,
+    /// The activation between the projections.
     #[module(skip)]
     pub act: Activation,
 }
@@ -217,6 +253,7 @@ impl<B: Backend> Block<B> {
 }
 
 impl<B: Backend> Gpt2LmHead<B> {
+    /// Number of transformer blocks.
     pub fn n_layer(&self) -> usize {
         self.transformer.h.len()
     }

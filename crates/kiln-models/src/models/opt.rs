@@ -18,26 +18,43 @@ use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, 
 /// OPT's learned positions start at index 2 of `embed_positions`.
 pub const POSITION_OFFSET: i64 = 2;
 
+/// The fields of OPT's `config.json` that the forward pass uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptConfig {
+    /// Vocabulary size: rows of `embed_tokens` (`vocab_size`).
     pub vocab_size: usize,
+    /// Hidden size of the decoder layers (`hidden_size`).
     pub hidden_size: usize,
+    /// Number of decoder layers (`num_hidden_layers`).
     pub num_hidden_layers: usize,
+    /// Inner width of the feed-forward block (`ffn_dim`).
     pub ffn_dim: usize,
+    /// Attention heads per layer (`num_attention_heads`); must divide `hidden_size`.
     pub num_attention_heads: usize,
+    /// Maximum sequence length (`max_position_embeddings`, default 2048); the position table has 2 more rows.
     pub max_position_embeddings: usize,
+    /// Width of the token embeddings (`word_embed_proj_dim`, default `hidden_size`; 512 in opt-350m).
     pub word_embed_proj_dim: usize,
+    /// Pre-LN layers when true, post-LN when false (`do_layer_norm_before`, default true; false in opt-350m).
     pub do_layer_norm_before: bool,
+    /// Drop the decoder's final LayerNorm (`_remove_final_layer_norm`, default false).
     pub remove_final_layer_norm: bool,
+    /// Whether the attention and feed-forward linears have biases (`enable_bias`, default true).
     pub enable_bias: bool,
+    /// Feed-forward activation (`activation_function`, default `relu`).
     pub activation: Activation,
+    /// Std of the normal initialisation of fresh weights (`init_std`, default 0.02).
     pub init_std: f64,
+    /// Padding token id (`pad_token_id`, 1 in the hub checkpoints).
     pub pad_token_id: Option<u32>,
+    /// Beginning-of-sequence token id (`bos_token_id`, `</s>` = 2 in the hub checkpoints).
     pub bos_token_id: Option<u32>,
+    /// End-of-sequence token id (`eos_token_id`; the first one if a list).
     pub eos_token_id: Option<u32>,
 }
 
 impl OptConfig {
+    /// The config from a parsed `config.json`, with defaults as transformers' `OPTConfig` and range checks.
     pub fn from_raw(c: &RawConfig) -> Result<Self> {
         let hidden_size = c.req_usize("hidden_size")?;
         let cfg = Self {
@@ -81,6 +98,7 @@ impl OptConfig {
         }
     }
 
+    /// A freshly initialised model (normal weights with std `init_std`, no adapters).
     pub fn init<B: Backend>(&self, device: &B::Device) -> OptForCausalLm<B> {
         let (d, std) = (self.hidden_size, self.init_std);
         let ln = || LayerNormConfig::new(d).init(device);
@@ -130,24 +148,34 @@ impl OptConfig {
     }
 }
 
+/// OPT language model with the LM head (transformers' `OPTForCausalLM`); the head is tied to `embed_tokens`.
 #[derive(Module, Debug)]
 pub struct OptForCausalLm<B: Backend> {
+    /// The OPT model body (`model.*` keys in the checkpoint).
     pub model: OptModel<B>,
 }
 
+/// The OPT model body (transformers' `OPTModel`), a wrapper around the decoder.
 #[derive(Module, Debug)]
 pub struct OptModel<B: Backend> {
+    /// The decoder stack.
     pub decoder: Decoder<B>,
 }
 
+/// OPT's decoder (transformers' `OPTDecoder`): embeddings, optional projections, layers, final LayerNorm.
 #[derive(Module, Debug)]
 pub struct Decoder<B: Backend> {
+    /// Token embedding `[vocab_size, word_embed_proj_dim]` (also the tied LM head).
     pub embed_tokens: Embedding<B>,
     /// `[max_position_embeddings + 2, d]`.
     pub embed_positions: Embedding<B>,
+    /// Projection `word_embed_proj_dim → hidden_size` of the embeddings, when the two differ.
     pub project_in: Option<PeftLinear<B>>,
+    /// Projection `hidden_size → word_embed_proj_dim` before the LM head, when the two differ.
     pub project_out: Option<PeftLinear<B>>,
+    /// LayerNorm after the last layer (pre-LN models without `_remove_final_layer_norm` only).
     pub final_layer_norm: Option<LayerNorm<B>>,
+    /// The `num_hidden_layers` decoder layers.
     pub layers: Vec<Layer<B>>,
 }
 
@@ -155,12 +183,19 @@ pub struct Decoder<B: Backend> {
 /// `ln(x + attn(x))`, `ln(x + fc2(act(fc1(x))))`.
 #[derive(Module, Debug)]
 pub struct Layer<B: Backend> {
+    /// Causal self-attention.
     pub self_attn: Attention<B>,
+    /// LayerNorm of the attention sub-block (before it pre-LN, after the residual post-LN).
     pub self_attn_layer_norm: LayerNorm<B>,
+    /// Feed-forward up projection `[hidden_size, ffn_dim]`.
     pub fc1: PeftLinear<B>,
+    /// Feed-forward down projection `[ffn_dim, hidden_size]`.
     pub fc2: PeftLinear<B>,
+    /// LayerNorm of the feed-forward sub-block (before it pre-LN, after the residual post-LN).
     pub final_layer_norm: LayerNorm<B>,
+    /// Pre-LN (true) or post-LN (false) arrangement (`do_layer_norm_before`).
     pub pre_ln: bool,
+    /// Feed-forward activation.
     #[module(skip)]
     pub act: Activation,
     /// A bottleneck adapter (Houlsby placement) on the attention output (`out_proj`), before the residual
@@ -171,12 +206,18 @@ pub struct Layer<B: Backend> {
     pub output_adapter: Option<Adapter<B>>,
 }
 
+/// OPT multi-head self-attention (`OPTAttention`); queries are scaled by `1/√head_dim`.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
+    /// Query projection `[d, d]`.
     pub q_proj: PeftLinear<B>,
+    /// Key projection `[d, d]`.
     pub k_proj: PeftLinear<B>,
+    /// Value projection `[d, d]`.
     pub v_proj: PeftLinear<B>,
+    /// Output projection `[d, d]`.
     pub out_proj: PeftLinear<B>,
+    /// Number of attention heads.
     pub n_head: usize,
 }
 
@@ -236,6 +277,7 @@ impl<B: Backend> Layer<B> {
 }
 
 impl<B: Backend> OptForCausalLm<B> {
+    /// Number of decoder layers.
     pub fn n_layer(&self) -> usize {
         self.model.decoder.layers.len()
     }
@@ -308,6 +350,7 @@ impl<B: Backend> OptForCausalLm<B> {
         x
     }
 
+    /// Logits `[b, s, vocab]` from hidden states (after `project_out`), through the tied token embedding.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let w = self.model.decoder.embed_tokens.weight.val();
         crate::models::attention::tied_head(hidden, w)

@@ -34,32 +34,49 @@ use crate::models::attention::{
 /// The fields of T5's `config.json` that the forward pass uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct T5Config {
+    /// Vocabulary size: rows of `shared` (`vocab_size`).
     pub vocab_size: usize,
+    /// Hidden size of both stacks (`d_model`, alias `hidden_size`).
     pub d_model: usize,
+    /// Size of each attention head (`d_kv`, alias `head_dim`); need not be `d_model / num_heads`.
     pub d_kv: usize,
+    /// Inner width of the feed-forward blocks (`d_ff`).
     pub d_ff: usize,
+    /// Number of encoder blocks (`num_layers`, alias `num_hidden_layers`).
     pub num_layers: usize,
+    /// Number of decoder blocks (`num_decoder_layers`, default `num_layers`).
     pub num_decoder_layers: usize,
+    /// Attention heads per layer (`num_heads`, alias `num_attention_heads`).
     pub num_heads: usize,
+    /// Number of relative-position buckets (`relative_attention_num_buckets`, default 32).
     pub relative_attention_num_buckets: usize,
+    /// Distance beyond which relative positions share the last bucket (`relative_attention_max_distance`,
+    /// default 128).
     pub relative_attention_max_distance: usize,
+    /// Epsilon of every RMS norm (`layer_norm_epsilon`, default 1e-6).
     pub layer_norm_epsilon: f64,
     /// `relu`, `gelu`, `gated-gelu`, `gated-silu`, …
     pub feed_forward_proj: String,
     /// `gated-*`: `act(wi_0 x) * wi_1 x`.
     pub is_gated_act: bool,
+    /// The feed-forward activation from `feed_forward_proj` (`gated-gelu` means `gelu_new`, as transformers).
     pub dense_act_fn: Activation,
     /// Multiply decoder outputs by `d_model^-0.5` before the LM head (T5 v1.0).
     pub scale_decoder_outputs: bool,
     /// A separate `lm_head.weight` (T0, flan-t5). [`load`] sets it from the weight file.
     pub untied_lm_head: bool,
+    /// Multiplier of every initialisation std (`initializer_factor`, default 1.0).
     pub initializer_factor: f64,
+    /// Padding token id (`pad_token_id`, 0 in T5 checkpoints; also the decoder start).
     pub pad_token_id: Option<u32>,
+    /// End-of-sequence token id (`eos_token_id`, `</s>` = 1 in T5 checkpoints; the first one if a list).
     pub eos_token_id: Option<u32>,
+    /// First decoder input token (`decoder_start_token_id`, 0 = the pad token in T5 checkpoints).
     pub decoder_start_token_id: Option<u32>,
 }
 
 impl T5Config {
+    /// The config from a parsed `config.json`, with defaults as transformers' `T5Config` and range checks.
     pub fn from_raw(c: &RawConfig) -> Result<Self> {
         let num_layers = c.req_usize_any(&["num_layers", "num_hidden_layers"])?;
         let feed_forward_proj = c.str_or("feed_forward_proj", "relu")?;
@@ -142,6 +159,7 @@ impl T5Config {
         Ok(cfg)
     }
 
+    /// Reads and parses `config.json` at `path`.
     pub fn load(path: &Path) -> Result<Self> {
         Self::from_raw(&RawConfig::load(path)?)
     }
@@ -242,29 +260,41 @@ impl T5Config {
     }
 }
 
+/// T5 with the LM head (transformers' `T5ForConditionalGeneration`).
 #[derive(Module, Debug)]
 pub struct T5ForConditionalGeneration<B: Backend> {
     /// `[vocab, d_model]`, shared by both stacks (and the LM head when tied).
     pub shared: Embedding<B>,
+    /// The encoder stack (bidirectional relative-position buckets).
     pub encoder: T5Stack<B>,
+    /// The decoder stack (causal self-attention, cross-attention over the encoder output).
     pub decoder: T5Stack<B>,
     /// `Some` when the checkpoint has its own `lm_head.weight`.
     pub lm_head: Option<PeftLinear<B>>,
+    /// Multiply decoder outputs by `d_model^-0.5` before the LM head (T5 v1.0; see
+    /// [`T5Config::scale_decoder_outputs`]).
     pub scale_decoder_outputs: bool,
 }
 
+/// An encoder or decoder stack (`T5Stack`): blocks, then a final RMS norm.
 #[derive(Module, Debug)]
 pub struct T5Stack<B: Backend> {
+    /// The blocks (`block.{i}` keys); block 0's self-attention holds the relative attention bias.
     pub block: Vec<T5Block<B>>,
+    /// RMS norm after the last block.
     pub final_layer_norm: T5LayerNorm<B>,
+    /// Whether this is the decoder (causal buckets and mask, cross-attention sub-layers).
     pub is_decoder: bool,
+    /// Number of relative-position buckets (`relative_attention_num_buckets`).
     pub num_buckets: usize,
+    /// Maximum distance of the bucketing (`relative_attention_max_distance`).
     pub max_distance: usize,
 }
 
 /// `layer.0`: self-attention; decoder `layer.1`: cross-attention; last: feed-forward.
 #[derive(Module, Debug)]
 pub struct T5Block<B: Backend> {
+    /// The sub-layers, in checkpoint order (2 in the encoder, 3 in the decoder).
     pub layer: Vec<T5Layer<B>>,
 }
 
@@ -279,9 +309,13 @@ mod layer {
     /// One sub-layer of a block, named as in the checkpoint (exactly one of the three parts is present).
     #[derive(Module, Debug)]
     pub struct T5Layer<B: Backend> {
+        /// Self-attention (`layer.0` of every block).
         pub SelfAttention: Option<T5Attention<B>>,
+        /// Cross-attention over the encoder output (`layer.1` of decoder blocks).
         pub EncDecAttention: Option<T5Attention<B>>,
+        /// The feed-forward block (the last sub-layer of every block).
         pub DenseReluDense: Option<T5DenseReluDense<B>>,
+        /// RMS norm applied to the sub-layer's input (pre-norm).
         pub layer_norm: T5LayerNorm<B>,
         /// A bottleneck adapter on this sub-layer's output (`o` or `wo`), before the residual: on the
         /// self-attention layer (Houlsby placement) and the feed-forward layer (Houlsby and Pfeiffer).
@@ -290,24 +324,37 @@ mod layer {
     }
 }
 
+/// T5 attention (`T5Attention`): no bias in the projections and no `1/√d_kv` score scaling.
 #[derive(Module, Debug)]
 pub struct T5Attention<B: Backend> {
+    /// Query projection `[d_model, num_heads · d_kv]`.
     pub q: PeftLinear<B>,
+    /// Key projection `[d_model, num_heads · d_kv]`.
     pub k: PeftLinear<B>,
+    /// Value projection `[d_model, num_heads · d_kv]`.
     pub v: PeftLinear<B>,
+    /// Output projection `[num_heads · d_kv, d_model]`.
     pub o: PeftLinear<B>,
     /// `[num_buckets, heads]`, block 0 of each stack only.
     pub relative_attention_bias: Option<Embedding<B>>,
+    /// Number of attention heads.
     pub n_heads: usize,
+    /// Size of each head.
     pub d_kv: usize,
 }
 
+/// T5 feed-forward block: `wo(act(wi x))`, or gated `wo(act(wi_0 x) * wi_1 x)` (`T5DenseGatedActDense`).
 #[derive(Module, Debug)]
 pub struct T5DenseReluDense<B: Backend> {
+    /// Up projection `[d_model, d_ff]` (non-gated variants only).
     pub wi: Option<PeftLinear<B>>,
+    /// Gate projection `[d_model, d_ff]`, passed through the activation (gated variants only).
     pub wi_0: Option<PeftLinear<B>>,
+    /// Linear projection `[d_model, d_ff]` multiplied with the gate (gated variants only).
     pub wi_1: Option<PeftLinear<B>>,
+    /// Down projection `[d_ff, d_model]`.
     pub wo: PeftLinear<B>,
+    /// The activation (from `feed_forward_proj`).
     #[module(skip)]
     pub act: Activation,
 }
@@ -315,11 +362,14 @@ pub struct T5DenseReluDense<B: Backend> {
 /// T5's RMS norm: `weight · x / sqrt(mean(x²) + eps)`; no mean subtraction, no bias.
 #[derive(Module, Debug)]
 pub struct T5LayerNorm<B: Backend> {
+    /// Per-channel scale `[d_model]`.
     pub weight: Param<Tensor<B, 1>>,
+    /// Epsilon added to the mean square (`layer_norm_epsilon`).
     pub eps: f64,
 }
 
 impl<B: Backend> T5LayerNorm<B> {
+    /// Normalises `[b, s, d_model]` over the last dimension.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         // Activations are f32 here, so the variance is computed in f32 as transformers does.
         let var = x.clone().powi_scalar(2).mean_dim(2);
@@ -329,6 +379,7 @@ impl<B: Backend> T5LayerNorm<B> {
 }
 
 impl<B: Backend> T5DenseReluDense<B> {
+    /// The feed-forward output for `x` `[b, s, d_model]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = match (&self.wi, &self.wi_0, &self.wi_1) {
             (Some(wi), _, _) => self.act.forward(wi.forward(x)),

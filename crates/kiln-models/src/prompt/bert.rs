@@ -29,14 +29,18 @@ use crate::prompt::{peft_err, prompt_from_file, text_init_rows};
 
 /// peft's keys for the saved classification head.
 pub const HEAD_WEIGHT: &str = "base_model.classifier.weight";
+/// peft's key for the saved classification head's bias, `[num_labels]`.
 pub const HEAD_BIAS: &str = "base_model.classifier.bias";
 
 /// BERT sequence classification with a trainable prompt (peft's `PeftModelForSequenceClassification` with
 /// `PROMPT_TUNING`). The backbone is frozen; the prompt and the classifier train.
 #[derive(Module, Debug)]
 pub struct BertPromptModel<B: Backend> {
+    /// The BERT classifier (backbone frozen; its `classifier` head trains with the prompt).
     pub model: BertForSequenceClassification<B>,
+    /// The trainable prompt, prepended to the input embeddings.
     pub prompt: PromptEncoder<B>,
+    /// The resolved prompt-tuning config (saved as `adapter_config.json`).
     #[module(skip)]
     pub config: PromptLearningConfig,
 }
@@ -156,6 +160,7 @@ impl<B: Backend> BertPromptModel<B> {
         save_prompt_with_modules(dir, &self.config, &self.prompt, extra).map_err(peft_err)
     }
 
+    /// Number of virtual tokens prepended to every input (`num_virtual_tokens`).
     pub fn num_virtual_tokens(&self) -> usize {
         self.config.num_virtual_tokens
     }

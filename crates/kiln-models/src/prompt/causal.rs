@@ -32,8 +32,12 @@ use crate::prompt::{peft_err, prompt_from_file, text_init_rows};
 /// `PREFIX_TUNING`). The base model is frozen; only `prompt` requires grad (unless loaded for inference).
 #[derive(Module, Debug)]
 pub struct PromptModel<B: Backend> {
+    /// The frozen base model.
     pub model: CausalModel<B>,
+    /// The trainable prompt: prepended input embeddings (prompt tuning) or per-layer past keys/values
+    /// (prefix tuning).
     pub prompt: PromptEncoder<B>,
+    /// The resolved prompt-learning config (saved as `adapter_config.json`).
     #[module(skip)]
     pub config: PromptLearningConfig,
 }
@@ -100,6 +104,7 @@ impl<B: Backend> PromptModel<B> {
         save_prompt(dir, &self.config, &self.prompt).map_err(peft_err)
     }
 
+    /// Number of virtual tokens (`num_virtual_tokens`).
     pub fn num_virtual_tokens(&self) -> usize {
         self.config.num_virtual_tokens
     }

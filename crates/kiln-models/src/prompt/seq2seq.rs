@@ -32,8 +32,12 @@ use crate::prompt::{peft_err, prompt_from_file, text_init_rows};
 /// `PREFIX_TUNING`). The base model is frozen; only `prompt` requires grad (unless loaded for inference).
 #[derive(Module, Debug)]
 pub struct Seq2SeqPromptModel<B: Backend> {
+    /// The frozen base encoder-decoder.
     pub model: Seq2SeqModel<B>,
+    /// The trainable prompt: prepended encoder embeddings (prompt tuning) or the decoder self-attention's
+    /// past keys/values (prefix tuning).
     pub prompt: PromptEncoder<B>,
+    /// The resolved prompt-learning config (saved as `adapter_config.json`).
     #[module(skip)]
     pub config: PromptLearningConfig,
 }
@@ -123,6 +127,7 @@ impl<B: Backend> Seq2SeqPromptModel<B> {
         save_prompt(dir, &self.config, &self.prompt).map_err(peft_err)
     }
 
+    /// Number of virtual tokens (`num_virtual_tokens`).
     pub fn num_virtual_tokens(&self) -> usize {
         self.config.num_virtual_tokens
     }

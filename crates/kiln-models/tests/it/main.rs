@@ -18,5 +18,6 @@ mod prompt_bert;
 mod prompt_seq2seq;
 mod reliability;
 mod s2s;
+mod said;
 mod scoring;
 mod t5;
