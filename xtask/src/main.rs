@@ -364,6 +364,63 @@ fn demo(out: &Path) -> Result<(), String> {
         json!({"model": bert_dir, "real": real, "recipes": real_rows, "sentences": sentences, "cosine": sims}),
     );
 
+    // Intrinsic dimension (SAID) on the same encoder: accuracy per d against full fine-tuning, d90.
+    println!(
+        "== intrinsic dimension (said-sst2) on {}",
+        if real {
+            "all-MiniLM-L6-v2"
+        } else {
+            "the tiny fixture"
+        }
+    );
+    let started = std::time::Instant::now();
+    let v = train_recipe(
+        &bin,
+        "said-sst2",
+        &out.join("real-weights").join("said-sst2"),
+        &[
+            "--model".into(),
+            bert_dir.clone(),
+            "--dataset".into(),
+            p("samples/sentiment"),
+            "--epochs".into(),
+            "3".into(),
+            "--intrinsic-dims".into(),
+            DEMO_SAID_DIMS.into(),
+            "--full-learning-rate".into(),
+            "1e-4".into(),
+        ],
+    )?;
+    println!("  {:>8} {:>12} {:>10}", "d", "trainable", "accuracy");
+    for r in v["said"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "  {:>8} {:>12} {:>10.3}",
+            r["intrinsic_dim"],
+            r["trainable_parameters"],
+            r["accuracy"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!(
+        "  {:>8} {:>12} {:>10.3}",
+        "full",
+        v["full"]["trainable_parameters"],
+        v["full"]["accuracy"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "  d90 (smallest d reaching 90% of full fine-tuning): {}  ({:.0} s; chart: {})",
+        v["d90"],
+        started.elapsed().as_secs_f64(),
+        v["chart"].as_str().unwrap_or_default()
+    );
+    let mut short = v.clone();
+    if let Some(o) = short.as_object_mut() {
+        o.remove("said");
+        if let Some(f) = o.get_mut("full").and_then(Value::as_object_mut) {
+            f.remove("train");
+        }
+    }
+    summary.insert("said-sst2".into(), short);
+
     println!(
         "== rouge (lead-3 baseline on the bundled article/summary samples, stemmer, bar chart)"
     );
@@ -408,6 +465,9 @@ fn demo(out: &Path) -> Result<(), String> {
     println!("reports written to {}", out.display());
     Ok(())
 }
+
+/// The intrinsic dimensions the demo sweeps on all-MiniLM-L6-v2.
+const DEMO_SAID_DIMS: &str = "10,100,1000,10000";
 
 fn bench(what: &str, python: Option<&Path>, quick: bool, out: &Path) -> Result<(), String> {
     let out = if out.is_absolute() {

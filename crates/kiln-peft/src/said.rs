@@ -79,6 +79,25 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
+/// 2¹⁶ standard-normal draws (Box–Muller in f64 from a fixed splitmix64 stream), the values of every
+/// projection's `G`. Fixed for the file format: changing them changes every saved adapter's projection.
+pub fn gaussian_table() -> &'static [f32; 1 << 16] {
+    static TABLE: std::sync::OnceLock<Box<[f32; 1 << 16]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0f32; 1 << 16]);
+        for p in 0..(1 << 15) {
+            let u = stream(0x5A1D_0001, p as u64);
+            let u1 = ((u >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let u2 = (stream(0x5A1D_0002, p as u64) >> 11) as f64 / (1u64 << 53) as f64;
+            let r = (-2.0 * u1.ln()).sqrt();
+            let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
+            t[2 * p] = (r * cos) as f32;
+            t[2 * p + 1] = (r * sin) as f32;
+        }
+        t
+    })
+}
+
 /// Elements per parallel task in the transform's loops.
 const CHUNK: usize = 1 << 14;
 
@@ -119,17 +138,11 @@ fn butterfly(x: &mut [f32], y: &mut [f32]) {
     }
 }
 
-/// A raw pointer that rayon tasks may share, for the transposed permutation's scatter (disjoint writes).
-#[derive(Clone, Copy)]
-struct SharedPtr(*mut f32);
-// SAFETY: only used for writes to distinct indices (a permutation), see `Fastfood::transpose`.
-unsafe impl Send for SharedPtr {}
-unsafe impl Sync for SharedPtr {}
-
 /// The Fastfood projection `P = s · R · H · G · Π · H · B · Pad` from ℝ^`d_in` to ℝ^`d_out`: `Pad` pads the input
 /// with zeros to L (the next power of two ≥ max(d_in, d_out)), `B` is a random ±1 diagonal, `H` the Walsh–Hadamard
 /// matrix, `Π` a random permutation, `G` a diagonal of standard Gaussians, `R` keeps the first `d_out` rows and `s`
-/// is the scale that gives the columns unit norm in expectation (see the module docs).
+/// is the scale that gives the columns unit norm in expectation (see the module docs). `G`'s entries are drawn
+/// from a fixed table of 2¹⁶ standard-normal values ([`gaussian_table`]).
 ///
 /// Nothing is stored but the seed and the scale: `B`, `G` and `Π` are recomputed from the seed, element by element.
 #[derive(Debug, Clone)]
@@ -170,9 +183,10 @@ impl Fastfood {
         let chunk_sums: Vec<f64> = (0..l.div_ceil(CHUNK))
             .into_par_iter()
             .map(|c| {
-                (c * CHUNK..((c + 1) * CHUNK).min(l))
-                    .map(|j| (f.g(j) as f64).powi(2))
-                    .sum::<f64>()
+                let j0 = c * CHUNK;
+                let mut acc = 0f64;
+                f.for_each_g(j0, CHUNK.min(l - j0), |_, g| acc += (g as f64).powi(2));
+                acc
             })
             .collect();
         let sum_g2: f64 = chunk_sums.iter().sum();
@@ -205,14 +219,29 @@ impl Fastfood {
         }
     }
 
-    /// The Gaussian diagonal `G` (Box–Muller on one 64-bit draw per pair of entries).
+    /// The Gaussian diagonal `G`: entry j is one of 2¹⁶ fixed standard-normal draws ([`gaussian_table`]),
+    /// picked by a hash of (seed, j) — one hash and one cached load per entry instead of a logarithm and a
+    /// sine, which made Box–Muller per entry the largest cost of a training step.
+    #[inline]
     pub fn g(&self, j: usize) -> f32 {
-        let u = stream(self.seed_g, (j / 2) as u64);
-        let u1 = ((u >> 32) as f64 + 0.5) / 4_294_967_296.0;
-        let u2 = (u & 0xFFFF_FFFF) as f64 / 4_294_967_296.0;
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = std::f64::consts::TAU * u2;
-        (if j % 2 == 0 { r * t.cos() } else { r * t.sin() }) as f32
+        gaussian_table()[(stream(self.seed_g, j as u64) >> 48) as usize]
+    }
+
+    /// Runs `f(t, g(j0 + t))` for t in 0..len.
+    #[inline]
+    fn for_each_g(&self, j0: usize, len: usize, mut f: impl FnMut(usize, f32)) {
+        let table = gaussian_table();
+        for t in 0..len {
+            f(
+                t,
+                table[(stream(self.seed_g, (j0 + t) as u64) >> 48) as usize],
+            );
+        }
+    }
+
+    /// The size M of the input block: the next power of two ≥ d_in (≤ L).
+    fn m(&self) -> usize {
+        self.d_in.next_power_of_two()
     }
 
     /// The permutation `Π`: `(Πx)[j] = x[perm(j)]`. A bijection of 0..L built from invertible steps on L's bits
@@ -229,21 +258,25 @@ impl Fastfood {
     }
 
     /// `P · x` for `x` of length `d_in`; the result has length `d_out`.
+    ///
+    /// `B · Pad · x` is non-zero in its first M = 2^⌈log₂ d_in⌉ entries only, so `H` of it is `H_M` of them
+    /// repeated L / M times (Sylvester's ordering): one small transform, then one O(L) pass reading a cache-sized
+    /// array for `G · Π`, then the full transform of size L.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
         assert_eq!(x.len(), self.d_in, "Fastfood input length");
-        let mut a = vec![0f32; self.l];
-        for (j, (a, &x)) in a.iter_mut().zip(x).enumerate() {
-            *a = x * self.b(j);
+        let m = self.m();
+        let mut h = vec![0f32; m];
+        for (j, (h, &x)) in h.iter_mut().zip(x).enumerate() {
+            *h = x * self.b(j);
         }
-        fwht(&mut a);
+        fwht(&mut h);
+        let mask = m - 1;
         let mut c = vec![0f32; self.l];
         c.par_chunks_mut(CHUNK).enumerate().for_each(|(k, c)| {
-            for (t, c) in c.iter_mut().enumerate() {
-                let j = k * CHUNK + t;
-                *c = a[self.perm(j)] * self.g(j);
-            }
+            let j0 = k * CHUNK;
+            let len = c.len();
+            self.for_each_g(j0, len, |t, g| c[t] = h[self.perm(j0 + t) & mask] * g);
         });
-        drop(a);
         fwht(&mut c);
         c.truncate(self.d_out);
         let s = self.scale;
@@ -253,31 +286,41 @@ impl Fastfood {
     }
 
     /// `Pᵀ · y` for `y` of length `d_out`; the result has length `d_in`.
+    ///
+    /// Only the first d_in entries of the last `H` are kept, which depend on the sums of the L / M blocks of size
+    /// M: `(Πᵀ G H y)` is accumulated straight into M bins (a fixed split in f64, summed in order, so the result
+    /// is the same on every run), then transformed with `H_M`.
     pub fn transpose(&self, y: &[f32]) -> Vec<f32> {
         assert_eq!(y.len(), self.d_out, "Fastfood transpose input length");
+        let m = self.m();
+        let mask = m - 1;
         let mut a = vec![0f32; self.l];
         a[..self.d_out].copy_from_slice(y);
         fwht(&mut a);
-        let mut c = vec![0f32; self.l];
-        let out = SharedPtr(c.as_mut_ptr());
-        a.par_chunks(CHUNK).enumerate().for_each(|(k, a)| {
-            let out = out;
-            for (t, &v) in a.iter().enumerate() {
-                let j = k * CHUNK + t;
-                let p = self.perm(j);
-                debug_assert!(p < self.l);
-                // SAFETY: `perm` is a bijection of 0..l (tested), so every task writes distinct, in-bounds
-                // elements of `c`, which outlives the loop and is not read during it.
-                unsafe { *out.0.add(p) = v * self.g(j) };
-            }
-        });
+        let part = (self.l / 16).max(CHUNK);
+        let partials: Vec<Vec<f64>> = a
+            .par_chunks(part)
+            .enumerate()
+            .map(|(k, a)| {
+                let j0 = k * part;
+                let mut acc = vec![0f64; m];
+                self.for_each_g(j0, a.len(), |t, g| {
+                    acc[self.perm(j0 + t) & mask] += (a[t] * g) as f64
+                });
+                acc
+            })
+            .collect();
         drop(a);
-        fwht(&mut c);
-        c.truncate(self.d_in);
-        for (j, v) in c.iter_mut().enumerate() {
+        let mut s = vec![0f32; m];
+        for (i, v) in s.iter_mut().enumerate() {
+            *v = partials.iter().map(|p| p[i]).sum::<f64>() as f32;
+        }
+        fwht(&mut s);
+        s.truncate(self.d_in);
+        for (j, v) in s.iter_mut().enumerate() {
             *v *= self.scale * self.b(j);
         }
-        c
+        s
     }
 
     /// The explicit `[d_out, d_in]` matrix (row-major), computed in f64 from the definition — for tests and

@@ -73,6 +73,8 @@ pub struct RecipeArgs {
     pub num_virtual_tokens: Option<usize>,
     /// Intrinsic dimensions d for `said-sst2` (default [`SAID_DIMS`]).
     pub intrinsic_dims: Option<Vec<usize>>,
+    /// Learning rate of `said-sst2`'s full fine-tuning run (default 2e-5, as `bert-sst2`).
+    pub full_learning_rate: Option<f64>,
 }
 
 impl RecipeArgs {
@@ -156,7 +158,7 @@ pub fn run_recipe<B: AutodiffBackend>(
 /// `--num-virtual-tokens` outside the recipes they size.
 fn check_flags(name: &str, a: &RecipeArgs) -> Result<()> {
     let training = !matches!(name, "opt-icl-sst2" | "gpt2-generate" | "t0-zero-shot");
-    let given: [(&str, bool, bool); 13] = [
+    let given: [(&str, bool, bool); 14] = [
         (
             "--dataset",
             a.dataset.is_some(),
@@ -192,6 +194,11 @@ fn check_flags(name: &str, a: &RecipeArgs) -> Result<()> {
         (
             "--intrinsic-dims",
             a.intrinsic_dims.is_some(),
+            name == "said-sst2",
+        ),
+        (
+            "--full-learning-rate",
+            a.full_learning_rate.is_some(),
             name == "said-sst2",
         ),
     ];
@@ -413,7 +420,20 @@ fn said_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<V
     let (bert_cfg, model, load) = bert::load_for_classification::<B>(&dir, device)?;
     let (train_b, eval_b, n_train, n_eval) = bert_sst2_data(a, &dir, &bert_cfg, &data)?;
     let task = Classification { eval: eval_b };
-    // θ₀ is shared by every run, the randomly initialised head included, so the runs differ only in d.
+    // θ₀ is shared by every run, the randomly initialised head included, so the runs differ only in d; its initial
+    // head is kept in `out/initial-head` (a SAID adapter with d = 0) so that `--resume` continues from the same θ₀.
+    let head_dir = a.out_dir.join("initial-head");
+    let model = if a.resume && head_dir.join(kiln_peft::io::CONFIG_FILE).exists() {
+        Said::from_pretrained(model, &head_dir)
+            .map_err(|e| Error::Config(e.to_string()))?
+            .0
+    } else {
+        let said = Said::new(&model, SaidConfig::new(1).with_task_type("SEQ_CLS"))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        said.save_pretrained(&head_dir, &said.init::<B>(device), &model)
+            .map_err(|e| Error::Io(e.to_string()))?;
+        model
+    };
     let base = model.valid();
     let seed = a.seed.unwrap_or(42);
     let dims = a
@@ -431,7 +451,9 @@ fn said_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<V
             said: &said,
             base: base.clone(),
         };
-        let mut tc = train_config(a, 3, SAID_LEARNING_RATE, OptimizerKind::AdamW);
+        let lr = SAID_STEP / (d as f64).sqrt();
+        let mut tc = train_config(a, 3, lr, OptimizerKind::AdamW);
+        tc.warmup_ratio = 0.1;
         tc.out_dir = a.out_dir.join(format!("said-d{d}"));
         let t0 = std::time::Instant::now();
         let params = said.init::<B>(device);
@@ -449,7 +471,7 @@ fn said_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<V
         let acc = eval.get("accuracy").unwrap_or(0.0);
         points.push((d, acc));
         runs.push(json!({
-            "intrinsic_dim": d, "trainable_parameters": said.trainable_parameters(),
+            "intrinsic_dim": d, "learning_rate": tc.learning_rate, "trainable_parameters": said.trainable_parameters(),
             "projected_parameters": said.projected_parameters(), "accuracy": acc,
             "final_eval": eval.metrics, "seconds": t0.elapsed().as_secs_f64(),
             "adapter": adapter, "train": report,
@@ -457,10 +479,13 @@ fn said_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<V
     }
     // Full fine-tuning from the same θ₀, as `bert-sst2` (Adam 2e-5).
     let mut tc = train_config(a, 3, 2e-5, OptimizerKind::Adam);
-    tc.learning_rate = 2e-5;
+    tc.learning_rate = a.full_learning_rate.unwrap_or(2e-5);
     tc.out_dir = a.out_dir.join("full");
-    let full_model =
-        <bert::BertForSequenceClassification<B> as AutodiffModule<B>>::from_inner(base.clone());
+    // `from_inner` gives parameters that do not require gradients: mark them all trainable again.
+    let full_model = kiln_peft::model::map_base_params(
+        <bert::BertForSequenceClassification<B> as AutodiffModule<B>>::from_inner(base.clone()),
+        &mut |_| kiln_peft::model::ParamAction::RequireGrad(true),
+    );
     let n = full_model.num_params();
     let (full_model, full_report) = train(&task, full_model, &train_b, &tc, n)?;
     let full_eval = crate::trainer::Task::<B>::evaluate(&task, &full_model.valid())?;
@@ -496,8 +521,11 @@ fn said_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<V
     }))
 }
 
-/// Peak learning rate of the SAID runs (AdamW on d and λ; override with `--learning-rate`).
-pub const SAID_LEARNING_RATE: f64 = 1e-3;
+/// The SAID runs' peak learning rate is `SAID_STEP / √d` (AdamW on d and λ, 10% warmup; `--learning-rate` sets
+/// one rate for every d). Adam moves each coordinate of d by about the learning rate per step and the projection's
+/// columns have unit norm, so a step moves θ by about lr·√d: this keeps that at 0.3 for every d, so that the sweep
+/// compares dimensions, not step sizes (a fixed rate is too small for d = 10 or diverges for d = 10⁴).
+pub const SAID_STEP: f64 = 0.3;
 
 /// Peak resident memory of this process as the kernel counts it (`VmHWM`), in bytes (Linux; `None` elsewhere).
 pub fn peak_rss() -> Option<u64> {

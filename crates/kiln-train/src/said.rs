@@ -63,7 +63,7 @@ mod tests {
     fn d90_is_the_smallest_dimension_reaching_ninety_percent() {
         let runs = [(10, 0.55), (100, 0.80), (1000, 0.86), (10000, 0.9)];
         assert_eq!(super::d90(&runs, 0.92), Some(1000));
-        assert_eq!(super::d90(&runs, 0.89), Some(100));
+        assert_eq!(super::d90(&runs, 0.88), Some(100));
         assert_eq!(super::d90(&runs, 1.2), None);
     }
 }

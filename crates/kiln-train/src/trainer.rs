@@ -529,6 +529,14 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
                 loss
             };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
+            if grads.is_empty() {
+                // A model with every parameter frozen (or rebuilt without its require-grad flags) would "train"
+                // for the whole run and change nothing.
+                bar.abandon();
+                return Err(Error::Config(
+                    "no parameter of the model requires a gradient: nothing would train".into(),
+                ));
+            }
             accum.accumulate(&model, grads);
             in_accum += 1;
             accum_loss += value;

@@ -242,15 +242,33 @@ pub fn random_head_warning(
     )))
 }
 
-/// Attach a LoRA adapter directory (PEFT format) to a model, unmerged (exact peft semantics).
+/// Attach an adapter directory to a model: LoRA (PEFT format) unmerged, with peft's exact semantics; a SAID / DID
+/// adapter (`peft_type` `"SAID"`) as the fine-tuned parameters θ₀ + λ·P·d it stands for.
 pub fn with_adapter<B: burn::prelude::Backend, M: kiln_peft::PeftModel<B>>(
     model: M,
     adapter: Option<&PathBuf>,
 ) -> Result<M, String> {
     match adapter {
         None => Ok(model),
+        Some(dir) if kiln_peft::said::is_said_adapter(dir).map_err(s)? => {
+            kiln_peft::merge_said(model, dir).map_err(s)
+        }
         Some(dir) => Ok(kiln_peft::LoraModel::from_pretrained(model, dir, false)
             .map_err(s)?
             .model),
+    }
+}
+
+/// Fold an adapter into its base model's weights: LoRA's `merge_and_unload`, or SAID's θ₀ + λ·P·d.
+pub fn merge_adapter<B: burn::prelude::Backend, M: kiln_peft::PeftModel<B>>(
+    model: M,
+    dir: &std::path::Path,
+) -> Result<M, String> {
+    if kiln_peft::said::is_said_adapter(dir).map_err(s)? {
+        kiln_peft::merge_said(model, dir).map_err(s)
+    } else {
+        Ok(kiln_peft::LoraModel::from_pretrained(model, dir, false)
+            .map_err(s)?
+            .merge_and_unload())
     }
 }

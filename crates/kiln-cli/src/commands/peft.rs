@@ -18,7 +18,7 @@ pub enum PeftCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Merge a LoRA adapter into its base model and write a Hugging Face checkpoint directory.
+    /// Merge a LoRA or SAID adapter into its base model and write a Hugging Face checkpoint directory.
     Merge {
         #[command(flatten)]
         model: ModelArg,
@@ -53,6 +53,7 @@ pub fn peft(a: PeftArgs) -> Res {
             let v = json!({
                 "dir": dir, "peft_type": cfg["peft_type"], "task_type": cfg["task_type"],
                 "base_model_name_or_path": cfg["base_model_name_or_path"], "r": cfg["r"], "lora_alpha": cfg["lora_alpha"],
+                "intrinsic_dim": cfg["intrinsic_dim"], "structure_aware": cfg["structure_aware"],
                 "target_modules": cfg["target_modules"], "tensors": list.len(), "parameters": params,
             });
             if as_json {
@@ -76,17 +77,13 @@ pub fn peft(a: PeftArgs) -> Res {
                 "gpt2" | "opt" => {
                     let (m, _) = kiln_models::auto::CausalModel::<Inference>::load(&dir, &device)
                         .map_err(s)?;
-                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false)
-                        .map_err(s)?
-                        .merge_and_unload();
+                    let m = merge_adapter(m, &adapter)?;
                     kiln_peft::export::save_hf_weights(&m, &weights).map_err(s)?
                 }
                 "t5" | "bart" => {
                     let (m, _) = kiln_models::auto::Seq2SeqModel::<Inference>::load(&dir, &device)
                         .map_err(s)?;
-                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false)
-                        .map_err(s)?
-                        .merge_and_unload();
+                    let m = merge_adapter(m, &adapter)?;
                     kiln_peft::export::save_hf_weights(&m, &weights).map_err(s)?
                 }
                 "bert" => {
@@ -97,9 +94,7 @@ pub fn peft(a: PeftArgs) -> Res {
                     {
                         eprintln!("warning: {w}; the merged checkpoint holds that random head");
                     }
-                    let m = kiln_peft::LoraModel::from_pretrained(m, &adapter, false)
-                        .map_err(s)?
-                        .merge_and_unload();
+                    let m = merge_adapter(m, &adapter)?;
                     kiln_peft::export::save_hf_weights(&m, &weights).map_err(s)?
                 }
                 other => {

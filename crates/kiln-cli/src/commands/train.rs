@@ -53,6 +53,9 @@ pub struct TrainArgs {
     /// Intrinsic dimensions to sweep, comma-separated (said-sst2: 10,100,1000,10000).
     #[arg(long, value_delimiter = ',')]
     pub intrinsic_dims: Option<Vec<usize>>,
+    /// Learning rate of said-sst2's full fine-tuning run (default 2e-5).
+    #[arg(long)]
+    pub full_learning_rate: Option<f64>,
     #[arg(long)]
     pub no_progress: bool,
     #[arg(long)]
@@ -75,9 +78,10 @@ pub fn train(a: TrainArgs) -> Res {
             .as_ref()
             .is_some_and(|v| v.is_empty() || v.contains(&0))
         || a.learning_rate.is_some_and(|l| !(l > 0.0))
+        || a.full_learning_rate.is_some_and(|l| !(l > 0.0))
     {
         return Err(
-            "--epochs, --batch-size, --num-virtual-tokens, --save-every-steps, --intrinsic-dims and --learning-rate must be positive"
+            "--epochs, --batch-size, --num-virtual-tokens, --save-every-steps, --intrinsic-dims and the learning rates must be positive"
                 .into(),
         );
     }
@@ -99,6 +103,7 @@ pub fn train(a: TrainArgs) -> Res {
         adapter_size: a.adapter_size,
         num_virtual_tokens: a.num_virtual_tokens,
         intrinsic_dims: a.intrinsic_dims,
+        full_learning_rate: a.full_learning_rate,
     };
     let summary = kiln_train::recipes::run_recipe::<backend::Training>(&a.recipe, &args, &device)
         .map_err(s)?;

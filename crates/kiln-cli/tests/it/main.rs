@@ -6,6 +6,7 @@ use std::process::Command;
 
 mod reliability;
 mod return_sequences;
+mod said;
 mod scoring;
 
 fn fixtures() -> PathBuf {
