@@ -257,3 +257,25 @@ fn seq2seq_adapters_train_and_reload_from_the_checkpoint() {
         );
     }
 }
+
+/// A model with every parameter frozen is an error at the first step, not a run that changes nothing.
+#[test]
+fn a_model_with_nothing_to_train_is_an_error() {
+    let _guard = serial();
+    let out = tempfile::tempdir().unwrap();
+    let (model, _) =
+        CausalModel::<AD>::load(&fixtures().join("gpt2"), &Default::default()).unwrap();
+    let frozen = model.no_grad();
+    let tc = TrainConfig {
+        epochs: 1,
+        eval_each_epoch: false,
+        out_dir: out.path().to_path_buf(),
+        progress: false,
+        ..Default::default()
+    };
+    let e = train(&NextToken, frozen, &causal_batch(), &tc, 0)
+        .err()
+        .expect("training a frozen model must fail")
+        .to_string();
+    assert!(e.contains("no parameter"), "{e}");
+}
