@@ -395,15 +395,15 @@ fn demo(out: &Path) -> Result<(), String> {
     for r in v["said"].as_array().cloned().unwrap_or_default() {
         println!(
             "  {:>8} {:>12} {:>10.3}",
-            r["intrinsic_dim"],
-            r["trainable_parameters"],
+            r["intrinsic_dim"].to_string(),
+            r["trainable_parameters"].to_string(),
             r["accuracy"].as_f64().unwrap_or(f64::NAN)
         );
     }
     println!(
         "  {:>8} {:>12} {:>10.3}",
         "full",
-        v["full"]["trainable_parameters"],
+        v["full"]["trainable_parameters"].to_string(),
         v["full"]["accuracy"].as_f64().unwrap_or(f64::NAN)
     );
     println!(

@@ -295,7 +295,7 @@ fn train_bart(a: &BenchArgs, lora: bool) -> Result<Value, String> {
             let enc = m.encoder_forward(ids, &mask).map_err(s)?;
             let dec = kiln_models::attention::ids_tensor::<Training>(&dec, &dev);
             let logits = m.decoder_logits(dec, enc, &mask).map_err(s)?;
-            Ok(kiln_train::loss::token_cross_entropy(logits, &labels))
+            kiln_train::loss::token_cross_entropy(logits, &labels).map_err(|e| e.to_string())
         },
         |m, loss| {
             let grads = GradientsParams::from_grads(loss.backward(), &m);
@@ -345,7 +345,7 @@ fn train_bert_adapters(a: &BenchArgs) -> Result<Value, String> {
         model,
         |m| {
             let logits = m.forward_batch(&batch).map_err(s)?;
-            Ok(kiln_train::loss::class_cross_entropy(logits, &labels))
+            kiln_train::loss::class_cross_entropy(logits, &labels).map_err(|e| e.to_string())
         },
         |m, loss| {
             let grads = GradientsParams::from_grads(loss.backward(), &m);

@@ -87,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .model
             .forward(ids_tensor::<B>(&ids, &device), Some(mask.as_slice()));
         // Next-token cross-entropy: logits at position i predict ids[i + 1]; padding is ignored.
-        let loss = causal_lm_loss(logits, &ids, &mask);
+        let loss = causal_lm_loss(logits, &ids, &mask)?;
         println!(
             "step {step:2}  loss {:.4}",
             loss.clone().into_scalar().elem::<f32>()

@@ -1,33 +1,47 @@
 //! Losses as transformers computes them.
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::AutodiffBackend;
+use kiln_kernels::KernelOps;
+
+use crate::error::{Error, Result};
+
+/// A backend kiln trains on: autodiff with kiln-kernels' fused ops, on the autodiff backend and on its inner
+/// (evaluation) backend. `Autodiff<Flex>`, `Autodiff<NdArray>` and `Autodiff<Cuda>` are, with kiln-kernels'
+/// feature of the same name.
+pub trait TrainBackend: AutodiffBackend<InnerBackend: KernelOps> + KernelOps {}
+
+impl<B> TrainBackend for B
+where
+    B: AutodiffBackend + KernelOps,
+    B::InnerBackend: KernelOps,
+{
+}
 
 /// Labels equal to this are ignored (as PyTorch's `CrossEntropyLoss(ignore_index=-100)`).
 pub const IGNORE_INDEX: i64 = -100;
 
-/// Mean cross-entropy over `[b, t, v]` logits and `[b][t]` labels, ignoring [`IGNORE_INDEX`].
-pub fn token_cross_entropy<B: Backend>(logits: Tensor<B, 3>, labels: &[Vec<i64>]) -> Tensor<B, 1> {
+/// Mean cross-entropy over `[b, t, v]` logits and `[b][t]` labels, ignoring [`IGNORE_INDEX`] (any negative label).
+///
+/// Runs kiln-kernels' fused op: one log-sum-exp per position is kept for the backward pass, never the `[b·t, v]`
+/// log-softmax of the decomposed chain. A label outside the vocabulary is an error naming it.
+pub fn token_cross_entropy<B: KernelOps>(
+    logits: Tensor<B, 3>,
+    labels: &[Vec<i64>],
+) -> Result<Tensor<B, 1>> {
     let [b, t, v] = logits.dims();
-    let device = logits.device();
-    let flat: Vec<i64> = labels
-        .iter()
-        .flat_map(|r| r.iter().map(|&x| if x < 0 { 0 } else { x }))
-        .collect();
-    let keep: Vec<f32> = labels
-        .iter()
-        .flat_map(|r| r.iter().map(|&x| (x != IGNORE_INDEX) as u8 as f32))
-        .collect();
-    let n = keep.iter().sum::<f32>().max(1.0);
-    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b * t, 1]), &device);
-    let mask = Tensor::<B, 1>::from_data(TensorData::new(keep, [b * t]), &device);
-    let lp = log_softmax(logits.reshape([b * t, v]), 1);
-    let picked = lp.gather(1, targets).reshape([b * t]);
-    (picked * mask).sum().neg().div_scalar(n)
+    let flat: Vec<i64> = labels.iter().flatten().copied().collect();
+    let n = flat.iter().filter(|&&x| x >= 0).count().max(1);
+    let rows = kiln_kernels::cross_entropy(logits.reshape([b * t, v]), &flat)
+        .map_err(|e| Error::Config(format!("labels: {e}")))?;
+    Ok(rows.sum().div_scalar(n as f64))
 }
 
 /// Mean cross-entropy over `[b, c]` logits and class labels.
-pub fn class_cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: &[i64]) -> Tensor<B, 1> {
+pub fn class_cross_entropy<B: KernelOps>(
+    logits: Tensor<B, 2>,
+    labels: &[i64],
+) -> Result<Tensor<B, 1>> {
     let [b, c] = logits.dims();
     token_cross_entropy(
         logits.reshape([b, 1, c]),
@@ -36,11 +50,11 @@ pub fn class_cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: &[i64]) -> 
 }
 
 /// Next-token loss of a causal LM: logits `[b, t, v]` predict `ids` shifted left; padding ignored.
-pub fn causal_lm_loss<B: Backend>(
+pub fn causal_lm_loss<B: KernelOps>(
     logits: Tensor<B, 3>,
     ids: &[Vec<u32>],
     mask: &[Vec<u8>],
-) -> Tensor<B, 1> {
+) -> Result<Tensor<B, 1>> {
     let [b, t, v] = logits.dims();
     let labels: Vec<Vec<i64>> = ids
         .iter()

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::loss::TrainBackend;
 use burn::module::{AutodiffModule, Module};
-use burn::tensor::backend::AutodiffBackend;
 use kiln_data::{
     load_cnndm, load_sst2, tokenize_sentiment, tokenize_seq2seq, BatchOptions, Batcher,
     LoadOptions, PromptTemplate, Seq2SeqLengths, Split,
@@ -121,7 +121,7 @@ fn write_json(path: &std::path::Path, v: &Value) -> Result<()> {
 }
 
 /// Run a recipe; returns its summary (also written to `out_dir/summary.json`).
-pub fn run_recipe<B: AutodiffBackend>(
+pub fn run_recipe<B: TrainBackend>(
     name: &str,
     a: &RecipeArgs,
     device: &B::Device,
@@ -212,7 +212,7 @@ fn check_flags(name: &str, a: &RecipeArgs) -> Result<()> {
     Ok(())
 }
 
-fn device_inner<B: AutodiffBackend>(d: &B::Device) -> burn::tensor::Device<B::InnerBackend> {
+fn device_inner<B: TrainBackend>(d: &B::Device) -> burn::tensor::Device<B::InnerBackend> {
     d.clone()
 }
 
@@ -232,7 +232,7 @@ fn train_config(a: &RecipeArgs, epochs: usize, lr: f64, optimizer: OptimizerKind
 }
 
 /// Prompt-based full fine-tuning of t5-small on SST-2, scored by generation accuracy.
-fn t5_prompt_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
+fn t5_prompt_sst2<B: TrainBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
     let model_spec = a.model_or("t5-small");
     let data = a.dataset_or("stanfordnlp/sst2");
     let pipe = Seq2SeqPipeline::<B>::load(&model_spec, device)?;
@@ -309,7 +309,7 @@ enum BertMethod {
 
 /// BERT sequence classification on SST-2 (Adam 2e-5, as the seed's BERT run), fully fine-tuned, with
 /// bottleneck adapters of size 64 in every layer and the backbone frozen (the seed's experiment), or with LoRA.
-fn bert_sst2<B: AutodiffBackend>(
+fn bert_sst2<B: TrainBackend>(
     a: &RecipeArgs,
     device: &B::Device,
     method: BertMethod,
@@ -412,7 +412,7 @@ pub const SAID_DIMS: &[usize] = &[10, 100, 1000, 10_000];
 /// Intrinsic-dimension fine-tuning (SAID, Aghajanyan et al. 2021) of a BERT classifier on SST-2 for each d, and
 /// full fine-tuning from the same initial model: accuracy per d, d90 (the smallest d reaching 90% of full
 /// fine-tuning's accuracy) and a chart of accuracy against log d.
-fn said_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
+fn said_sst2<B: TrainBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
     use kiln_peft::{Said, SaidConfig};
     let model_spec = a.model_or("bert-base-uncased");
     let data = a.dataset_or("stanfordnlp/sst2");
@@ -555,7 +555,7 @@ fn bart_lora_config(base: &str) -> kiln_peft::LoraConfig {
 
 /// LoRA and full fine-tuning of BART on the same data and budget: wall time, peak memory, trainable
 /// parameters and ROUGE, as a Markdown and a JSON table.
-fn lora_vs_full<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
+fn lora_vs_full<B: TrainBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
     let mut rows = Vec::new();
     for (name, lora) in [("lora", true), ("full", false)] {
         let sub = RecipeArgs {
@@ -625,7 +625,7 @@ impl Method {
 
 /// BART summarization on CNN/DailyMail: full fine-tuning, LoRA or prefix tuning (the adapter is saved in the PEFT
 /// format under `out/adapter`), scored by ROUGE on generated summaries.
-fn bart_cnndm<B: AutodiffBackend>(
+fn bart_cnndm<B: TrainBackend>(
     a: &RecipeArgs,
     device: &B::Device,
     method: Method,
@@ -788,7 +788,7 @@ fn sentiment_label(l: i64) -> &'static str {
 /// Prompt tuning of OPT on SST-2 (peft's PROMPT_TUNING, TEXT init, 8 virtual tokens): the model is
 /// frozen, only the virtual token embeddings train on `Input: {sentence}\nOutput: {label}` texts; accuracy by
 /// label likelihood. The prompt is saved in the PEFT format under `out/adapter`.
-fn prompt_tuning_sst2<B: AutodiffBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
+fn prompt_tuning_sst2<B: TrainBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
     let model_spec = a.model_or("facebook/opt-125m");
     let data = a.dataset_or("stanfordnlp/sst2");
     let pipe = CausalPipeline::<B>::load(&model_spec, device)?;

@@ -1,9 +1,9 @@
 //! The tasks of the recipes: sequence classification (BERT) and sequence-to-sequence (T5, BART) scored by
 //! generation (accuracy or ROUGE).
 
+use crate::loss::TrainBackend;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use kiln_data::{Batch, Batcher, Labels};
 use kiln_metrics::aggregate::mean_by_type;
 use kiln_metrics::{RougeScorer, SentenceSplit};
@@ -50,12 +50,12 @@ pub struct Classification {
     pub eval: Batcher,
 }
 
-impl<B: AutodiffBackend> Task<B> for Classification {
+impl<B: TrainBackend> Task<B> for Classification {
     type Model = BertForSequenceClassification<B>;
 
     fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>> {
         let logits = model.forward_batch(&bert_batch(batch))?;
-        Ok(class_cross_entropy(logits, class_labels(batch)?))
+        class_cross_entropy(logits, class_labels(batch)?)
     }
 
     fn evaluate(
@@ -66,7 +66,7 @@ impl<B: AutodiffBackend> Task<B> for Classification {
         for (_, batch) in self.eval.epoch(0) {
             let labels = class_labels(&batch)?;
             let logits = model.forward_batch(&bert_batch(&batch))?;
-            loss_sum += class_cross_entropy(logits.clone(), labels)
+            loss_sum += class_cross_entropy(logits.clone(), labels)?
                 .into_scalar()
                 .elem::<f64>()
                 * labels.len() as f64;
@@ -124,7 +124,7 @@ pub struct Seq2Seq {
 }
 
 impl Seq2Seq {
-    fn teacher_forced<B: Backend, M: EncoderDecoder<B>>(
+    fn teacher_forced<B: kiln_kernels::KernelOps, M: EncoderDecoder<B>>(
         &self,
         model: &M,
         batch: &Batch,
@@ -143,11 +143,11 @@ impl Seq2Seq {
             hidden,
             &batch.attention_mask,
         )?;
-        Ok(token_cross_entropy(logits, labels))
+        token_cross_entropy(logits, labels)
     }
 
     /// Generate for every evaluation example; returns (predictions, references, mean loss).
-    pub fn predict<B: Backend, M: EncoderDecoder<B>>(
+    pub fn predict<B: kiln_kernels::KernelOps, M: EncoderDecoder<B>>(
         &self,
         model: &M,
     ) -> Result<(Vec<String>, Vec<String>, f64)> {
@@ -181,7 +181,7 @@ impl Seq2Seq {
 
 impl Seq2Seq {
     /// Generate for the evaluation set and score it (accuracy or ROUGE); writes the predictions when asked.
-    pub fn evaluate_model<B: Backend, M: EncoderDecoder<B>>(
+    pub fn evaluate_model<B: kiln_kernels::KernelOps, M: EncoderDecoder<B>>(
         &self,
         model: &M,
     ) -> Result<EvalResult> {
@@ -232,7 +232,7 @@ impl Seq2Seq {
     }
 }
 
-impl<B: AutodiffBackend> Task<B> for Seq2Seq {
+impl<B: TrainBackend> Task<B> for Seq2Seq {
     type Model = Seq2SeqModel<B>;
 
     fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>> {
@@ -255,7 +255,7 @@ impl<B: AutodiffBackend> Task<B> for Seq2Seq {
 /// [`Seq2Seq`], through the prompt model.
 pub struct Seq2SeqPrompt(pub Seq2Seq);
 
-impl<B: AutodiffBackend> Task<B> for Seq2SeqPrompt {
+impl<B: TrainBackend> Task<B> for Seq2SeqPrompt {
     type Model = Seq2SeqPromptModel<B>;
 
     fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>> {
@@ -321,7 +321,7 @@ impl PromptCausal {
     }
 }
 
-impl<B: AutodiffBackend> Task<B> for PromptCausal {
+impl<B: TrainBackend> Task<B> for PromptCausal {
     type Model = kiln_models::prompt::PromptModel<B>;
 
     fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>> {
@@ -330,11 +330,7 @@ impl<B: AutodiffBackend> Task<B> for PromptCausal {
             ids_tensor::<B>(&batch.input_ids, &device),
             Some(&batch.attention_mask),
         );
-        Ok(crate::loss::causal_lm_loss(
-            logits,
-            &batch.input_ids,
-            &batch.attention_mask,
-        ))
+        crate::loss::causal_lm_loss(logits, &batch.input_ids, &batch.attention_mask)
     }
 
     fn evaluate(

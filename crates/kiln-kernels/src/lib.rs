@@ -1,0 +1,195 @@
+//! kiln-kernels: fused, differentiable ops for burn 0.21, as a backend-extension trait.
+//!
+//! Every op of [`KernelOps`] has three implementations:
+//! - a default body composed of burn ops ([`composed`]), so that every backend (ndarray, CUDA, …) works unchanged;
+//! - a CPU kernel for flex that runs on the tensor's raw buffer, with rayon over rows (feature `flex`);
+//! - for `Autodiff<B>`, a custom backward node that saves the minimum (a per-row statistic, not the decomposed
+//!   chain's intermediates) and calls the inner backend's backward kernel.
+//!
+//! A downstream crate cannot implement a trait of its own for a foreign backend type and also have burn's
+//! `ModuleOps` call it, so code that wants the fused op calls this crate's functions (e.g. [`cross_entropy`]) with
+//! a `B: KernelOps` bound; `Autodiff<B>` implements the trait whenever `B` does.
+//!
+//! # Ops
+//! - [`cross_entropy`]: per-row negative log-likelihood over a vocabulary, rows with a negative target ignored
+//!   (transformers' −100). Forward keeps one log-sum-exp per row; backward writes `softmax − one-hot` once. The
+//!   composed chain (`log_softmax` then `gather`) keeps several `[n, v]` buffers alive until the backward pass —
+//!   for BART's `[4 × 128, 50265]` decoder logits that is about 100 MB per buffer.
+//!
+//! # Quick start
+//!
+//! ```rust
+//! use burn::backend::{Autodiff, Flex};
+//! use burn::prelude::*;
+//!
+//! type B = Autodiff<Flex>;
+//! let device = Default::default();
+//! let logits = Tensor::<B, 2>::random([4, 10], burn::tensor::Distribution::Default, &device).require_grad();
+//! // One target per row; -100 ignores the row (its loss is 0 and it gets no gradient).
+//! let nll = kiln_kernels::cross_entropy(logits.clone(), &[3, -100, 9, 0])?; // [4]
+//! let loss = nll.sum().div_scalar(3.0); // the mean over the three counted rows
+//! let grads = loss.backward();
+//! assert_eq!(logits.grad(&grads).unwrap().dims(), [4, 10]);
+//! # Ok::<(), kiln_kernels::TargetError>(())
+//! ```
+
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorPrimitive;
+
+pub mod composed;
+#[cfg(feature = "flex")]
+mod flex;
+
+/// A target outside the vocabulary, or one target count that does not match the rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetError {
+    /// `targets` has another length than `logits` has rows.
+    Rows {
+        /// Rows of the logits.
+        rows: usize,
+        /// Targets given.
+        targets: usize,
+    },
+    /// A target id ≥ the vocabulary size.
+    OutOfRange {
+        /// The row.
+        row: usize,
+        /// Its target.
+        target: i64,
+        /// The vocabulary size (logits' last dimension).
+        vocab: usize,
+    },
+}
+
+impl std::fmt::Display for TargetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetError::Rows { rows, targets } => {
+                write!(f, "{targets} targets for {rows} rows of logits")
+            }
+            TargetError::OutOfRange { row, target, vocab } => write!(
+                f,
+                "target {target} of row {row} is outside the vocabulary of {vocab}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TargetError {}
+
+/// burn's `Backend` extended with kiln's fused ops. Implemented for flex (kernels), ndarray and CUDA (composed
+/// defaults) behind the features of the same names, and for `Autodiff<B>` (custom backward) whenever `B` is.
+pub trait KernelOps: Backend {
+    /// Per-row negative log-likelihood `[n]` of `logits` `[n, v]` against `targets` (one per row; a negative
+    /// target ignores the row: loss 0), and the per-row log-sum-exp `[n]` the backward pass needs. Targets are
+    /// checked by the caller ([`cross_entropy`]).
+    fn cross_entropy_fwd(
+        logits: FloatTensor<Self>,
+        targets: &[i64],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::cross_entropy_fwd::<Self>(logits, targets)
+    }
+
+    /// The gradient `[n, v]` with respect to the logits given the loss rows' gradient `dloss` `[n]`:
+    /// `dloss[r] · (softmax(logits[r]) − onehot(targets[r]))`, zero on ignored rows.
+    fn cross_entropy_bwd(
+        dloss: FloatTensor<Self>,
+        logits: FloatTensor<Self>,
+        targets: &[i64],
+        lse: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composed::cross_entropy_bwd::<Self>(dloss, logits, targets, lse)
+    }
+
+    /// The loss rows alone (what `Autodiff<B>` overrides with its own backward node).
+    fn cross_entropy(logits: FloatTensor<Self>, targets: &[i64]) -> FloatTensor<Self> {
+        Self::cross_entropy_fwd(logits, targets).0
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl KernelOps for burn::backend::NdArray {}
+
+#[cfg(feature = "cuda")]
+impl KernelOps for burn::backend::Cuda {}
+
+impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
+    fn cross_entropy(logits: FloatTensor<Self>, targets: &[i64]) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct CrossEntropyBackward;
+
+        impl<B: KernelOps> Backward<B, 1> for CrossEntropyBackward {
+            // The logits (a checkpointed parent: the autodiff graph keeps them anyway, as the head's output), the
+            // targets, and one log-sum-exp per row.
+            type State = (NodeId, Arc<Vec<i64>>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [parent] = ops.parents;
+                let dloss = grads.consume::<B>(&ops.node);
+                let (logits_id, targets, lse) = ops.state;
+                let logits: FloatTensor<B> = checkpointer.retrieve_node_output(logits_id);
+                if let Some(p) = parent {
+                    let dx = B::cross_entropy_bwd(dloss, logits, &targets, lse);
+                    grads.register::<B>(p.id, dx);
+                }
+            }
+        }
+
+        match CrossEntropyBackward
+            .prepare::<C>([logits.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let logits_id = prep.checkpoint(&logits);
+                let (loss, lse) = B::cross_entropy_fwd(logits.primitive, targets);
+                prep.finish((logits_id, Arc::new(targets.to_vec()), lse), loss)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(<B as KernelOps>::cross_entropy(logits.primitive, targets))
+            }
+        }
+    }
+}
+
+/// Per-row cross-entropy `[n]` of `logits` `[n, v]` against one target per row (a negative target, e.g.
+/// transformers' −100, ignores the row: loss 0, no gradient). Differentiable with respect to the logits on an
+/// autodiff backend, through [`KernelOps`]' fused forward and backward. A target ≥ v is an error, never an
+/// out-of-bounds read.
+pub fn cross_entropy<B: KernelOps>(
+    logits: Tensor<B, 2>,
+    targets: &[i64],
+) -> Result<Tensor<B, 1>, TargetError> {
+    let [n, v] = logits.dims();
+    if targets.len() != n {
+        return Err(TargetError::Rows {
+            rows: n,
+            targets: targets.len(),
+        });
+    }
+    if let Some((row, &target)) = targets.iter().enumerate().find(|(_, &t)| t >= v as i64) {
+        return Err(TargetError::OutOfRange {
+            row,
+            target,
+            vocab: v,
+        });
+    }
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(
+        <B as KernelOps>::cross_entropy(logits.into_primitive().tensor(), targets),
+    )))
+}

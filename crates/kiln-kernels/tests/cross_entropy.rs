@@ -1,0 +1,179 @@
+//! The fused cross-entropy against burn's decomposed chain (`log_softmax` + `gather`, through burn's autodiff):
+//! loss rows and the gradient with respect to the logits, with ignored rows, on flex (the kernels) and ndarray
+//! (the composed defaults inside the custom node); the untracked path; targets outside the vocabulary.
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use kiln_kernels::{cross_entropy, KernelOps, TargetError};
+
+/// Deterministic logits with a spread like a language model head's (a few large values per row).
+fn logits_data(n: usize, v: usize) -> TensorData {
+    let x: Vec<f32> = (0..n * v)
+        .map(|i| {
+            let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            (h as f32 / (1u64 << 24) as f32 - 0.5) * 8.0 + if i % 97 == 0 { 6.0 } else { 0.0 }
+        })
+        .collect();
+    TensorData::new(x, [n, v])
+}
+
+fn targets(n: usize, v: usize) -> Vec<i64> {
+    (0..n)
+        .map(|r| {
+            if r % 5 == 3 {
+                -100
+            } else {
+                ((r * 7919) % v) as i64
+            }
+        })
+        .collect()
+}
+
+/// Row weights, so that every row's gradient is checked with its own scale.
+fn weights(n: usize) -> Vec<f32> {
+    (0..n).map(|r| 0.5 + (r % 7) as f32 * 0.25).collect()
+}
+
+fn reference<B: Backend>(x: Tensor<B, 2>, t: &[i64]) -> Tensor<B, 1> {
+    let [n, _] = x.dims();
+    let dev = x.device();
+    let idx: Vec<i64> = t.iter().map(|&t| t.max(0)).collect();
+    let keep: Vec<f32> = t.iter().map(|&t| (t >= 0) as u8 as f32).collect();
+    let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(idx, [n, 1]), &dev);
+    let keep = Tensor::<B, 1>::from_data(TensorData::new(keep, [n]), &dev);
+    log_softmax(x, 1).gather(1, idx).reshape([n]).neg() * keep
+}
+
+fn vec1<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+fn check<B: KernelOps>(n: usize, v: usize)
+where
+    Autodiff<B>: KernelOps,
+{
+    let dev: burn::tensor::Device<Autodiff<B>> = Default::default();
+    let t = targets(n, v);
+    let w = Tensor::<Autodiff<B>, 1>::from_data(TensorData::new(weights(n), [n]), &dev);
+
+    let x = Tensor::<Autodiff<B>, 2>::from_data(logits_data(n, v), &dev).require_grad();
+    let fused = cross_entropy(x.clone(), &t).unwrap();
+    let fused_rows = vec1(fused.clone().inner());
+    let g = (fused * w.clone()).sum().backward();
+    let gx = x
+        .grad(&g)
+        .unwrap()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap();
+
+    let y = Tensor::<Autodiff<B>, 2>::from_data(logits_data(n, v), &dev).require_grad();
+    let refr = reference(y.clone(), &t);
+    let ref_rows = vec1(refr.clone().inner());
+    let g = (refr * w).sum().backward();
+    let gy = y
+        .grad(&g)
+        .unwrap()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap();
+
+    let e = rel_err(&fused_rows, &ref_rows);
+    assert!(
+        e <= 1e-5,
+        "{} [{n}, {v}] loss rows: relative error {e}",
+        std::any::type_name::<B>()
+    );
+    for (r, &tr) in t.iter().enumerate() {
+        if tr < 0 {
+            assert_eq!(fused_rows[r], 0.0);
+            assert!(
+                gx[r * v..(r + 1) * v].iter().all(|&g| g == 0.0),
+                "ignored row {r} got a gradient"
+            );
+        }
+    }
+    let e = rel_err(&gx, &gy);
+    assert!(
+        e <= 1e-4,
+        "{} [{n}, {v}] gradient: relative error {e}",
+        std::any::type_name::<B>()
+    );
+}
+
+#[test]
+fn fused_cross_entropy_equals_the_decomposed_chain_on_flex() {
+    check::<Flex>(23, 1000);
+    check::<Flex>(9, 50_265); // BART's vocabulary
+    check::<Flex>(1, 3);
+}
+
+#[test]
+fn fused_cross_entropy_equals_the_decomposed_chain_on_ndarray() {
+    check::<NdArray>(23, 1000);
+    check::<NdArray>(1, 3);
+}
+
+#[test]
+fn untracked_logits_and_inference_backends_give_the_same_rows() {
+    let n = 12;
+    let v = 300;
+    let t = targets(n, v);
+    let on_flex = vec1(
+        cross_entropy(
+            Tensor::<Flex, 2>::from_data(logits_data(n, v), &Default::default()),
+            &t,
+        )
+        .unwrap(),
+    );
+    let on_ndarray = vec1(
+        cross_entropy(
+            Tensor::<NdArray, 2>::from_data(logits_data(n, v), &Default::default()),
+            &t,
+        )
+        .unwrap(),
+    );
+    // Logits that need no gradient through the autodiff backend take the untracked path.
+    let untracked = vec1(
+        cross_entropy(
+            Tensor::<Autodiff<Flex>, 2>::from_data(logits_data(n, v), &Default::default()),
+            &t,
+        )
+        .unwrap()
+        .inner(),
+    );
+    assert!(rel_err(&on_flex, &on_ndarray) <= 1e-5);
+    assert_eq!(on_flex, untracked);
+}
+
+#[test]
+fn targets_outside_the_vocabulary_are_errors() {
+    let x = Tensor::<Flex, 2>::from_data(logits_data(2, 5), &Default::default());
+    assert_eq!(
+        cross_entropy(x.clone(), &[1, 5]).unwrap_err(),
+        TargetError::OutOfRange {
+            row: 1,
+            target: 5,
+            vocab: 5
+        }
+    );
+    assert_eq!(
+        cross_entropy(x, &[1]).unwrap_err(),
+        TargetError::Rows {
+            rows: 2,
+            targets: 1
+        }
+    );
+}
