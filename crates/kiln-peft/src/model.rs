@@ -83,9 +83,11 @@ pub enum ParamAction {
     Keep,
     /// Set its require-grad flag (meaningful on autodiff backends).
     RequireGrad(bool),
-    /// Replace its value (same shape, kiln's layout), keeping its id and require-grad flag.
+    /// Replace its value (same shape, kiln's layout), keeping its id and, on an autodiff backend, its
+    /// require-grad flag (inner backends have none).
     Replace(TensorData),
-    /// Add to its value (same shape, kiln's layout), keeping its id and require-grad flag.
+    /// Add to its value (same shape, kiln's layout), keeping its id and, on an autodiff backend, its require-grad
+    /// flag (the result is a fresh leaf).
     Add(TensorData),
 }
 
@@ -257,7 +259,10 @@ impl<B: Backend, M: PeftModel<B>> ModuleMapper<B> for Mapper<'_, '_, B, M> {
                 let (id, t, mapper) = param.consume();
                 let rg = t.is_require_grad();
                 let delta = Tensor::<B, D>::from_data(data, &t.device());
-                Param::from_mapped_value(id, (t + delta).set_require_grad(rg), mapper)
+                // Untracked first (burn's `detach` keeps the flag): on an autodiff backend the sum of a tracked
+                // leaf is not a leaf, and only a leaf can be made to require a gradient again.
+                let sum = t.set_require_grad(false) + delta;
+                Param::from_mapped_value(id, sum.set_require_grad(rg), mapper)
             }
         }
     }

@@ -89,14 +89,22 @@ pub fn gaussian_table() -> &'static [f32; 1 << 16] {
             let u = stream(0x5A1D_0001, p as u64);
             let u1 = ((u >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
             let u2 = (stream(0x5A1D_0002, p as u64) >> 11) as f64 / (1u64 << 53) as f64;
-            let r = (-2.0 * u1.ln()).sqrt();
-            let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
-            t[2 * p] = (r * cos) as f32;
-            t[2 * p + 1] = (r * sin) as f32;
+            // libm (pure Rust, the same bits on every platform), not the platform's libm: the table defines
+            // every saved adapter's projection.
+            let r = libm::sqrt(-2.0 * libm::log(u1));
+            let a = std::f64::consts::TAU * u2;
+            t[2 * p] = (r * libm::cos(a)) as f32;
+            t[2 * p + 1] = (r * libm::sin(a)) as f32;
         }
         t
     })
 }
+
+/// FNV-1a over the bits of [`gaussian_table`], recorded when the table was fixed (2026-12-01): a pin on the file
+/// format, so that a platform or dependency that changes a single bit fails a test instead of silently loading
+/// saved adapters with another projection.
+#[cfg(test)]
+const TABLE_FNV: u64 = 7_968_364_426_213_153_274;
 
 /// Elements per parallel task in the transform's loops.
 const CHUNK: usize = 1 << 14;
@@ -297,7 +305,9 @@ impl Fastfood {
         let mut a = vec![0f32; self.l];
         a[..self.d_out].copy_from_slice(y);
         fwht(&mut a);
-        let part = (self.l / 16).max(CHUNK);
+        // At most L/M parts of M bins each: never more than 8·L bytes, whatever d is.
+        let parts = (self.l / m).clamp(1, 16);
+        let part = self.l.div_ceil(parts);
         let partials: Vec<Vec<f64>> = a
             .par_chunks(part)
             .enumerate()
@@ -641,7 +651,13 @@ impl Said {
                 // Only exclusions: match them with LoRA's matcher, targeting everything.
                 let mut lc = LoraConfig::new(1, 1.0);
                 lc.target_modules = Some(t.clone());
-                Some(TargetMatcher::new(&lc, model.model_type(), &[], &[])?)
+                let outputs = model.output_layers(config.task_type.as_deref());
+                Some(TargetMatcher::new(
+                    &lc,
+                    model.model_type(),
+                    &linear_paths(model),
+                    &outputs,
+                )?)
             }
             _ => None,
         };
@@ -874,11 +890,12 @@ impl Said {
         let n = gd.len();
         let lin =
             (params.intrinsic.val() * Tensor::from_data(TensorData::new(gd, [n]), &device)).sum();
-        let mut out = value + lin.clone() - Tensor::from_inner(lin.inner());
+        // value + (x − stop_grad(x)): the value stays the loss bit for bit, the gradient is x's.
+        let mut out = value + (lin.clone() - Tensor::from_inner(lin.inner()));
         if let Some(s) = &params.scales {
             let m = gs.len();
             let lin = (s.val() * Tensor::from_data(TensorData::new(gs, [m]), &device)).sum();
-            out = out + lin.clone() - Tensor::from_inner(lin.inner());
+            out = out + (lin.clone() - Tensor::from_inner(lin.inner()));
         }
         Ok(out)
     }
@@ -892,11 +909,36 @@ impl Said {
         params: &SaidParams<PB>,
         base: &M,
     ) -> Result<()> {
+        let d = params.intrinsic_values();
+        let scales = params.scale_values();
+        let bad = |msg: String| PeftError::Config {
+            path: dir.into(),
+            field: "SaidParams".into(),
+            msg,
+        };
+        if d.len() != self.intrinsic_dim() {
+            return Err(bad(format!(
+                "d has {} values, the plan's intrinsic dimension is {}",
+                d.len(),
+                self.intrinsic_dim()
+            )));
+        }
+        match (&scales, self.config.structure_aware) {
+            (Some(s), true) if s.len() != self.targets.len() => {
+                return Err(bad(format!(
+                    "{} scales for {} projected tensors",
+                    s.len(),
+                    self.targets.len()
+                )))
+            }
+            (None, true) => return Err(bad("SAID needs one scale per tensor, none given".into())),
+            (Some(_), false) => return Err(bad("DID has no scales, but some were given".into())),
+            _ => {}
+        }
         std::fs::create_dir_all(dir).map_err(|e| PeftError::io(dir, e))?;
         let mut tensors = BTreeMap::new();
-        let d = params.intrinsic_values();
         tensors.insert(INTRINSIC_KEY.to_string(), RawTensor::new(vec![d.len()], d));
-        if let Some(s) = params.scale_values() {
+        if let Some(s) = scales {
             tensors.insert(SCALES_KEY.to_string(), RawTensor::new(vec![s.len()], s));
         }
         let stored = self.config.resolved_stored_base_modules();
@@ -955,6 +997,19 @@ impl Said {
             None
         };
         let params = base_params(&model);
+        let stored = said.config.resolved_stored_base_modules();
+        for p in params
+            .iter()
+            .filter(|p| is_module_to_save(&stored, &p.module))
+        {
+            let key = format!("{BASE_PREFIX}{}", p.path);
+            if !tensors.contains_key(&key) {
+                return Err(PeftError::MissingKey {
+                    path: wpath.clone(),
+                    key,
+                });
+            }
+        }
         let conv1d = model.conv1d();
         let by_name: HashMap<&str, &BaseParam> =
             params.iter().map(|p| (p.path.as_str(), p)).collect();
@@ -985,6 +1040,13 @@ impl Said {
                     key,
                     expected: p.shape.clone(),
                     found: t.shape,
+                });
+            }
+            if let Some(bad) = t.data.iter().position(|v| !v.is_finite()) {
+                return Err(PeftError::Config {
+                    path: wpath.clone(),
+                    field: key,
+                    msg: format!("value {bad} is not finite ({})", t.data[bad]),
                 });
             }
             replace.insert(p.path.clone(), TensorData::new(t.data, t.shape));
@@ -1110,6 +1172,44 @@ mod tests {
                 "mean squared row norm {row_sq}, want {want}"
             );
         }
+    }
+
+    #[test]
+    fn transpose_is_the_adjoint_at_sizes_that_use_every_parallel_path() {
+        // ⟨P·x, y⟩ = ⟨x, Pᵀ·y⟩ with L = 2¹⁷ (several chunks and parts) and with L = M (d ≥ numel).
+        for (d, big_d) in [(300usize, 100_000usize), (5000, 3000), (1, 70_000)] {
+            let f = Fastfood::new(11, d, big_d);
+            let x: Vec<f32> = (0..d)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let y: Vec<f32> = (0..big_d)
+                .map(|i| ((i * 53 % 89) as f32 - 44.0) / 44.0)
+                .collect();
+            let px = f.apply(&x);
+            let pty = f.transpose(&y);
+            let a: f64 = px.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let b: f64 = x.iter().zip(&pty).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1.0),
+                "d {d}, D {big_d}: {a} vs {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_gaussian_table_is_the_one_adapters_were_saved_with() {
+        // The table defines every projection: a change (another libm, another stream) breaks saved adapters.
+        let t = gaussian_table();
+        let sum: f64 = t.iter().map(|&v| v as f64).sum();
+        let sq: f64 = t.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / t.len() as f64;
+        assert!(
+            sum.abs() < 1000.0 && (sq - 1.0).abs() < 0.02,
+            "sum {sum}, mean square {sq}"
+        );
+        let bits: u64 = t.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+            (h ^ v.to_bits() as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        assert_eq!(bits, TABLE_FNV, "the Gaussian table changed");
     }
 
     #[test]

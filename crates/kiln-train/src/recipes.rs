@@ -436,10 +436,18 @@ fn said_sst2<B: TrainBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Valu
     };
     let base = model.valid();
     let seed = a.seed.unwrap_or(42);
-    let dims = a
+    let mut dims = a
         .intrinsic_dims
         .clone()
         .unwrap_or_else(|| SAID_DIMS.to_vec());
+    // Each d has its own output directory: a repeated d would resume from its twin.
+    let mut seen = std::collections::HashSet::new();
+    dims.retain(|d| seen.insert(*d));
+    if dims.is_empty() {
+        return Err(Error::Config(
+            "said-sst2 needs at least one intrinsic dimension".into(),
+        ));
+    }
     let mut runs = Vec::new();
     let mut points = Vec::new();
     for &d in &dims {

@@ -412,3 +412,48 @@ fn said_bad_adapter_files_are_errors_naming_the_key() {
     let e = err(&d);
     assert!(e.contains("intrinsic_dim"), "{e}");
 }
+
+#[test]
+fn did_round_trips_and_apply_works_on_a_trainable_autodiff_model() {
+    let (_t, dir) = no_dropout_dir();
+    let base = load::<Flex>(&dir);
+    let did = Said::new(&base, SaidConfig::new(16).direct().with_seed(9)).unwrap();
+    assert_eq!(did.num_scales(), 0);
+    let d = values(16, 0.9);
+    let params = SaidParams::<Flex>::from_values(&d, None, &Default::default());
+    let out = tempfile::tempdir().unwrap();
+    did.save_pretrained(&out.path().join("did"), &params, &base)
+        .unwrap();
+    let merged = merge_said(load::<Flex>(&dir), &out.path().join("did")).unwrap();
+    assert_eq!(logits(&merged), logits(&did.apply(base.clone(), &d, None)));
+    // Scales given to a DID plan, or the wrong number of values, are refused before anything is written.
+    let wrong = SaidParams::<Flex>::from_values(&d, Some(&[1.0]), &Default::default());
+    assert!(did
+        .save_pretrained(&out.path().join("x"), &wrong, &base)
+        .is_err());
+    assert!(!out.path().join("x").exists());
+    // On an autodiff model whose parameters require gradients (a tracked leaf + a delta is no leaf).
+    let trainable = load::<AB>(&dir);
+    let moved = did.apply(trainable, &d, None);
+    assert!(max_abs_diff(&logits(&moved), &logits(&merged)) < 1e-6);
+}
+
+#[test]
+fn a_said_adapter_without_its_stored_head_is_an_error() {
+    let (_t, dir) = no_dropout_dir();
+    let base = load::<Flex>(&dir);
+    let said = Said::new(&base, SaidConfig::new(8).with_task_type("SEQ_CLS")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let a = out.path().join("a");
+    said.save_pretrained(&a, &said.init::<Flex>(&Default::default()), &base)
+        .unwrap();
+    let w = a.join("adapter_model.safetensors");
+    let mut t = read_tensors(&w).unwrap();
+    t.remove("said.base.classifier.weight");
+    write_tensors(&w, &t).unwrap();
+    let e = merge_said(load::<Flex>(&dir), &a).unwrap_err().to_string();
+    assert!(
+        e.contains("said.base.classifier.weight") && e.contains("missing"),
+        "{e}"
+    );
+}
