@@ -64,3 +64,57 @@ pub fn cross_entropy_bwd<B: Backend>(
     let d = float::<B, 1>(dloss).reshape([n, 1]) * keep;
     prim((p - onehot) * d)
 }
+
+/// Rows and width of a tensor normalised over its last dimension.
+fn rows_width<B: Backend>(x: &FloatTensor<B>) -> (usize, usize, burn::tensor::Shape) {
+    use burn::tensor::TensorMetadata;
+    let shape = x.shape();
+    let d = *shape
+        .last()
+        .expect("layer norm needs at least one dimension");
+    let rows = shape.iter().product::<usize>() / d.max(1);
+    (rows, d, shape)
+}
+
+/// [`crate::KernelOps::layer_norm_fwd`] with burn ops: (y with x's shape, mean `[rows]`, rstd `[rows]`).
+pub fn layer_norm_fwd<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    eps: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (rows, d, shape) = rows_width::<B>(&x);
+    let x = float::<B, 2>(B::float_reshape(x, burn::tensor::Shape::new([rows, d])));
+    let mean = x.clone().mean_dim(1);
+    let xc = x - mean.clone();
+    let var = xc.clone().powi_scalar(2).mean_dim(1);
+    let rstd = var.add_scalar(eps).sqrt().recip();
+    let y = xc * rstd.clone() * float::<B, 1>(gamma).unsqueeze_dim(0)
+        + float::<B, 1>(beta).unsqueeze_dim(0);
+    (
+        B::float_reshape(prim(y), shape),
+        prim(mean.reshape([rows])),
+        prim(rstd.reshape([rows])),
+    )
+}
+
+/// [`crate::KernelOps::layer_norm_bwd`] with burn ops: (dx, dgamma, dbeta).
+pub fn layer_norm_bwd<B: Backend>(
+    dy: FloatTensor<B>,
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (rows, d, shape) = rows_width::<B>(&x);
+    let x = float::<B, 2>(B::float_reshape(x, burn::tensor::Shape::new([rows, d])));
+    let dy = float::<B, 2>(B::float_reshape(dy, burn::tensor::Shape::new([rows, d])));
+    let mean = float::<B, 1>(mean).reshape([rows, 1]);
+    let rstd = float::<B, 1>(rstd).reshape([rows, 1]);
+    let xhat = (x - mean) * rstd.clone();
+    let dbeta = dy.clone().sum_dim(0).reshape([d]);
+    let dgamma = (dy.clone() * xhat.clone()).sum_dim(0).reshape([d]);
+    let g = dy * float::<B, 1>(gamma).unsqueeze_dim(0);
+    let dx = (g.clone() - g.clone().mean_dim(1) - xhat.clone() * (g * xhat).mean_dim(1)) * rstd;
+    (B::float_reshape(prim(dx), shape), prim(dgamma), prim(dbeta))
+}

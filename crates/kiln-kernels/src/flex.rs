@@ -15,7 +15,145 @@ fn f32_tensor(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
 }
 
+/// Rows per rayon task for the norms (rows are a few kilobytes).
+const NORM_ROWS: usize = 64;
+
+fn f32s(t: &FlexTensor, n: usize) -> FlexTensor {
+    let t = t.to_contiguous();
+    debug_assert!(t.storage::<f32>().len() >= n);
+    t
+}
+
 impl KernelOps for Flex {
+    fn layer_norm_fwd(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        if [&x, &gamma, &beta].iter().any(|t| t.dtype() != DType::F32) {
+            return composed::layer_norm_fwd::<Self>(x, gamma, beta, eps);
+        }
+        let shape = x.shape();
+        let d = *shape
+            .last()
+            .expect("layer norm needs at least one dimension");
+        let n = shape.iter().product::<usize>();
+        let rows = n / d.max(1);
+        let (x, gamma, beta) = (f32s(&x, n), f32s(&gamma, d), f32s(&beta, d));
+        let xs: &[f32] = &x.storage::<f32>()[..n];
+        let (g, b): (&[f32], &[f32]) = (&gamma.storage::<f32>()[..d], &beta.storage::<f32>()[..d]);
+        let mut y = vec![0f32; n];
+        let mut mean = vec![0f32; rows];
+        let mut rstd = vec![0f32; rows];
+        let eps = eps as f32;
+        y.par_chunks_mut(NORM_ROWS * d)
+            .zip(mean.par_chunks_mut(NORM_ROWS))
+            .zip(rstd.par_chunks_mut(NORM_ROWS))
+            .enumerate()
+            .for_each(|(c, ((y, mean), rstd))| {
+                for (k, (y, (m, r))) in y
+                    .chunks_mut(d)
+                    .zip(mean.iter_mut().zip(rstd.iter_mut()))
+                    .enumerate()
+                {
+                    let row = &xs[(c * NORM_ROWS + k) * d..][..d];
+                    // Two passes over the row (in cache): the mean, then the centred variance (more accurate
+                    // than one pass of sum and sum of squares).
+                    let mu = row.iter().sum::<f32>() / d as f32;
+                    let var = row.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / d as f32;
+                    let rs = 1.0 / (var + eps).sqrt();
+                    for (((y, &v), &g), &b) in y.iter_mut().zip(row).zip(g).zip(b) {
+                        *y = (v - mu) * rs * g + b;
+                    }
+                    *m = mu;
+                    *r = rs;
+                }
+            });
+        (
+            f32_tensor(y, shape.to_vec()),
+            f32_tensor(mean, vec![rows]),
+            f32_tensor(rstd, vec![rows]),
+        )
+    }
+
+    fn layer_norm_bwd(
+        dy: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        if [&dy, &x, &gamma, &mean, &rstd]
+            .iter()
+            .any(|t| t.dtype() != DType::F32)
+        {
+            return composed::layer_norm_bwd::<Self>(dy, x, gamma, mean, rstd);
+        }
+        let shape = x.shape();
+        let d = *shape
+            .last()
+            .expect("layer norm needs at least one dimension");
+        let n = shape.iter().product::<usize>();
+        let rows = n / d.max(1);
+        let (dy, x, gamma) = (f32s(&dy, n), f32s(&x, n), f32s(&gamma, d));
+        let (mean, rstd) = (f32s(&mean, rows), f32s(&rstd, rows));
+        let dys: &[f32] = &dy.storage::<f32>()[..n];
+        let xs: &[f32] = &x.storage::<f32>()[..n];
+        let g: &[f32] = &gamma.storage::<f32>()[..d];
+        let (ms, rs): (&[f32], &[f32]) = (
+            &mean.storage::<f32>()[..rows],
+            &rstd.storage::<f32>()[..rows],
+        );
+        let mut dx = vec![0f32; n];
+        // Each task sums dgamma and dbeta over its rows into its own [2, d] slot; the slots are added in order.
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(NORM_ROWS * d)
+            .enumerate()
+            .map(|(c, dx)| {
+                let mut acc = vec![0f32; 2 * d];
+                let (dg, db) = acc.split_at_mut(d);
+                for (k, dx) in dx.chunks_mut(d).enumerate() {
+                    let r = c * NORM_ROWS + k;
+                    let (row, dyr) = (&xs[r * d..][..d], &dys[r * d..][..d]);
+                    let (mu, rsd) = (ms[r], rs[r]);
+                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                    for (((&v, &dyv), &gv), (dgv, dbv)) in row
+                        .iter()
+                        .zip(dyr)
+                        .zip(g)
+                        .zip(dg.iter_mut().zip(db.iter_mut()))
+                    {
+                        let xhat = (v - mu) * rsd;
+                        let gg = dyv * gv;
+                        sum_g += gg;
+                        sum_gx += gg * xhat;
+                        *dgv += dyv * xhat;
+                        *dbv += dyv;
+                    }
+                    let (mg, mgx) = (sum_g / d as f32, sum_gx / d as f32);
+                    for (((dxv, &v), &dyv), &gv) in dx.iter_mut().zip(row).zip(dyr).zip(g) {
+                        let xhat = (v - mu) * rsd;
+                        *dxv = (dyv * gv - mg - xhat * mgx) * rsd;
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut dgb = vec![0f32; 2 * d];
+        for p in &partials {
+            for (a, b) in dgb.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        let db = dgb.split_off(d);
+        (
+            f32_tensor(dx, shape.to_vec()),
+            f32_tensor(dgb, vec![d]),
+            f32_tensor(db, vec![d]),
+        )
+    }
+
     fn cross_entropy_fwd(
         logits: FloatTensor<Self>,
         targets: &[i64],

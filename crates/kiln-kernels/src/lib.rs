@@ -15,6 +15,8 @@
 //!   (transformers' −100). Forward keeps one log-sum-exp per row; backward writes `softmax − one-hot` once. The
 //!   composed chain (`log_softmax` then `gather`) keeps several `[n, v]` buffers alive until the backward pass —
 //!   for BART's `[4 × 128, 50265]` decoder logits that is about 100 MB per buffer.
+//! - [`layer_norm`]: LayerNorm over the last dimension, one pass forward saving the per-row mean and reciprocal
+//!   standard deviation; backward from those (not yet used by kiln-models' architectures, issue #16).
 //!
 //! # Quick start
 //!
@@ -115,6 +117,39 @@ pub trait KernelOps: Backend {
     fn cross_entropy(logits: FloatTensor<Self>, targets: &[i64]) -> FloatTensor<Self> {
         Self::cross_entropy_fwd(logits, targets).0
     }
+
+    /// LayerNorm over the last dimension, `y = (x − mean) · rstd · gamma + beta` with
+    /// `rstd = 1 / sqrt(var + eps)` (biased variance, as PyTorch), and the per-row `mean`, `rstd` `[rows]` the
+    /// backward pass needs.
+    fn layer_norm_fwd(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed::layer_norm_fwd::<Self>(x, gamma, beta, eps)
+    }
+
+    /// LayerNorm's backward: (dx with x's shape, dgamma `[d]`, dbeta `[d]`) from the saved per-row statistics.
+    fn layer_norm_bwd(
+        dy: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed::layer_norm_bwd::<Self>(dy, x, gamma, mean, rstd)
+    }
+
+    /// LayerNorm's output alone (what `Autodiff<B>` overrides with its own backward node).
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        Self::layer_norm_fwd(x, gamma, beta, eps).0
+    }
 }
 
 #[cfg(feature = "ndarray")]
@@ -165,6 +200,81 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
             }
         }
     }
+
+    fn layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNormBackward;
+
+        impl<B: KernelOps> Backward<B, 3> for LayerNormBackward {
+            // x and gamma (checkpointed parents) and the per-row mean and rstd.
+            type State = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [px, pg, pb] = ops.parents;
+                let dy = grads.consume::<B>(&ops.node);
+                let (x_id, g_id, mean, rstd) = ops.state;
+                let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
+                let g: FloatTensor<B> = checkpointer.retrieve_node_output(g_id);
+                let (dx, dg, db) = B::layer_norm_bwd(dy, x, g, mean, rstd);
+                if let Some(n) = px {
+                    grads.register::<B>(n.id, dx);
+                }
+                if let Some(n) = pg {
+                    grads.register::<B>(n.id, dg);
+                }
+                if let Some(n) = pb {
+                    grads.register::<B>(n.id, db);
+                }
+            }
+        }
+
+        match LayerNormBackward
+            .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_id = prep.checkpoint(&x);
+                let g_id = prep.checkpoint(&gamma);
+                let (y, mean, rstd) =
+                    B::layer_norm_fwd(x.primitive, gamma.primitive, beta.primitive, eps);
+                prep.finish((x_id, g_id, mean, rstd), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<B as KernelOps>::layer_norm(
+                x.primitive,
+                gamma.primitive,
+                beta.primitive,
+                eps,
+            )),
+        }
+    }
+}
+
+/// LayerNorm over the last dimension of `x` with `gamma`, `beta` `[d]` (PyTorch's `nn.LayerNorm`): one pass
+/// forward keeping only the per-row mean and reciprocal standard deviation for the backward pass (the decomposed
+/// chain keeps about four tensors of x's size). Differentiable in x, gamma and beta.
+pub fn layer_norm<B: KernelOps, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(<B as KernelOps>::layer_norm(
+        x.into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+        beta.into_primitive().tensor(),
+        eps,
+    )))
 }
 
 /// Per-row cross-entropy `[n]` of `logits` `[n, v]` against one target per row (a negative target, e.g.

@@ -1,6 +1,6 @@
-//! The fused cross-entropy against burn's decomposed chain (`log_softmax` + `gather`, through burn's autodiff):
-//! loss rows and the gradient with respect to the logits, with ignored rows, on flex (the kernels) and ndarray
-//! (the composed defaults inside the custom node); the untracked path; targets outside the vocabulary.
+//! kiln-kernels' fused ops against burn's decomposed chains through burn's autodiff, on flex (the kernels) and ndarray (the
+//! composed defaults inside the custom node). Cross-entropy (`log_softmax` + `gather`): loss rows and the gradient
+//! with ignored rows, the untracked path, targets outside the vocabulary. LayerNorm: y, dx, dgamma, dbeta.
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::prelude::*;
@@ -176,4 +176,70 @@ fn targets_outside_the_vocabulary_are_errors() {
             targets: 1
         }
     );
+}
+
+// ------------------------------------------------------------------------------------------------ LayerNorm
+
+fn ln_check<B: KernelOps>(dims: [usize; 3])
+where
+    Autodiff<B>: KernelOps,
+{
+    let dev: burn::tensor::Device<Autodiff<B>> = Default::default();
+    let [a, b, d] = dims;
+    let data = |n: usize, f: f32, off: f32| {
+        (0..n)
+            .map(|i| (i as f32 * f).sin() * 2.0 + off)
+            .collect::<Vec<f32>>()
+    };
+    let x0 = TensorData::new(data(a * b * d, 0.37, 3.0), [a, b, d]);
+    let g0 = TensorData::new(data(d, 1.3, 1.0), [d]);
+    let b0 = TensorData::new(data(d, 0.7, 0.0), [d]);
+    let w = Tensor::<Autodiff<B>, 3>::from_data(
+        TensorData::new(data(a * b * d, 2.1, 0.0), [a, b, d]),
+        &dev,
+    );
+    let run = |fused: bool| {
+        let x = Tensor::<Autodiff<B>, 3>::from_data(x0.clone(), &dev).require_grad();
+        let g = Tensor::<Autodiff<B>, 1>::from_data(g0.clone(), &dev).require_grad();
+        let bb = Tensor::<Autodiff<B>, 1>::from_data(b0.clone(), &dev).require_grad();
+        let y = if fused {
+            kiln_kernels::layer_norm(x.clone(), g.clone(), bb.clone(), 1e-5)
+        } else {
+            let mean = x.clone().mean_dim(2);
+            let xc = x.clone() - mean;
+            let var = xc.clone().powi_scalar(2).mean_dim(2);
+            xc / (var + 1e-5).sqrt() * g.clone().unsqueeze_dim::<2>(0).unsqueeze_dim::<3>(0)
+                + bb.clone().unsqueeze_dim::<2>(0).unsqueeze_dim::<3>(0)
+        };
+        let yv: Vec<f32> = y.clone().inner().into_data().to_vec().unwrap();
+        let grads = (y * w.clone()).sum().backward();
+        let v = |t: Option<Tensor<B, 3>>| t.unwrap().into_data().to_vec::<f32>().unwrap();
+        let v1 = |t: Option<Tensor<B, 1>>| t.unwrap().into_data().to_vec::<f32>().unwrap();
+        (
+            yv,
+            v(x.grad(&grads)),
+            v1(g.grad(&grads)),
+            v1(bb.grad(&grads)),
+        )
+    };
+    let (fy, fx, fg, fb) = run(true);
+    let (ry, rx, rg, rb) = run(false);
+    let name = std::any::type_name::<B>();
+    assert!(
+        rel_err(&fy, &ry) <= 1e-5,
+        "{name} {dims:?} y: {}",
+        rel_err(&fy, &ry)
+    );
+    for (what, f, r) in [("dx", &fx, &rx), ("dgamma", &fg, &rg), ("dbeta", &fb, &rb)] {
+        let e = rel_err(f, r);
+        assert!(e <= 1e-4, "{name} {dims:?} {what}: relative error {e}");
+    }
+}
+
+#[test]
+fn fused_layer_norm_equals_the_decomposed_chain() {
+    ln_check::<Flex>([2, 3, 64]);
+    ln_check::<Flex>([3, 50, 37]); // several rayon tasks, d not a multiple of 8
+    ln_check::<Flex>([1, 130, 768]);
+    ln_check::<NdArray>([2, 3, 64]);
 }
