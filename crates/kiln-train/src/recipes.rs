@@ -28,6 +28,7 @@ pub const RECIPES: &[&str] = &[
     "bert-lora-sst2",
     "bert-sst2",
     "said-sst2",
+    "said-mrpc",
     "bart-lora-cnndm",
     "bart-cnndm",
     "bart-lora-vs-full",
@@ -133,7 +134,8 @@ pub fn run_recipe<B: TrainBackend>(
         "bert-adapters-sst2" => bert_sst2::<B>(a, device, BertMethod::Adapters)?,
         "bert-lora-sst2" => bert_sst2::<B>(a, device, BertMethod::Lora)?,
         "bert-sst2" => bert_sst2::<B>(a, device, BertMethod::Full)?,
-        "said-sst2" => said_sst2::<B>(a, device)?,
+        "said-sst2" => said_sst2::<B>(a, device, false)?,
+        "said-mrpc" => said_sst2::<B>(a, device, true)?,
         "prompt-tuning-sst2" => prompt_tuning_sst2::<B>(a, device)?,
         "opt-icl-sst2" => opt_icl_sst2::<B::InnerBackend>(a, &device_inner::<B>(device))?,
         "gpt2-generate" => gpt2_generate::<B::InnerBackend>(a, &device_inner::<B>(device))?,
@@ -194,12 +196,12 @@ fn check_flags(name: &str, a: &RecipeArgs) -> Result<()> {
         (
             "--intrinsic-dims",
             a.intrinsic_dims.is_some(),
-            name == "said-sst2",
+            matches!(name, "said-sst2" | "said-mrpc"),
         ),
         (
             "--full-learning-rate",
             a.full_learning_rate.is_some(),
-            name == "said-sst2",
+            matches!(name, "said-sst2" | "said-mrpc"),
         ),
     ];
     for (flag, set, used) in given {
@@ -379,14 +381,48 @@ fn bert_sst2_data(
     bert_cfg: &bert::BertConfig,
     data: &str,
 ) -> Result<(Batcher, Batcher, usize, usize)> {
-    let max_len = Some(bert_cfg.max_position_embeddings.min(64));
+    bert_classification_data(a, dir, bert_cfg, data, false)
+}
+
+/// Training and evaluation batches for a BERT classifier: SST-2 sentences (64 tokens, as the seed notebook) or
+/// GLUE sentence pairs (`pairs`: MRPC by default, 128 tokens), never more than the model has positions for.
+fn bert_classification_data(
+    a: &RecipeArgs,
+    dir: &std::path::Path,
+    bert_cfg: &bert::BertConfig,
+    data: &str,
+    pairs: bool,
+) -> Result<(Batcher, Batcher, usize, usize)> {
+    let max_len = Some(
+        bert_cfg
+            .max_position_embeddings
+            .min(if pairs { 128 } else { 64 }),
+    );
     let tok = Tokenizer::from_dir(dir)?.with_model_vocab(bert_cfg.vocab_size);
     let pad = tok.token_to_id("[PAD]").unwrap_or(0);
     let bs = a.batch_size.unwrap_or(16);
-    let train_ex = load_sst2(data, Split::Train, &load_opts(a.max_samples))?.examples;
-    let eval_ex = load_sst2(data, Split::Validation, &load_opts(a.max_eval_samples))?.examples;
+    let (train_t, eval_t, n_train, n_eval) = if pairs {
+        let tr = kiln_data::load_pairs(data, Split::Train, &load_opts(a.max_samples))?.examples;
+        let ev = kiln_data::load_pairs(data, Split::Validation, &load_opts(a.max_eval_samples))?
+            .examples;
+        (
+            kiln_data::tokenize_pairs(&tok, &tr, max_len)?,
+            kiln_data::tokenize_pairs(&tok, &ev, max_len)?,
+            tr.len(),
+            ev.len(),
+        )
+    } else {
+        let tr = load_sst2(data, Split::Train, &load_opts(a.max_samples))?.examples;
+        let ev = load_sst2(data, Split::Validation, &load_opts(a.max_eval_samples))?.examples;
+        (
+            tokenize_sentiment(&tok, &tr, max_len)?,
+            tokenize_sentiment(&tok, &ev, max_len)?,
+            tr.len(),
+            ev.len(),
+        )
+    };
     let train_b = Batcher::new(
-        features("training", tokenize_sentiment(&tok, &train_ex, max_len)?),
+        features("training", train_t),
         BatchOptions {
             batch_size: bs,
             pad_id: pad,
@@ -396,14 +432,14 @@ fn bert_sst2_data(
         },
     )?;
     let eval_b = Batcher::new(
-        features("evaluation", tokenize_sentiment(&tok, &eval_ex, max_len)?),
+        features("evaluation", eval_t),
         BatchOptions {
             batch_size: bs,
             pad_id: pad,
             ..Default::default()
         },
     )?;
-    Ok((train_b, eval_b, train_ex.len(), eval_ex.len()))
+    Ok((train_b, eval_b, n_train, n_eval))
 }
 
 /// The default intrinsic dimensions of `said-sst2` (the paper's sweep is logarithmic in d).
@@ -412,13 +448,21 @@ pub const SAID_DIMS: &[usize] = &[10, 100, 1000, 10_000];
 /// Intrinsic-dimension fine-tuning (SAID, Aghajanyan et al. 2021) of a BERT classifier on SST-2 for each d, and
 /// full fine-tuning from the same initial model: accuracy per d, d90 (the smallest d reaching 90% of full
 /// fine-tuning's accuracy) and a chart of accuracy against log d.
-fn said_sst2<B: TrainBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Value> {
+///
+/// With `pairs`, the same on GLUE sentence pairs (`said-mrpc`: MRPC by default, the paper's headline task).
+fn said_sst2<B: TrainBackend>(a: &RecipeArgs, device: &B::Device, pairs: bool) -> Result<Value> {
     use kiln_peft::{Said, SaidConfig};
+    let recipe = if pairs { "said-mrpc" } else { "said-sst2" };
     let model_spec = a.model_or("bert-base-uncased");
-    let data = a.dataset_or("stanfordnlp/sst2");
+    let data = a.dataset_or(if pairs {
+        "nyu-mll/glue"
+    } else {
+        "stanfordnlp/sst2"
+    });
     let dir = resolve_model(&model_spec)?;
     let (bert_cfg, model, load) = bert::load_for_classification::<B>(&dir, device)?;
-    let (train_b, eval_b, n_train, n_eval) = bert_sst2_data(a, &dir, &bert_cfg, &data)?;
+    let (train_b, eval_b, n_train, n_eval) =
+        bert_classification_data(a, &dir, &bert_cfg, &data, pairs)?;
     let task = Classification { eval: eval_b };
     // θ₀ is shared by every run, the randomly initialised head included, so the runs differ only in d; its initial
     // head is kept in `out/initial-head` (a SAID adapter with d = 0) so that `--resume` continues from the same θ₀.
@@ -444,9 +488,9 @@ fn said_sst2<B: TrainBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Valu
     let mut seen = std::collections::HashSet::new();
     dims.retain(|d| seen.insert(*d));
     if dims.is_empty() {
-        return Err(Error::Config(
-            "said-sst2 needs at least one intrinsic dimension".into(),
-        ));
+        return Err(Error::Config(format!(
+            "{recipe} needs at least one intrinsic dimension"
+        )));
     }
     let mut runs = Vec::new();
     let mut points = Vec::new();
@@ -510,7 +554,10 @@ fn said_sst2<B: TrainBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Valu
     let flat = |y: f64| vec![(x0, y), (x1.max(x0 + 1.0), y)];
     crate::chart::line_chart_xy(
         &chart,
-        "SST-2 accuracy against intrinsic dimension",
+        &format!(
+            "{} accuracy against intrinsic dimension",
+            if pairs { "MRPC" } else { "SST-2" }
+        ),
         "log10 d",
         &[
             ("SAID".into(), log.clone()),
@@ -520,7 +567,7 @@ fn said_sst2<B: TrainBackend>(a: &RecipeArgs, device: &B::Device) -> Result<Valu
     )
     .map_err(|e| Error::Io(e.to_string()))?;
     Ok(json!({
-        "recipe": "said-sst2", "model": model_spec, "dataset": data,
+        "recipe": recipe, "model": model_spec, "dataset": data,
         "initialised": load.initialised, "train_examples": n_train, "eval_examples": n_eval,
         "said": runs,
         "full": {"accuracy": full_acc, "trainable_parameters": n, "final_eval": full_eval.metrics, "train": full_report},

@@ -10,7 +10,7 @@ use super::*;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// A recipe: t5-prompt-sst2, bert-adapters-sst2, bert-lora-sst2, bert-sst2, said-sst2, bart-lora-cnndm, bart-cnndm, bart-lora-vs-full, prefix-cnndm, prompt-tuning-sst2, opt-icl-sst2, gpt2-generate, t0-zero-shot.
+    /// A recipe: t5-prompt-sst2, bert-adapters-sst2, bert-lora-sst2, bert-sst2, said-sst2, said-mrpc, bart-lora-cnndm, bart-cnndm, bart-lora-vs-full, prefix-cnndm, prompt-tuning-sst2, opt-icl-sst2, gpt2-generate, t0-zero-shot.
     #[arg(long)]
     pub recipe: String,
     /// Model hub id or directory (default: the recipe's, e.g. t5-small).
@@ -50,10 +50,10 @@ pub struct TrainArgs {
     /// Virtual tokens of the prompt / prefix (prefix-cnndm: 20).
     #[arg(long)]
     pub num_virtual_tokens: Option<usize>,
-    /// Intrinsic dimensions to sweep, comma-separated (said-sst2: 10,100,1000,10000).
+    /// Intrinsic dimensions to sweep, comma-separated (said-sst2, said-mrpc: 10,100,1000,10000).
     #[arg(long, value_delimiter = ',')]
     pub intrinsic_dims: Option<Vec<usize>>,
-    /// Learning rate of said-sst2's full fine-tuning run (default 2e-5).
+    /// Learning rate of the full fine-tuning run of said-sst2 / said-mrpc (default 2e-5).
     #[arg(long)]
     pub full_learning_rate: Option<f64>,
     #[arg(long)]

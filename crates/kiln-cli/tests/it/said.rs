@@ -178,3 +178,60 @@ fn said_recipe_resumes_from_the_same_random_head() {
         "resumed from another θ₀"
     );
 }
+
+/// `said-mrpc`: the same sweep on GLUE sentence pairs (here a small MRPC-schema JSON-lines set written for the
+/// test), encoded as `[CLS] a [SEP] b [SEP]`.
+#[test]
+fn said_mrpc_runs_on_sentence_pairs() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("mrpc");
+    std::fs::create_dir_all(&data).unwrap();
+    let pairs = [
+        (
+            "The cat sat on the mat.",
+            "A cat was sitting on the mat.",
+            1,
+        ),
+        (
+            "Stocks fell sharply on Monday.",
+            "The market dropped steeply on Monday.",
+            1,
+        ),
+        ("He plays the guitar.", "The weather was cold today.", 0),
+        (
+            "The meeting is at noon.",
+            "Lunch was served at the hotel.",
+            0,
+        ),
+    ];
+    for (split, n) in [("train", 12), ("validation", 8)] {
+        let lines: Vec<String> = (0..n)
+            .map(|i| {
+                let (a, b, l) = pairs[i % pairs.len()];
+                serde_json::json!({"sentence1": a, "sentence2": b, "label": l, "idx": i})
+                    .to_string()
+            })
+            .collect();
+        std::fs::write(data.join(format!("{split}.jsonl")), lines.join("\n") + "\n").unwrap();
+    }
+    let out = t.path().join("out");
+    let v = run_recipe(
+        &out,
+        "said-mrpc",
+        &[
+            "--model".to_string(),
+            fx("bert"),
+            "--dataset".to_string(),
+            data.display().to_string(),
+            "--epochs".to_string(),
+            "1".to_string(),
+            "--intrinsic-dims".to_string(),
+            "8".to_string(),
+        ],
+    );
+    assert_eq!(v["recipe"], "said-mrpc");
+    assert_eq!(v["train_examples"], 12);
+    assert_eq!(v["eval_examples"], 8);
+    assert_eq!(v["said"].as_array().unwrap().len(), 1);
+    assert!(out.join("said-mrpc/said.png").exists());
+}
