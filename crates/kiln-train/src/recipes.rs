@@ -60,7 +60,7 @@ pub struct RecipeArgs {
     pub max_eval_samples: Option<usize>,
     /// Stop after this many optimizer steps.
     pub max_steps: Option<usize>,
-    /// Seed for shuffling, dropout and sampling.
+    /// Seed for random initialisation, shuffling, dropout and sampling.
     pub seed: Option<u64>,
     /// Resume from `out_dir/checkpoint` when it exists.
     pub resume: bool,
@@ -129,6 +129,9 @@ pub fn run_recipe<B: TrainBackend>(
 ) -> Result<Value> {
     check_flags(name, a)?;
     crate::trainer::check_out_dir(&a.out_dir)?;
+    // Every random initialisation (a new classification head, LoRA's A, a prefix) comes from the run's seed, so
+    // that a run is reproducible (burn's generator is otherwise seeded from the clock).
+    B::seed(device, a.seed.unwrap_or(42));
     let summary = match name {
         "t5-prompt-sst2" => t5_prompt_sst2::<B>(a, device)?,
         "bert-adapters-sst2" => bert_sst2::<B>(a, device, BertMethod::Adapters)?,
