@@ -18,10 +18,13 @@ fn f32_tensor(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 /// Rows per rayon task for the norms (rows are a few kilobytes).
 const NORM_ROWS: usize = 64;
 
-fn f32s(t: &FlexTensor, n: usize) -> FlexTensor {
-    let t = t.to_contiguous();
-    debug_assert!(t.storage::<f32>().len() >= n);
-    t
+/// (elements, rows, width) of a tensor normalised over its last dimension.
+fn rows_width(shape: &[usize]) -> (usize, usize, usize) {
+    let d = *shape
+        .last()
+        .expect("layer norm needs at least one dimension");
+    let n = shape.iter().product::<usize>();
+    (n, n / d.max(1), d)
 }
 
 impl KernelOps for Flex {
@@ -35,12 +38,12 @@ impl KernelOps for Flex {
             return composed::layer_norm_fwd::<Self>(x, gamma, beta, eps);
         }
         let shape = x.shape();
-        let d = *shape
-            .last()
-            .expect("layer norm needs at least one dimension");
-        let n = shape.iter().product::<usize>();
-        let rows = n / d.max(1);
-        let (x, gamma, beta) = (f32s(&x, n), f32s(&gamma, d), f32s(&beta, d));
+        let (n, rows, d) = rows_width(&shape);
+        let (x, gamma, beta) = (
+            x.to_contiguous(),
+            gamma.to_contiguous(),
+            beta.to_contiguous(),
+        );
         let xs: &[f32] = &x.storage::<f32>()[..n];
         let (g, b): (&[f32], &[f32]) = (&gamma.storage::<f32>()[..d], &beta.storage::<f32>()[..d]);
         let mut y = vec![0f32; n];
@@ -91,13 +94,9 @@ impl KernelOps for Flex {
             return composed::layer_norm_bwd::<Self>(dy, x, gamma, mean, rstd);
         }
         let shape = x.shape();
-        let d = *shape
-            .last()
-            .expect("layer norm needs at least one dimension");
-        let n = shape.iter().product::<usize>();
-        let rows = n / d.max(1);
-        let (dy, x, gamma) = (f32s(&dy, n), f32s(&x, n), f32s(&gamma, d));
-        let (mean, rstd) = (f32s(&mean, rows), f32s(&rstd, rows));
+        let (n, rows, d) = rows_width(&shape);
+        let (dy, x, gamma) = (dy.to_contiguous(), x.to_contiguous(), gamma.to_contiguous());
+        let (mean, rstd) = (mean.to_contiguous(), rstd.to_contiguous());
         let dys: &[f32] = &dy.storage::<f32>()[..n];
         let xs: &[f32] = &x.storage::<f32>()[..n];
         let g: &[f32] = &gamma.storage::<f32>()[..d];

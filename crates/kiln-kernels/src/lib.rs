@@ -53,9 +53,10 @@ pub mod composed;
 mod flex;
 
 /// A target outside the vocabulary, or one target count that does not match the rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
     /// `targets` has another length than `logits` has rows.
+    #[error("{targets} targets for {rows} rows of logits")]
     Rows {
         /// Rows of the logits.
         rows: usize,
@@ -63,6 +64,7 @@ pub enum TargetError {
         targets: usize,
     },
     /// A target id ≥ the vocabulary size.
+    #[error("target {target} of row {row} is outside the vocabulary of {vocab}")]
     OutOfRange {
         /// The row.
         row: usize,
@@ -72,22 +74,6 @@ pub enum TargetError {
         vocab: usize,
     },
 }
-
-impl std::fmt::Display for TargetError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TargetError::Rows { rows, targets } => {
-                write!(f, "{targets} targets for {rows} rows of logits")
-            }
-            TargetError::OutOfRange { row, target, vocab } => write!(
-                f,
-                "target {target} of row {row} is outside the vocabulary of {vocab}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for TargetError {}
 
 /// burn's `Backend` extended with kiln's fused ops. Implemented for flex (kernels), ndarray and CUDA (composed
 /// defaults) behind the features of the same names, and for `Autodiff<B>` (custom backward) whenever `B` is.

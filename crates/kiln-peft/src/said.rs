@@ -631,35 +631,19 @@ impl Said {
         source: &Path,
     ) -> Result<Self> {
         config.validate(source)?;
-        let matcher = match &config.target_modules {
-            None => None,
-            Some(t) => {
-                let mut lc = LoraConfig::new(1, 1.0);
-                lc.target_modules = Some(t.clone());
-                lc.exclude_modules = config.exclude_modules.clone();
-                let outputs = model.output_layers(config.task_type.as_deref());
-                Some(TargetMatcher::new(
-                    &lc,
-                    model.model_type(),
-                    &linear_paths(model),
-                    &outputs,
-                )?)
-            }
+        // LoRA's matcher on module paths: the targets (with exclusions), or, with exclusions only, the exclusions
+        // themselves matched as targets.
+        let matcher = |targets: &Targets, exclude: Option<Targets>| {
+            let mut lc = LoraConfig::new(1, 1.0);
+            lc.target_modules = Some(targets.clone());
+            lc.exclude_modules = exclude;
+            let outputs = model.output_layers(config.task_type.as_deref());
+            TargetMatcher::new(&lc, model.model_type(), &linear_paths(model), &outputs)
         };
-        let exclude = match (&config.target_modules, &config.exclude_modules) {
-            (None, Some(t)) => {
-                // Only exclusions: match them with LoRA's matcher, targeting everything.
-                let mut lc = LoraConfig::new(1, 1.0);
-                lc.target_modules = Some(t.clone());
-                let outputs = model.output_layers(config.task_type.as_deref());
-                Some(TargetMatcher::new(
-                    &lc,
-                    model.model_type(),
-                    &linear_paths(model),
-                    &outputs,
-                )?)
-            }
-            _ => None,
+        let (matcher, exclude) = match (&config.target_modules, &config.exclude_modules) {
+            (Some(t), e) => (Some(matcher(t, e.clone())?), None),
+            (None, Some(e)) => (None, Some(matcher(e, None)?)),
+            (None, None) => (None, None),
         };
         let selected: Vec<BaseParam> = base_params(model)
             .into_iter()
@@ -811,11 +795,15 @@ impl Said {
     /// θᵢ − θ₀,ᵢ = λᵢ · Pᵢ · d for target `i` (row-major in kiln's layout).
     pub fn delta(&self, i: usize, d: &[f32], scales: Option<&[f32]>) -> Vec<f32> {
         self.check_values(d, scales);
-        let t = &self.targets[i];
         if d.iter().all(|&v| v == 0.0) {
-            return vec![0f32; t.param.numel()];
+            return vec![0f32; self.targets[i].param.numel()];
         }
-        let mut v = t.projection.apply(d);
+        self.delta_checked(i, d, scales)
+    }
+
+    /// [`Self::delta`] once the lengths are checked and d is known to be non-zero.
+    fn delta_checked(&self, i: usize, d: &[f32], scales: Option<&[f32]>) -> Vec<f32> {
+        let mut v = self.targets[i].projection.apply(d);
         if let Some(s) = scales {
             let s = s[i];
             v.iter_mut().for_each(|x| *x *= s);
@@ -835,9 +823,10 @@ impl Said {
             return model;
         }
         map_base_params(model, &mut |p| match self.index.get(&p.path) {
-            Some(&i) => {
-                ParamAction::Add(TensorData::new(self.delta(i, d, scales), p.shape.clone()))
-            }
+            Some(&i) => ParamAction::Add(TensorData::new(
+                self.delta_checked(i, d, scales),
+                p.shape.clone(),
+            )),
             None => ParamAction::Keep,
         })
     }

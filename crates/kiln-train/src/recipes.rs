@@ -323,7 +323,8 @@ fn bert_sst2<B: TrainBackend>(
     let data = a.dataset_or("stanfordnlp/sst2");
     let dir = resolve_model(&model_spec)?;
     let (bert_cfg, model, load) = bert::load_for_classification::<B>(&dir, device)?;
-    let (train_b, eval_b, n_train, n_eval) = bert_sst2_data(a, &dir, &bert_cfg, &data)?;
+    let (train_b, eval_b, n_train, n_eval) =
+        bert_classification_data(a, &dir, &bert_cfg, &data, false)?;
     let task = Classification { eval: eval_b };
     let mut lora_model = None;
     let (model, trainable, total) = match method {
@@ -374,17 +375,6 @@ fn bert_sst2<B: TrainBackend>(
         "train_examples": n_train, "eval_examples": n_eval,
         "final_eval": final_eval.metrics, "train": report,
     }))
-}
-
-/// SST-2's training and evaluation batches for a BERT classifier (64 tokens as the seed notebook, never more
-/// than the model has positions for), with the numbers of examples.
-fn bert_sst2_data(
-    a: &RecipeArgs,
-    dir: &std::path::Path,
-    bert_cfg: &bert::BertConfig,
-    data: &str,
-) -> Result<(Batcher, Batcher, usize, usize)> {
-    bert_classification_data(a, dir, bert_cfg, data, false)
 }
 
 /// Training and evaluation batches for a BERT classifier: SST-2 sentences (64 tokens, as the seed notebook) or
