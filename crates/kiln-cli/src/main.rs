@@ -41,6 +41,8 @@ enum Command {
     Icl(commands::IclArgs),
     /// Run one of the seed notebook's experiments (a recipe): training, evaluation, reports.
     Train(commands::TrainArgs),
+    /// The meeting point of a multi-node data-parallel run (`kiln train … --nodes N --orchestrator HOST:PORT`).
+    Orchestrator(commands::OrchestratorArgs),
     /// PEFT adapters: inspect one, or merge one into its base model.
     Peft(commands::PeftArgs),
     /// Benchmarks on real-size models with random init (used by `cargo xtask bench`).
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Classify(a) => commands::classify(a),
         Command::Icl(a) => commands::icl(a),
         Command::Train(a) => commands::train(a),
+        Command::Orchestrator(a) => commands::orchestrator(a),
         Command::Bench(a) => bench::bench(a),
         Command::Peft(a) => commands::peft(a),
     };

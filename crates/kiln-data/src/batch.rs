@@ -96,6 +96,31 @@ impl Batch {
         self.input_ids.is_empty()
     }
 
+    /// Rows `[rank·n/parts, (rank+1)·n/parts)` of the batch: one data-parallel replica's share, padded as the
+    /// whole batch (so each row is computed exactly as it would be in the whole). `None` when the share is empty
+    /// (fewer rows than parts) or `rank >= parts`.
+    pub fn shard(&self, rank: usize, parts: usize) -> Option<Batch> {
+        let n = self.len();
+        if parts == 0 || rank >= parts {
+            return None;
+        }
+        let (lo, hi) = (rank * n / parts, (rank + 1) * n / parts);
+        if lo >= hi {
+            return None;
+        }
+        Some(Batch {
+            input_ids: self.input_ids[lo..hi].to_vec(),
+            attention_mask: self.attention_mask[lo..hi].to_vec(),
+            token_type_ids: self.token_type_ids[lo..hi].to_vec(),
+            labels: match &self.labels {
+                Labels::None => Labels::None,
+                Labels::Class(l) => Labels::Class(l[lo..hi].to_vec()),
+                Labels::Tokens(l) => Labels::Tokens(l[lo..hi].to_vec()),
+            },
+            indices: self.indices[lo..hi].to_vec(),
+        })
+    }
+
     /// Decoder inputs for teacher forcing: the token labels shifted right behind `start_id`, with
     /// [`IGNORE_INDEX`] replaced by `pad_id` (T5: start = pad = 0; BART: start = `</s>` = 2, pad = 1).
     /// `None` unless the labels are [`Labels::Tokens`].
@@ -373,3 +398,45 @@ impl Iterator for Batches<'_> {
 }
 
 impl ExactSizeIterator for Batches<'_> {}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    fn batch(n: usize) -> Batch {
+        Batch {
+            input_ids: (0..n as u32).map(|i| vec![i, 0]).collect(),
+            attention_mask: vec![vec![1, 0]; n],
+            token_type_ids: vec![vec![0, 0]; n],
+            labels: Labels::Tokens((0..n as i64).map(|i| vec![i, IGNORE_INDEX]).collect()),
+            indices: (10..10 + n).collect(),
+        }
+    }
+
+    #[test]
+    fn shards_cover_the_batch_in_order_once() {
+        for n in 1..9 {
+            for parts in 1..5 {
+                let b = batch(n);
+                let mut ids = Vec::new();
+                let mut labels = Vec::new();
+                for r in 0..parts {
+                    if let Some(s) = b.shard(r, parts) {
+                        assert_eq!(s.input_ids.len(), s.attention_mask.len());
+                        assert_eq!(s.indices.len(), s.len());
+                        ids.extend(s.input_ids);
+                        if let Labels::Tokens(l) = s.labels {
+                            labels.extend(l);
+                        }
+                    }
+                }
+                assert_eq!(ids, b.input_ids, "n = {n}, parts = {parts}");
+                assert_eq!(Labels::Tokens(labels), b.labels);
+            }
+        }
+        assert!(batch(1).shard(0, 2).is_none());
+        assert_eq!(batch(1).shard(1, 2).unwrap().len(), 1);
+        assert!(batch(4).shard(2, 2).is_none());
+        assert!(batch(4).shard(0, 0).is_none());
+    }
+}

@@ -25,6 +25,15 @@ pub enum Error {
         /// ([`latest_checkpoint`](crate::trainer::latest_checkpoint)).
         checkpoint: Option<PathBuf>,
     },
+    /// Data-parallel training stopped because of one replica (it failed, panicked, or did not reach the gradient
+    /// exchange within the timeout); `replica` is its global rank.
+    #[error("data-parallel training stopped: replica {replica}: {message}")]
+    Replica {
+        /// The global rank of the replica that stopped the run.
+        replica: usize,
+        /// What happened to it.
+        message: String,
+    },
     /// A model loading, hub or tokenizer error.
     #[error(transparent)]
     Model(#[from] kiln_models::Error),

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod chart;
+pub mod distributed;
 pub mod error;
 pub mod loss;
 pub mod recipes;

@@ -21,6 +21,20 @@ where
 /// Labels equal to this are ignored (as PyTorch's `CrossEntropyLoss(ignore_index=-100)`).
 pub const IGNORE_INDEX: i64 = -100;
 
+/// The number of positions [`token_cross_entropy`] averages over: labels that are not ignored. A data-parallel
+/// replica weighs its shard's mean loss by its share of these, so that the replicas' gradients add up to the
+/// whole batch's.
+pub fn token_count(labels: &[Vec<i64>]) -> usize {
+    labels.iter().flatten().filter(|&&x| x >= 0).count()
+}
+
+/// The number of positions [`causal_lm_loss`] averages over: every position whose next token is real.
+pub fn causal_token_count(mask: &[Vec<u8>]) -> usize {
+    mask.iter()
+        .map(|m| m.iter().skip(1).filter(|&&x| x == 1).count())
+        .sum()
+}
+
 /// Mean cross-entropy over `[b, t, v]` logits and `[b][t]` labels, ignoring [`IGNORE_INDEX`] (any negative label).
 ///
 /// Runs kiln-kernels' fused op: one log-sum-exp per position is kept for the backward pass, never the `[b·t, v]`

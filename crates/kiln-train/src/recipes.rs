@@ -76,6 +76,14 @@ pub struct RecipeArgs {
     pub intrinsic_dims: Option<Vec<usize>>,
     /// Learning rate of `said-sst2`'s full fine-tuning run (default 2e-5, as `bert-sst2`).
     pub full_learning_rate: Option<f64>,
+    /// LoRA's dropout on the layer input (`--lora-dropout`; the recipes' default 0.1).
+    pub lora_dropout: Option<f64>,
+    /// Data-parallel replicas, one per device index (`--devices`); empty: one device.
+    pub devices: Vec<u16>,
+    /// Seconds a replica may wait for the others before the run stops (`--replica-timeout`).
+    pub replica_timeout_secs: Option<u64>,
+    /// This process's node in a multi-machine run (`--nodes`, `--node-rank`, `--orchestrator`, …).
+    pub node: Option<crate::distributed::NodeConfig>,
 }
 
 impl RecipeArgs {
@@ -163,7 +171,22 @@ pub fn run_recipe<B: TrainBackend>(
 /// `--num-virtual-tokens` outside the recipes they size.
 fn check_flags(name: &str, a: &RecipeArgs) -> Result<()> {
     let training = !matches!(name, "opt-icl-sst2" | "gpt2-generate" | "t0-zero-shot");
-    let given: [(&str, bool, bool); 14] = [
+    let given: [(&str, bool, bool); 18] = [
+        (
+            "--lora-dropout",
+            a.lora_dropout.is_some(),
+            matches!(
+                name,
+                "bert-lora-sst2" | "bart-lora-cnndm" | "bart-lora-vs-full"
+            ),
+        ),
+        ("--devices", !a.devices.is_empty(), training),
+        (
+            "--replica-timeout",
+            a.replica_timeout_secs.is_some(),
+            training,
+        ),
+        ("--nodes", a.node.is_some(), training),
         (
             "--dataset",
             a.dataset.is_some(),
@@ -232,6 +255,11 @@ fn train_config(a: &RecipeArgs, epochs: usize, lr: f64, optimizer: OptimizerKind
         resume: a.resume,
         save_every_steps: a.save_every_steps,
         progress: a.progress,
+        devices: a.devices.clone(),
+        replica_timeout_secs: a
+            .replica_timeout_secs
+            .unwrap_or(TrainConfig::default().replica_timeout_secs),
+        node: a.node.clone(),
         ..Default::default()
     }
 }
@@ -341,7 +369,7 @@ fn bert_sst2<B: TrainBackend>(
             let mut cfg = kiln_peft::LoraConfig::new(8, 16.0)
                 .with_target_modules(["query", "value"])
                 .with_task_type("SEQ_CLS");
-            cfg.lora_dropout = 0.1;
+            cfg.lora_dropout = a.lora_dropout.unwrap_or(0.1);
             cfg.base_model_name_or_path = Some(model_spec.clone());
             let lm = kiln_peft::LoraModel::inject(model, cfg)
                 .map_err(|e| Error::Config(e.to_string()))?;
@@ -593,9 +621,10 @@ fn reset_peak_rss() {
 /// The seed's LoRA settings for BART: r 8, alpha 16, dropout 0.1 on q_proj/v_proj. (The notebook passed
 /// `target_modules=["encoder", "decoder"]`, which peft rejects for BART — no linear layer is named so; kiln
 /// uses the modules the notebook meant, the attention projections peft targets by default.)
-fn bart_lora_config(base: &str) -> kiln_peft::LoraConfig {
+fn bart_lora_config(base: &str, dropout: Option<f64>) -> kiln_peft::LoraConfig {
     serde_json::from_value(json!({
-        "peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1,
+        "peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM", "r": 8, "lora_alpha": 16,
+        "lora_dropout": dropout.unwrap_or(0.1),
         "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": base
     }))
     .expect("valid LoRA config")
@@ -758,8 +787,11 @@ fn bart_cnndm<B: TrainBackend>(
         Method::Full | Method::Lora => {
             let lora = method == Method::Lora;
             let (model, mut lora_model, trainable, total) = if lora {
-                let lm = kiln_peft::LoraModel::inject(pipe.model, bart_lora_config(&model_spec))
-                    .map_err(|e| Error::Config(e.to_string()))?;
+                let lm = kiln_peft::LoraModel::inject(
+                    pipe.model,
+                    bart_lora_config(&model_spec, a.lora_dropout),
+                )
+                .map_err(|e| Error::Config(e.to_string()))?;
                 let c = lm.trainable_parameters();
                 let model = lm.model.clone();
                 (model, Some(lm), c.trainable, c.all)

@@ -47,6 +47,10 @@ where
     fn primary_metric(&self) -> (&str, bool) {
         self.inner.primary_metric()
     }
+
+    fn loss_weight(&self, batch: &Batch) -> f64 {
+        self.inner.loss_weight(batch)
+    }
 }
 
 /// The paper's d90: the smallest d whose accuracy reaches 90% of full fine-tuning's (`None` if none does).

@@ -239,6 +239,10 @@ impl<B: TrainBackend> Task<B> for Seq2Seq {
         self.teacher_forced(model, batch)
     }
 
+    fn loss_weight(&self, batch: &Batch) -> f64 {
+        token_labels(batch).map_or(0, crate::loss::token_count) as f64
+    }
+
     fn evaluate(
         &self,
         model: &<Self::Model as AutodiffModule<B>>::InnerModule,
@@ -260,6 +264,10 @@ impl<B: TrainBackend> Task<B> for Seq2SeqPrompt {
 
     fn loss(&self, model: &Self::Model, batch: &Batch) -> Result<Tensor<B, 1>> {
         self.0.teacher_forced(model, batch)
+    }
+
+    fn loss_weight(&self, batch: &Batch) -> f64 {
+        token_labels(batch).map_or(0, crate::loss::token_count) as f64
     }
 
     fn evaluate(
@@ -331,6 +339,10 @@ impl<B: TrainBackend> Task<B> for PromptCausal {
             Some(&batch.attention_mask),
         );
         crate::loss::causal_lm_loss(logits, &batch.input_ids, &batch.attention_mask)
+    }
+
+    fn loss_weight(&self, batch: &Batch) -> f64 {
+        crate::loss::causal_token_count(&batch.attention_mask) as f64
     }
 
     fn evaluate(

@@ -18,6 +18,7 @@ use kiln_data::{Batch, Batcher, Position};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::distributed::Replica;
 use crate::error::{Error, Result};
 
 /// Which optimizer (AdamW as transformers' Trainer; Adam as the seed's BERT run).
@@ -64,6 +65,21 @@ pub struct TrainConfig {
     pub save_every_steps: Option<usize>,
     /// Show progress bars on stderr.
     pub progress: bool,
+    /// Data-parallel training: one replica per entry, each on the device of that index (`[0, 1]`: `cuda:0` and
+    /// `cuda:1`; on the CPU backends every index is the one CPU device). Empty or one entry: one device.
+    #[serde(default)]
+    pub devices: Vec<u16>,
+    /// How long a replica may wait for the others at a gradient exchange before the run stops with an error
+    /// naming the late one (longer than the slowest evaluation, which the first replica runs alone).
+    #[serde(default = "default_replica_timeout")]
+    pub replica_timeout_secs: u64,
+    /// This process's place in a multi-machine run (burn-collective's global level); `None`: one machine.
+    #[serde(default)]
+    pub node: Option<crate::distributed::NodeConfig>,
+}
+
+fn default_replica_timeout() -> u64 {
+    1800
 }
 
 impl Default for TrainConfig {
@@ -85,6 +101,9 @@ impl Default for TrainConfig {
             eval_each_epoch: true,
             save_every_steps: None,
             progress: true,
+            devices: Vec::new(),
+            replica_timeout_secs: default_replica_timeout(),
+            node: None,
         }
     }
 }
@@ -146,6 +165,12 @@ pub trait Task<B: AutodiffBackend> {
     ) -> Result<EvalResult>;
     /// The metric that decides the best checkpoint, and whether higher is better.
     fn primary_metric(&self) -> (&str, bool);
+    /// How many terms [`loss`](Task::loss)'s mean is over (examples by default; tokens for token losses). In
+    /// data-parallel training each replica's loss is scaled by its shard's share of the batch's weight, so the
+    /// summed gradients equal the whole batch's mean-loss gradient.
+    fn loss_weight(&self, batch: &Batch) -> f64 {
+        batch.len() as f64
+    }
 }
 
 /// HF's `get_linear_schedule_with_warmup`: linear warmup to the base rate, then linear decay to 0.
@@ -354,15 +379,71 @@ pub fn check_free_space(dir: &Path, needed: u64, what: &str) -> Result<()> {
     }
 }
 
-/// Train `model` on `task` with batches from `batcher`.
-pub fn train<B: AutodiffBackend, T: Task<B>>(
+/// Train `model` on `task` with batches from `batcher`: on the model's device, or data-parallel on
+/// `cfg.devices` (and `cfg.node`'s machines), where every global batch is split between the replicas and the run
+/// equals the one-device run up to float summation order ([`crate::distributed`]).
+pub fn train<B: AutodiffBackend, T: Task<B> + Sync>(
     task: &T,
     model: T::Model,
     batcher: &Batcher,
     cfg: &TrainConfig,
     trainable_params: usize,
-) -> Result<(T::Model, TrainReport)> {
+) -> Result<(T::Model, TrainReport)>
+where
+    T::Model: Send,
+{
     cfg.validate()?;
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Config("model has no device".into()))?;
+    if cfg.devices.len() <= 1 && cfg.node.is_none() {
+        let model = match crate::distributed::devices(&device, &cfg.devices).pop() {
+            Some(d) if d != device => model.fork(&d),
+            _ => model,
+        };
+        return with_optimizer(
+            task,
+            model,
+            batcher,
+            cfg,
+            trainable_params,
+            &Replica::single(),
+        );
+    }
+    if cfg.devices.is_empty() {
+        return Err(Error::Config(
+            "a multi-node run needs its local devices (--devices)".into(),
+        ));
+    }
+    prepare_out_dir(cfg)?;
+    crate::distributed::run_replicas::<B, _, _, _>(model, &device, cfg, |m, rep| {
+        with_optimizer(task, m, batcher, cfg, trainable_params, rep)
+    })
+}
+
+/// What the first replica does to the output directory before training: check it is writable and remove the
+/// temp directories of an interrupted checkpoint write.
+fn prepare_out_dir(cfg: &TrainConfig) -> Result<()> {
+    check_out_dir(&cfg.out_dir)?;
+    for p in remove_stale_temps(&cfg.out_dir)? {
+        eprintln!(
+            "removed {}: an incomplete checkpoint left by an interrupted run",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+fn with_optimizer<B: AutodiffBackend, T: Task<B>>(
+    task: &T,
+    model: T::Model,
+    batcher: &Batcher,
+    cfg: &TrainConfig,
+    trainable_params: usize,
+    rep: &Replica,
+) -> Result<(T::Model, TrainReport)> {
     match cfg.optimizer {
         OptimizerKind::AdamW => {
             let mut c = AdamWConfig::new()
@@ -379,6 +460,7 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
                 cfg,
                 c.init::<B, T::Model>(),
                 trainable_params,
+                rep,
             )
         }
         OptimizerKind::Adam => {
@@ -399,6 +481,7 @@ pub fn train<B: AutodiffBackend, T: Task<B>>(
                 cfg,
                 c.init::<B, T::Model>(),
                 trainable_params,
+                rep,
             )
         }
     }
@@ -411,13 +494,11 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
     cfg: &TrainConfig,
     mut optim: O,
     trainable_params: usize,
+    rep: &Replica,
 ) -> Result<(T::Model, TrainReport)> {
-    check_out_dir(&cfg.out_dir)?;
-    for p in remove_stale_temps(&cfg.out_dir)? {
-        eprintln!(
-            "removed {}: an incomplete checkpoint left by an interrupted run",
-            p.display()
-        );
+    let main = rep.is_main();
+    if rep.count == 1 {
+        prepare_out_dir(cfg)?;
     }
     // One checkpoint: the model in f32, and Adam's two moments per trainable parameter.
     let params = count_params::<B, _>(&model) as u64;
@@ -426,7 +507,9 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
     } else {
         trainable_params as u64
     };
-    check_free_space(&cfg.out_dir, 4 * (params + 2 * trainable), "one checkpoint")?;
+    if main {
+        check_free_space(&cfg.out_dir, 4 * (params + 2 * trainable), "one checkpoint")?;
+    }
     let device = model
         .devices()
         .into_iter()
@@ -456,7 +539,7 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             let text = std::fs::read_to_string(ck.join("state.json")).map_err(|e| io(&ck, e))?;
             state = serde_json::from_str(&text).map_err(|e| io(&ck, e))?;
             resumed_from = Some(state.position);
-        } else {
+        } else if main {
             eprintln!(
                 "warning: --resume: no checkpoint in {}; training starts from the beginning",
                 cfg.out_dir.display()
@@ -464,19 +547,29 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
         }
     }
     let metrics_path = cfg.out_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| io(&metrics_path, e))?;
+    // Only the first replica writes reports, metrics and checkpoints.
+    let mut metrics = if main {
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| io(&metrics_path, e))?,
+        )
+    } else {
+        None
+    };
     let mut log = |v: serde_json::Value| -> Result<()> {
-        writeln!(metrics, "{v}").map_err(|e| io(&metrics_path, e))
+        match metrics.as_mut() {
+            Some(m) => writeln!(m, "{v}").map_err(|e| io(&metrics_path, e)),
+            None => Ok(()),
+        }
     };
     let total_params = count_params::<B, _>(&model);
     let (metric_name, higher_better) = task.primary_metric();
     let t0 = Instant::now();
     let mut examples = 0usize;
-    let bar = if cfg.progress {
+    let bar = if cfg.progress && main {
         let b = indicatif::ProgressBar::new(
             (total_steps.min(cfg.max_steps.unwrap_or(usize::MAX))) as u64,
         );
@@ -507,14 +600,53 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
                 break;
             };
             let pos_batch = batches.position();
+            if rep.aborted() {
+                bar.abandon();
+                return Err(Error::Replica {
+                    replica: rep.rank,
+                    message: "stopped because another replica failed".into(),
+                });
+            }
             // Seed per step so dropout masks depend only on (seed, step): resume is exact.
             B::seed(
                 &device,
                 cfg.seed
-                    .wrapping_add((state.step * cfg.grad_accum + in_accum) as u64),
+                    .wrapping_add((state.step * cfg.grad_accum + in_accum) as u64)
+                    .wrapping_add((rep.rank as u64) << 40),
             );
-            let loss = task.loss(&model, &batch)?;
-            let value: f64 = loss.clone().into_scalar().elem::<f64>();
+            let (loss, value) = if rep.count == 1 {
+                let loss = task.loss(&model, &batch)?;
+                let value: f64 = loss.clone().into_scalar().elem::<f64>();
+                (loss, value)
+            } else {
+                // This replica's shard, its loss scaled by its share of the batch's weight: the replicas' scaled
+                // losses (and gradients) add up to the whole batch's. A replica without rows (a last batch smaller
+                // than the replica count) computes one row at weight 0, so that it has the same gradients to
+                // exchange.
+                let total = task.loss_weight(&batch);
+                let (shard, w) = match batch.shard(rep.rank, rep.count) {
+                    Some(s) if total > 0.0 => {
+                        let w = task.loss_weight(&s) / total;
+                        (s, w)
+                    }
+                    Some(s) => (s, 0.0),
+                    None => (batch.shard(0, batch.len()).unwrap_or(batch.clone()), 0.0),
+                };
+                let loss = task.loss(&model, &shard)?;
+                let local: f64 = loss.clone().into_scalar().elem::<f64>();
+                if !local.is_finite() {
+                    // Reported by this replica, before the exchange (the others stop when it does not arrive).
+                    bar.abandon();
+                    return Err(Error::NonFinite {
+                        step: state.step,
+                        loss: local,
+                        checkpoint: latest_checkpoint(&cfg.out_dir),
+                    });
+                }
+                let loss = loss.mul_scalar(w);
+                let value = rep.sum::<B::InnerBackend>(local * w, &device)?;
+                (loss, value)
+            };
             if !value.is_finite() {
                 bar.abandon();
                 return Err(Error::NonFinite {
@@ -530,6 +662,7 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             if grads.is_empty() {
+                // (The same on every replica: they run the same model.)
                 // A model with every parameter frozen (or rebuilt without its require-grad flags) would "train"
                 // for the whole run and change nothing.
                 bar.abandon();
@@ -544,7 +677,7 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             let end_of_epoch = pos_batch.epoch != epoch;
             if in_accum == cfg.grad_accum || end_of_epoch {
                 let lr = linear_schedule(cfg.learning_rate, state.step, warmup, total_steps);
-                let grads = accum.grads();
+                let grads = rep.sum_grads::<B>(accum.grads())?;
                 model = optim.step(lr, model, grads);
                 let mean = accum_loss / in_accum as f64;
                 state.step += 1;
@@ -556,7 +689,7 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
                 let rate = examples as f64 / t0.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!("epoch {} loss {mean:.4} {rate:.1} ex/s", epoch + 1));
                 bar.set_position(state.step as u64);
-                if cfg.save_every_steps.is_some_and(|n| state.step % n == 0) {
+                if main && cfg.save_every_steps.is_some_and(|n| state.step % n == 0) {
                     save_checkpoint(&cfg.out_dir, "checkpoint", &model, &optim, &state)?;
                 }
                 if cfg.max_steps.is_some_and(|m| state.step >= m) {
@@ -571,7 +704,7 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             };
         }
         let epoch_finished = state.position.epoch > epoch;
-        if epoch_finished && cfg.eval_each_epoch {
+        if epoch_finished && cfg.eval_each_epoch && main {
             let ev = task.evaluate(&model.valid())?;
             log(json!({"epoch": epoch, "step": state.step, "eval": ev.metrics}))?;
             if let Some(m) = ev.get(metric_name) {
@@ -593,7 +726,7 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             }
             state.evals.push((epoch, ev));
         }
-        if epoch_finished || done {
+        if (epoch_finished || done) && main {
             save_checkpoint(&cfg.out_dir, "checkpoint", &model, &optim, &state)?;
         }
         if done {
@@ -601,14 +734,6 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
         }
     }
     bar.finish_and_clear();
-    let series = vec![(
-        "train loss".to_string(),
-        state.losses.iter().map(|&(s, l)| (s as f64, l)).collect(),
-    )];
-    if !state.losses.is_empty() {
-        crate::chart::line_chart(&cfg.out_dir.join("loss.png"), "training loss", &series)
-            .map_err(|e| Error::Io(e.to_string()))?;
-    }
     let wall = t0.elapsed().as_secs_f64();
     let report = TrainReport {
         examples_per_second: examples as f64 / wall.max(1e-9),
@@ -619,6 +744,18 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
         out_dir: cfg.out_dir.clone(),
         state,
     };
+    if !main {
+        return Ok((model, report));
+    }
+    let state = &report.state;
+    let series = vec![(
+        "train loss".to_string(),
+        state.losses.iter().map(|&(s, l)| (s as f64, l)).collect(),
+    )];
+    if !state.losses.is_empty() {
+        crate::chart::line_chart(&cfg.out_dir.join("loss.png"), "training loss", &series)
+            .map_err(|e| Error::Io(e.to_string()))?;
+    }
     std::fs::write(
         cfg.out_dir.join("train_report.json"),
         serde_json::to_string_pretty(&report).unwrap_or_default(),

@@ -56,10 +56,85 @@ pub struct TrainArgs {
     /// Learning rate of the full fine-tuning run of said-sst2 / said-mrpc (default 2e-5).
     #[arg(long)]
     pub full_learning_rate: Option<f64>,
+    /// LoRA's dropout probability (bert-lora-sst2, bart-lora-cnndm, bart-lora-vs-full; default 0.1).
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    /// Data-parallel training, one replica per device: `cuda:0,cuda:1` (CUDA build), `cpu,cpu` (CPU backends: the
+    /// replicas share the CPU). Each global batch (--batch-size) is split between the replicas.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<String>>,
+    /// Seconds a replica may wait for the others at a gradient exchange before the run stops with an error
+    /// naming the late replica (default 1800; longer than the slowest evaluation).
+    #[arg(long)]
+    pub replica_timeout: Option<u64>,
+    /// Machines in a multi-node run (one `kiln train` process per machine, each with the same --devices count).
+    #[arg(long, requires_all = ["node_rank", "orchestrator", "node_address"])]
+    pub nodes: Option<u32>,
+    /// This machine's index in 0..--nodes (node 0 writes the checkpoints and reports).
+    #[arg(long, requires = "nodes")]
+    pub node_rank: Option<u32>,
+    /// The `kiln orchestrator` every node registers with, as HOST:PORT.
+    #[arg(long, requires = "nodes")]
+    pub orchestrator: Option<String>,
+    /// HOST:PORT at which the other nodes reach this one (this process listens on PORT).
+    #[arg(long, requires = "nodes")]
+    pub node_address: Option<String>,
     #[arg(long)]
     pub no_progress: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--devices` as device indices of the backend kiln was built with.
+fn device_indices(list: &[String]) -> Result<Vec<u16>, String> {
+    let want = if backend::name() == "cuda" {
+        "cuda"
+    } else {
+        "cpu"
+    };
+    list.iter()
+        .map(|d| {
+            let d = d.trim();
+            let (kind, index) = match d.split_once(':') {
+                Some((k, i)) => (k, i),
+                None if d.chars().all(|c| c.is_ascii_digit()) && !d.is_empty() => (want, d),
+                None => (d, "0"),
+            };
+            if kind != want {
+                return Err(format!(
+                    "--devices: `{d}` is not a device of this build ({} backend: use `{want}`{})",
+                    backend::name(),
+                    if want == "cuda" { ":N" } else { "" }
+                ));
+            }
+            index
+                .parse::<u16>()
+                .map_err(|_| format!("--devices: `{d}`: the device index must be a number"))
+        })
+        .collect()
+}
+
+/// The port of HOST:PORT.
+fn port_of(addr: &str) -> Result<u16, String> {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
+        .ok_or_else(|| format!("--node-address `{addr}` must be HOST:PORT"))
+}
+
+/// `kiln orchestrator`: the meeting point of a multi-node run.
+#[derive(Args, Debug)]
+pub struct OrchestratorArgs {
+    /// The port to listen on (the nodes' --orchestrator HOST:PORT).
+    #[arg(long)]
+    pub port: u16,
+}
+
+pub fn orchestrator(a: OrchestratorArgs) -> Res {
+    eprintln!(
+        "kiln orchestrator listening on port {} (stop with Ctrl-C)",
+        a.port
+    );
+    kiln_train::distributed::run_orchestrator(a.port).map_err(s)
 }
 
 pub fn train(a: TrainArgs) -> Res {
@@ -85,8 +160,44 @@ pub fn train(a: TrainArgs) -> Res {
                 .into(),
         );
     }
+    let devices = match &a.devices {
+        Some(list) => device_indices(list)?,
+        None => Vec::new(),
+    };
+    if a.nodes.is_some() && devices.is_empty() {
+        return Err("--nodes needs --devices (the replicas on this machine)".into());
+    }
+    if a.lora_dropout.is_some_and(|p| !(0.0..1.0).contains(&p)) {
+        return Err("--lora-dropout must be in [0, 1)".into());
+    }
+    if a.replica_timeout == Some(0) {
+        return Err("--replica-timeout must be positive".into());
+    }
+    let node = match a.nodes {
+        Some(num_nodes) => {
+            let rank = a.node_rank.unwrap_or(0);
+            if num_nodes == 0 || rank >= num_nodes {
+                return Err(format!(
+                    "--node-rank {rank} must be below --nodes {num_nodes}"
+                ));
+            }
+            let node_address = a.node_address.clone().unwrap_or_default();
+            Some(kiln_train::distributed::NodeConfig {
+                num_nodes,
+                node_rank: rank,
+                orchestrator: a.orchestrator.clone().unwrap_or_default(),
+                data_port: port_of(&node_address)?,
+                node_address,
+            })
+        }
+        None => None,
+    };
     let device = backend::device()?;
     let args = kiln_train::recipes::RecipeArgs {
+        devices,
+        replica_timeout_secs: a.replica_timeout,
+        lora_dropout: a.lora_dropout,
+        node,
         model: a.model,
         dataset: a.dataset,
         out_dir: a.out,

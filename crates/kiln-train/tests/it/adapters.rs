@@ -99,7 +99,7 @@ fn cfg() -> AdapterConfig {
 
 /// Train with adapters (one batch, six epochs), then load the loop's checkpoint into a fresh base with fresh
 /// adapters.
-fn round_trip<T: Task<AD>>(
+fn round_trip<T: Task<AD> + Sync>(
     name: &str,
     task: &T,
     batcher: &Batcher,

@@ -2,6 +2,7 @@
 //! sentiment samples.
 
 mod adapters;
+mod distributed;
 
 use std::path::PathBuf;
 
@@ -153,15 +154,16 @@ fn resume_gives_the_same_losses_as_an_uninterrupted_run() {
 /// A task whose loss turns into NaN at a given step.
 struct Faulty {
     inner: Classification,
-    at: std::cell::Cell<usize>,
+    at: std::sync::atomic::AtomicUsize,
 }
 
 impl Task<AD> for Faulty {
     type Model = bert::BertForSequenceClassification<AD>;
     fn loss(&self, model: &Self::Model, batch: &Batch) -> kiln_train::Result<Tensor<AD, 1>> {
         let l = self.inner.loss(model, batch)?;
-        let n = self.at.get();
-        self.at.set(n.saturating_sub(1));
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.at.load(SeqCst);
+        self.at.store(n.saturating_sub(1), SeqCst);
         Ok(if n == 0 { l.mul_scalar(f64::NAN) } else { l })
     }
     fn evaluate(
@@ -182,7 +184,7 @@ fn nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let (model, tb, eb) = setup();
     let task = Faulty {
         inner: Classification { eval: eb },
-        at: std::cell::Cell::new(8),
+        at: std::sync::atomic::AtomicUsize::new(8),
     };
     let c = TrainConfig {
         save_every_steps: Some(2),
