@@ -111,6 +111,8 @@ pub(crate) struct Replica {
     /// Replicas in the whole run.
     pub count: usize,
     local: usize,
+    /// The global ranks of the replicas on other machines.
+    remote: Vec<usize>,
     peer: PeerId,
     watch: Option<Arc<Watch>>,
 }
@@ -122,6 +124,7 @@ impl Replica {
             rank: 0,
             count: 1,
             local: 0,
+            remote: Vec::new(),
             peer: PeerId(0),
             watch: None,
         }
@@ -148,9 +151,25 @@ impl Replica {
             .store(w.start.elapsed().as_millis() as u64 + 1, Ordering::SeqCst);
         let r = f();
         w.waiting_since[self.local].store(0, Ordering::SeqCst);
-        r.map_err(|e| Error::Replica {
-            replica: self.rank,
-            message: format!("{what} failed: {e:?} (another replica stopped)"),
+        r.map_err(|e| match (&e, self.remote.first()) {
+            // A stopped local server, in a run with other machines, is a lost exchange with them (a local failure
+            // is reported first by the replica that failed).
+            (
+                burn::collective::CollectiveError::Global(_)
+                | burn::collective::CollectiveError::LocalServerMissing,
+                Some(&first),
+            ) => Error::Replica {
+                replica: first,
+                message: format!(
+                    "lost the replicas of the other nodes ({:?}) during {what} ({e:?}): a node stopped or cannot be \
+                     reached",
+                    self.remote
+                ),
+            },
+            _ => Error::Replica {
+                replica: self.rank,
+                message: format!("{what} failed: {e:?} (another replica stopped)"),
+            },
         })
     }
 
@@ -198,6 +217,47 @@ fn test_hook_stall(rank: usize, what: &str) {
 }
 
 static STALL_RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// Gives every float parameter the id of its position in the module (`KILN_PARAM_ID_BASE + index`): burn draws
+/// parameter ids at random per process, and the all-reduce exchanges gradients in the order of their ids, so
+/// processes on different machines must agree on them. Local replicas are clones and agree already.
+struct Renumber(u64);
+
+const KILN_PARAM_ID_BASE: u64 = 0x6b69_6c6e_0000_0000;
+
+impl<B: Backend> burn::module::ModuleMapper<B> for Renumber {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<B, D>>,
+    ) -> burn::module::Param<Tensor<B, D>> {
+        let (_, tensor, mapper) = param.consume();
+        self.0 += 1;
+        burn::module::Param::from_mapped_value(
+            burn::module::ParamId::from(KILN_PARAM_ID_BASE + self.0),
+            tensor,
+            mapper,
+        )
+    }
+}
+
+/// `model` with parameter ids that every process derives alike (see [`Renumber`]).
+pub(crate) fn with_deterministic_ids<B: Backend, M: burn::module::Module<B>>(model: M) -> M {
+    model.map(&mut Renumber(0))
+}
+
+/// Why and since when the current run is being stopped (set when a replica fails or the watchdog fires).
+static STOPPED: Mutex<Option<(Instant, String)>> = Mutex::new(None);
+
+/// Why the current data-parallel run is being stopped and for how long, if it is. A replica blocked in a
+/// multi-node exchange with a dead machine cannot always be woken (burn-collective waits on the network
+/// without a timeout): a binary that sees this for long (`kiln train` waits 10 s) reports it and exits.
+pub fn stopping_since() -> Option<(Duration, String)> {
+    STOPPED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|(t, m)| (t.elapsed(), m.clone()))
+}
 
 /// One collective run per process at a time: burn-collective keeps one server per backend type.
 static RUN_LOCK: Mutex<()> = Mutex::new(());
@@ -267,10 +327,16 @@ where
             .with_node_address(parse(&n.node_address)?)
             .with_data_service_port(n.data_port)
             // The ring cuts every tensor into one slice per node, which a one-element tensor cannot be.
-            .with_global_all_reduce_strategy(AllReduceStrategy::Centralized);
+            .with_global_all_reduce_strategy(AllReduceStrategy::Tree(2));
     }
+    let model = if cfg.node.is_some() {
+        with_deterministic_ids::<B, M>(model)
+    } else {
+        model
+    };
     reset_collective::<B::InnerBackend>();
     STALL_RELEASE.store(false, Ordering::SeqCst);
+    *STOPPED.lock().unwrap_or_else(|p| p.into_inner()) = None;
     let watch = Arc::new(Watch::new(
         local,
         Duration::from_secs(cfg.replica_timeout_secs.max(1)),
@@ -284,6 +350,7 @@ where
                 rank: node_rank * local + i,
                 count,
                 local: i,
+                remote: (0..count).filter(|r| r / local != node_rank).collect(),
                 peer: PeerId((node_rank * local + i) as u32),
                 watch: Some(watch.clone()),
             };
@@ -315,6 +382,8 @@ where
         let mut pending = local;
         let stop = |e: Error, error: &mut Option<Error>| {
             if error.is_none() {
+                *STOPPED.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), e.to_string()));
                 *error = Some(e);
                 watch.aborted.store(true, Ordering::SeqCst);
                 STALL_RELEASE.store(true, Ordering::SeqCst);
@@ -343,20 +412,33 @@ where
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     if let Some((late, waiting)) = watch.overdue() {
-                        let who = late.first().copied().unwrap_or(0);
-                        stop(
-                            Error::Replica {
+                        let secs = watch.timeout.as_secs();
+                        let ranks = |v: &[usize]| -> Vec<usize> {
+                            v.iter().map(|&i| node_rank * local + i).collect()
+                        };
+                        let e = match late.first() {
+                            Some(&who) => Error::Replica {
                                 replica: node_rank * local + who,
                                 message: format!(
-                                    "did not reach the collective operation within {} s (local replicas {:?} waited for \
-                                     {:?}; with several nodes, a node may have died)",
-                                    watch.timeout.as_secs(),
-                                    waiting,
-                                    late
+                                    "did not reach the collective operation within {secs} s (replicas {:?} waited for it)",
+                                    ranks(&waiting)
                                 ),
                             },
-                            &mut error,
-                        );
+                            None => {
+                                // Every local replica waits: the late ones are on other machines.
+                                let remote: Vec<usize> = (0..count)
+                                    .filter(|r| r / local != node_rank)
+                                    .collect();
+                                Error::Replica {
+                                    replica: remote.first().copied().unwrap_or(0),
+                                    message: format!(
+                                        "the replicas of the other nodes ({remote:?}) did not reach the collective \
+                                         operation within {secs} s: a node stopped or cannot be reached"
+                                    ),
+                                }
+                            }
+                        };
+                        stop(e, &mut error);
                     }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,

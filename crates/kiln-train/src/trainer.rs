@@ -546,6 +546,21 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
             );
         }
     }
+    if rep.count > 1 {
+        // Every replica must continue from the same step (on several machines, each reads its own --out).
+        let sum = rep.sum::<B::InnerBackend>(state.step as f64, &device)?;
+        if (sum - (state.step * rep.count) as f64).abs() > 0.5 {
+            return Err(Error::Replica {
+                replica: rep.rank,
+                message: format!(
+                    "the replicas resumed from different steps (this one from step {}, {} steps summed over {} \
+                     replicas): every node needs the same checkpoint in its --out (a shared directory, or a copy \
+                     of node 0's)",
+                    state.step, sum, rep.count
+                ),
+            });
+        }
+    }
     let metrics_path = cfg.out_dir.join("metrics.jsonl");
     // Only the first replica writes reports, metrics and checkpoints.
     let mut metrics = if main {

@@ -85,6 +85,38 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
+/// A data-parallel recipe on its own thread, watched: when a replica has failed and the others cannot be woken
+/// (one blocked in a multi-node exchange with a dead machine), the error is reported after 10 s and `kiln` exits
+/// instead of hanging (checkpoints are written atomically, so nothing is half-written).
+fn run_parallel(
+    recipe: String,
+    args: kiln_train::recipes::RecipeArgs,
+    device: backend::Device,
+) -> Result<serde_json::Value, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = kiln_train::recipes::run_recipe::<backend::Training>(&recipe, &args, &device);
+        let _ = tx.send(r.map_err(s));
+    });
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            Ok(r) => return r,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("the training thread ended without a result".into())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Some((since, why)) = kiln_train::distributed::stopping_since() {
+                    if since > std::time::Duration::from_secs(10) {
+                        return Err(format!(
+                            "{why} (the other replicas could not be stopped cleanly; exiting)"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `--devices` as device indices of the backend kiln was built with.
 fn device_indices(list: &[String]) -> Result<Vec<u16>, String> {
     let want = if backend::name() == "cuda" {
@@ -216,8 +248,12 @@ pub fn train(a: TrainArgs) -> Res {
         intrinsic_dims: a.intrinsic_dims,
         full_learning_rate: a.full_learning_rate,
     };
-    let summary = kiln_train::recipes::run_recipe::<backend::Training>(&a.recipe, &args, &device)
-        .map_err(s)?;
+    let summary = if args.devices.len() > 1 || args.node.is_some() {
+        run_parallel(a.recipe.clone(), args.clone(), device)?
+    } else {
+        kiln_train::recipes::run_recipe::<backend::Training>(&a.recipe, &args, &device)
+            .map_err(s)?
+    };
     if a.json {
         println!("{summary}");
     } else {

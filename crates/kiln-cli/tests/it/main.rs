@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod distributed;
 mod reliability;
 mod return_sequences;
 mod said;

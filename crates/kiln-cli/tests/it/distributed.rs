@@ -1,0 +1,194 @@
+//! Multi-process data-parallel training over the loopback interface: `kiln orchestrator` and one `kiln train`
+//! per node (burn-collective's global level), bounded in time, every child killed when the test ends.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{copy_fixture, edit_json, fx, kiln, train_losses};
+
+/// Child processes killed when dropped (also when the test fails).
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A port free on 127.0.0.1 now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(args: &[String], log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait for `c` at most `limit`; `None` if it is still running.
+fn wait_for(c: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Some(s) = c.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// The tiny BERT without dropout (the nodes draw other dropout masks than one process does).
+fn bert_without_dropout(dir: &Path) -> String {
+    let m = copy_fixture("bert", dir);
+    edit_json(&m.join("config.json"), |c| {
+        for (k, v) in c.as_object_mut().unwrap() {
+            if k.contains("dropout") && v.is_number() {
+                *v = serde_json::json!(0.0);
+            }
+        }
+    });
+    m.display().to_string()
+}
+
+fn train_args(model: &str, out: &Path, epochs: &str) -> Vec<String> {
+    [
+        "train",
+        "--recipe",
+        "bert-sst2",
+        "--model",
+        model,
+        "--dataset",
+        &fx("samples/sentiment"),
+        "--max-samples",
+        "48",
+        "--max-eval-samples",
+        "8",
+        "--batch-size",
+        "8",
+        "--epochs",
+        epochs,
+        "--no-progress",
+        "--out",
+        &out.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `kiln orchestrator` and two `kiln train --nodes 2` processes; returns them and node 0's out directory.
+fn two_nodes(t: &Path, model: &str, epochs: &str, timeout: &str) -> Procs {
+    let (op, p0, p1) = (free_port(), free_port(), free_port());
+    let mut procs = Procs(vec![spawn(
+        &["orchestrator".into(), "--port".into(), op.to_string()],
+        &t.join("orchestrator.log"),
+    )]);
+    for (rank, port) in [(0, p0), (1, p1)] {
+        let mut a = train_args(model, &t.join(format!("node{rank}")), epochs);
+        a.extend(
+            [
+                "--devices",
+                "cpu",
+                "--nodes",
+                "2",
+                "--node-rank",
+                &rank.to_string(),
+                "--orchestrator",
+                &format!("127.0.0.1:{op}"),
+                "--node-address",
+                &format!("127.0.0.1:{port}"),
+                "--replica-timeout",
+                timeout,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        procs.0.push(spawn(&a, &t.join(format!("node{rank}.log"))));
+    }
+    procs
+}
+
+#[test]
+fn two_processes_over_loopback_train_as_one_device() {
+    let t = tempfile::tempdir().unwrap();
+    let model = bert_without_dropout(t.path());
+    let mut procs = two_nodes(t.path(), &model, "2", "60");
+    for (i, name) in [(1, "node0"), (2, "node1")] {
+        let s = wait_for(&mut procs.0[i], Duration::from_secs(240))
+            .unwrap_or_else(|| panic!("{name} did not finish within 240 s"));
+        let log = std::fs::read_to_string(t.path().join(format!("{name}.log"))).unwrap();
+        assert!(s.success(), "{name} failed: {log}");
+    }
+    drop(procs);
+    let single = t.path().join("single");
+    let (ok, _, err) = kiln(
+        &train_args(&model, &single, "2")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(ok, "{err}");
+    let (two, one) = (train_losses(&t.path().join("node0")), train_losses(&single));
+    assert_eq!(one.len(), 12, "{one:?}");
+    assert_eq!(two.len(), one.len(), "{two:?} vs {one:?}");
+    for ((s, a), (_, b)) in two.iter().zip(&one) {
+        assert!(
+            (a - b).abs() <= 1e-5,
+            "step {s}: 2 nodes {a} vs 1 process {b}"
+        );
+    }
+    // Node 0 writes the reports and checkpoints; node 1 writes none.
+    assert!(t.path().join("node0/checkpoint/state.json").is_file());
+    assert!(!t.path().join("node1/checkpoint").exists());
+}
+
+#[test]
+fn a_killed_node_ends_the_run_with_an_error_naming_its_replica() {
+    let t = tempfile::tempdir().unwrap();
+    let model = bert_without_dropout(t.path());
+    let mut procs = two_nodes(t.path(), &model, "400", "3");
+    // Once node 0 has trained a few steps, kill node 1.
+    let metrics = t.path().join("node0/metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "node 0 never started training"
+        );
+        assert!(
+            procs.0[1].try_wait().unwrap().is_none(),
+            "node 0 ended early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    procs.0[2].kill().unwrap();
+    let killed = Instant::now();
+    let s = wait_for(&mut procs.0[1], Duration::from_secs(90))
+        .expect("node 0 kept running after node 1 was killed");
+    let log = std::fs::read_to_string(t.path().join("node0.log")).unwrap();
+    assert!(!s.success(), "node 0 exited 0 after losing node 1: {log}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        log.contains("data-parallel training stopped: replica 1"),
+        "{log}"
+    );
+    // Nothing half-written: the last checkpoint (if any) is complete.
+    assert!(!t.path().join("node0/checkpoint.tmp").exists());
+}
