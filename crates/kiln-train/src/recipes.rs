@@ -887,10 +887,26 @@ fn prompt_tuning_sst2<B: TrainBackend>(a: &RecipeArgs, device: &B::Device) -> Re
         .or(pipe.generation.eos_token_id.first().copied())
         .unwrap_or(0);
     let bs = a.batch_size.unwrap_or(8);
+    let labels = ["negative", "positive"];
+    let label_ids = labels
+        .iter()
+        .map(|l| pipe.tokenizer.encode_plain(&format!(" {l}")))
+        .collect::<kiln_models::Result<Vec<_>>>()?;
+    // The virtual tokens take positions too: text + prompt must fit the model's position table.
+    let nvt = a.num_virtual_tokens.unwrap_or(8);
+    let max_positions = kiln_models::causal::CausalLm::max_positions(&pipe.model);
+    let longest_label = label_ids.iter().map(Vec::len).max().unwrap_or(1);
+    let limit = 96.min(max_positions.saturating_sub(nvt));
+    if limit < longest_label + 2 {
+        return Err(Error::Config(format!(
+            "{model_spec} takes {max_positions} positions; {nvt} virtual tokens leave {limit} for the text, too few \
+             (use fewer --num-virtual-tokens)"
+        )));
+    }
     let train_b = Batcher::new(
         features(
             "training",
-            kiln_data::tokenize_texts(&pipe.tokenizer, &refs, Some(96))?,
+            kiln_data::tokenize_texts(&pipe.tokenizer, &refs, Some(limit))?,
         ),
         BatchOptions {
             batch_size: bs,
@@ -900,18 +916,14 @@ fn prompt_tuning_sst2<B: TrainBackend>(a: &RecipeArgs, device: &B::Device) -> Re
             ..Default::default()
         },
     )?;
-    let labels = ["negative", "positive"];
-    let label_ids = labels
-        .iter()
-        .map(|l| pipe.tokenizer.encode_plain(&format!(" {l}")))
-        .collect::<kiln_models::Result<Vec<_>>>()?;
     let mut eval = Vec::new();
     for e in eval_ex.iter().filter(|e| e.label >= 0) {
         let mut ids = pipe
             .tokenizer
-            .encode(&format!("Input: {}\nOutput:", e.sentence), Some(96))?
+            .encode(&format!("Input: {}\nOutput:", e.sentence), Some(limit))?
             .ids;
-        ids.truncate(96);
+        // Room for the label scored after the prompt.
+        ids.truncate(limit - longest_label);
         eval.push(crate::tasks::LabelledPrompt {
             prompt_ids: ids,
             label: e.label as usize,

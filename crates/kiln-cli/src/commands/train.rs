@@ -95,8 +95,11 @@ fn run_parallel(
 ) -> Result<serde_json::Value, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let r = kiln_train::recipes::run_recipe::<backend::Training>(&recipe, &args, &device);
-        let _ = tx.send(r.map_err(s));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            kiln_train::recipes::run_recipe::<backend::Training>(&recipe, &args, &device).map_err(s)
+        }))
+        .unwrap_or_else(|_| Err("the training thread panicked (see above)".into()));
+        let _ = tx.send(r);
     });
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(500)) {

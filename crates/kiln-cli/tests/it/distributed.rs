@@ -192,3 +192,88 @@ fn a_killed_node_ends_the_run_with_an_error_naming_its_replica() {
     // Nothing half-written: the last checkpoint (if any) is complete.
     assert!(!t.path().join("node0/checkpoint.tmp").exists());
 }
+
+/// Every training recipe (full fine-tuning and each PEFT method) runs data-parallel on two CPU replicas.
+#[test]
+fn every_training_recipe_runs_on_two_replicas() {
+    let t = tempfile::tempdir().unwrap();
+    for (recipe, model, data, extra) in [
+        ("t5-prompt-sst2", "t5", "samples/sentiment", &[][..]),
+        ("bert-sst2", "bert", "samples/sentiment", &[][..]),
+        ("bert-adapters-sst2", "bert", "samples/sentiment", &[][..]),
+        ("bert-lora-sst2", "bert", "samples/sentiment", &[][..]),
+        (
+            "said-sst2",
+            "bert",
+            "samples/sentiment",
+            &["--intrinsic-dims", "10"][..],
+        ),
+        ("bart-cnndm", "bart", "samples/cnndm", &[][..]),
+        ("bart-lora-cnndm", "bart", "samples/cnndm", &[][..]),
+        ("prefix-cnndm", "bart", "samples/cnndm", &[][..]),
+        // GPT-2's fixture has 64 positions: the virtual tokens' share is taken from the text.
+        ("prompt-tuning-sst2", "gpt2", "samples/sentiment", &[][..]),
+    ] {
+        let out = t.path().join(recipe).display().to_string();
+        let mut args = vec!["train", "--recipe", recipe, "--out", &out, "--json"];
+        let (m, d) = (fx(model), fx(data));
+        args.extend([
+            "--model",
+            &m,
+            "--dataset",
+            &d,
+            "--epochs",
+            "1",
+            "--max-samples",
+            "16",
+            "--max-eval-samples",
+            "2",
+            "--batch-size",
+            "8",
+            "--devices",
+            "cpu,cpu",
+        ]);
+        args.extend(extra);
+        let (ok, stdout, stderr) = kiln(&args);
+        assert!(ok, "{recipe} on two replicas failed: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert!(v.is_object(), "{recipe}: {stdout}");
+    }
+    // Too many virtual tokens for the model's positions is an error before training, not an index panic.
+    let out = t.path().join("too-many").display().to_string();
+    let (m, d) = (fx("gpt2"), fx("samples/sentiment"));
+    let (ok, _, stderr) = kiln(&[
+        "train",
+        "--recipe",
+        "prompt-tuning-sst2",
+        "--model",
+        &m,
+        "--dataset",
+        &d,
+        "--out",
+        &out,
+        "--num-virtual-tokens",
+        "63",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("63 virtual tokens") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // --devices of another backend is refused.
+    let (ok, _, stderr) = kiln(&[
+        "train",
+        "--recipe",
+        "bert-sst2",
+        "--model",
+        &fx("bert"),
+        "--out",
+        &out,
+        "--devices",
+        "cuda:0",
+    ]);
+    assert!(
+        !ok && stderr.contains("not a device of this build"),
+        "{stderr}"
+    );
+}
