@@ -118,3 +118,81 @@ pub fn layer_norm_bwd<B: Backend>(
     let dx = (g.clone() - g.clone().mean_dim(1) - xhat.clone() * (g * xhat).mean_dim(1)) * rstd;
     (B::float_reshape(prim(dx), shape), prim(dgamma), prim(dbeta))
 }
+
+/// `softmax(q·kᵀ·scale + bias)·v` for `[b, h, sq, d]` queries, `[b, h, sk, d]` keys, `[b, h, sk, dv]` values and a
+/// bias broadcasting to `[b, h, sq, sk]`: (output `[b, h, sq, dv]`, per-row log-sum-exp `[b, h, sq, 1]`). The
+/// `[b, h, sq, sk]` scores live only inside this call.
+pub fn attention_fwd<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    scale: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let s = scores::<B>(q, k, bias, scale);
+    let m = s.clone().max_dim(3);
+    let e = (s - m.clone()).exp();
+    let l = e.clone().sum_dim(3);
+    // Normalised after the product: one pass over `[b, h, sq, dv]` instead of over the scores.
+    let out = e.matmul(float::<B, 4>(v)) / l.clone();
+    (prim(out), prim(l.log() + m))
+}
+
+fn scores<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    // The scale on q (`[b, h, sq, d]`), not on the scores (`[b, h, sq, sk]`).
+    let s = float::<B, 4>(q)
+        .mul_scalar(scale)
+        .matmul(float::<B, 4>(k).swap_dims(2, 3));
+    match bias {
+        Some(b) => s + float::<B, 4>(b),
+        None => s,
+    }
+}
+
+/// The gradients of [`attention_fwd`] from the output's gradient, recomputing the probabilities from q, k, the bias
+/// and the saved log-sum-exp (FlashAttention's backward, with whole-row products): (dq, dk, dv, and the scores'
+/// gradient `[b, h, sq, sk]` — the bias's before its broadcast is undone — when `bias_grad`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd<B: Backend>(
+    dout: FloatTensor<B>,
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    scale: f64,
+    out: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    bias_grad: bool,
+) -> (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+) {
+    let (qt, kt) = (float::<B, 4>(q.clone()), float::<B, 4>(k.clone()));
+    let p = (scores::<B>(q, k, bias, scale) - float::<B, 4>(lse)).exp();
+    let dout = float::<B, 4>(dout);
+    let dv = p.clone().swap_dims(2, 3).matmul(dout.clone());
+    let dp = dout.clone().matmul(float::<B, 4>(v).swap_dims(2, 3));
+    let d = (dout * float::<B, 4>(out)).sum_dim(3);
+    let ds = p * (dp - d);
+    let dq = ds.clone().matmul(kt).mul_scalar(scale);
+    let dk = ds.clone().swap_dims(2, 3).matmul(qt).mul_scalar(scale);
+    (prim(dq), prim(dk), prim(dv), bias_grad.then(|| prim(ds)))
+}
+
+/// `full` summed over the dimensions where `shape` is 1 (undoing a broadcast to `full`'s shape).
+pub fn unbroadcast<B: Backend>(full: FloatTensor<B>, shape: [usize; 4]) -> FloatTensor<B> {
+    let mut t = float::<B, 4>(full);
+    for (i, &n) in shape.iter().enumerate() {
+        if n == 1 && t.dims()[i] != 1 {
+            t = t.sum_dim(i);
+        }
+    }
+    prim(t)
+}

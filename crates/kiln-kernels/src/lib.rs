@@ -15,6 +15,9 @@
 //!   (transformers' −100). Forward keeps one log-sum-exp per row; backward writes `softmax − one-hot` once. The
 //!   composed chain (`log_softmax` then `gather`) keeps several `[n, v]` buffers alive until the backward pass —
 //!   for BART's `[4 × 128, 50265]` decoder logits that is about 100 MB per buffer.
+//! - [`attention`]: `softmax(q·kᵀ·scale + bias)·v`; forward keeps one log-sum-exp per query row, backward
+//!   recomputes the probabilities (FlashAttention's scheme with whole-row products), so no `[b, h, sq, sk]` tensor
+//!   is kept between the passes. [`try_fused_attention`] is the entry for code generic over `B: Backend`.
 //! - [`layer_norm`]: LayerNorm over the last dimension, one pass forward saving the per-row mean and reciprocal
 //!   standard deviation; backward from those (not yet used by kiln-models' architectures, issue #16).
 //!
@@ -127,6 +130,49 @@ pub trait KernelOps: Backend {
         composed::layer_norm_bwd::<Self>(dy, x, gamma, mean, rstd)
     }
 
+    /// Attention `softmax(q·kᵀ·scale + bias)·v` and its per-row log-sum-exp (see [`composed::attention_fwd`]).
+    fn attention_fwd(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::attention_fwd::<Self>(q, k, v, bias, scale)
+    }
+
+    /// Attention's backward by recomputation (see [`composed::attention_bwd`]).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn attention_bwd(
+        dout: FloatTensor<Self>,
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        scale: f64,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        bias_grad: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+    ) {
+        composed::attention_bwd::<Self>(dout, q, k, v, bias, scale, out, lse, bias_grad)
+    }
+
+    /// Attention's output alone (what `Autodiff<B>` overrides with its own backward node).
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        Self::attention_fwd(q, k, v, bias, scale).0
+    }
+
     /// LayerNorm's output alone (what `Autodiff<B>` overrides with its own backward node).
     fn layer_norm(
         x: FloatTensor<Self>,
@@ -145,6 +191,16 @@ impl KernelOps for burn::backend::NdArray {}
 impl KernelOps for burn::backend::Cuda {}
 
 impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        attention_tracked::<B, C>(q, k, v, bias, scale)
+    }
+
     fn cross_entropy(logits: FloatTensor<Self>, targets: &[i64]) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct CrossEntropyBackward;
@@ -244,6 +300,193 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
             )),
         }
     }
+}
+
+fn attention_tracked<B: KernelOps, C: CheckpointStrategy>(
+    q: FloatTensor<Autodiff<B, C>>,
+    k: FloatTensor<Autodiff<B, C>>,
+    v: FloatTensor<Autodiff<B, C>>,
+    bias: Option<FloatTensor<Autodiff<B, C>>>,
+    scale: f64,
+) -> FloatTensor<Autodiff<B, C>> {
+    /// Saved: q, k, v and the bias (checkpointed parents, which the graph keeps anyway), the output and one
+    /// log-sum-exp per query row — never the `[b, h, sq, sk]` probabilities.
+    #[derive(Debug)]
+    struct AttentionBackward {
+        scale: f64,
+    }
+
+    type State<B> = (
+        [NodeId; 3],
+        Option<(NodeId, [usize; 4])>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+    );
+
+    impl<B: KernelOps> Backward<B, 4> for AttentionBackward {
+        type State = State<B>;
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 4>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let [pq, pk, pv, pb] = ops.parents;
+            let dout = grads.consume::<B>(&ops.node);
+            let ([qi, ki, vi], bias, out, lse) = ops.state;
+            let q: FloatTensor<B> = checkpointer.retrieve_node_output(qi);
+            let k: FloatTensor<B> = checkpointer.retrieve_node_output(ki);
+            let v: FloatTensor<B> = checkpointer.retrieve_node_output(vi);
+            let (bias, shape) = match bias {
+                Some((id, shape)) => (
+                    Some(checkpointer.retrieve_node_output::<FloatTensor<B>>(id)),
+                    Some(shape),
+                ),
+                None => (None, None),
+            };
+            let (dq, dk, dv, ds) =
+                B::attention_bwd(dout, q, k, v, bias, self.scale, out, lse, pb.is_some());
+            for (p, g) in [(pq, dq), (pk, dk), (pv, dv)] {
+                if let Some(n) = p {
+                    grads.register::<B>(n.id, g);
+                }
+            }
+            if let (Some(n), Some(ds), Some(shape)) = (pb, ds, shape) {
+                grads.register::<B>(n.id, composed::unbroadcast::<B>(ds, shape));
+            }
+        }
+    }
+
+    // Without a bias, an untracked zero-size stand-in fills the fourth parent slot (it never gets a gradient).
+    let bias_node = bias.as_ref().map(|b| b.node.clone());
+    let q_node = q.node.clone();
+    let parents = [
+        q.node.clone(),
+        k.node.clone(),
+        v.node.clone(),
+        bias_node.unwrap_or_else(|| q_node.clone()),
+    ];
+    let prep = AttentionBackward { scale }
+        .prepare::<C>(parents)
+        .compute_bound()
+        .stateful();
+    match prep {
+        OpsKind::Tracked(mut prep) => {
+            let ids = [
+                prep.checkpoint(&q),
+                prep.checkpoint(&k),
+                prep.checkpoint(&v),
+            ];
+            let b = bias.map(|b| {
+                let shape: [usize; 4] =
+                    burn::tensor::TensorMetadata::shape(&b.primitive).dims::<4>();
+                ((prep.checkpoint(&b), shape), b.primitive)
+            });
+            let (b_state, b_prim) = match b {
+                Some((s, p)) => (Some(s), Some(p)),
+                None => (None, None),
+            };
+            let (out, lse) = B::attention_fwd(q.primitive, k.primitive, v.primitive, b_prim, scale);
+            prep.finish((ids, b_state, out.clone(), lse), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(<B as KernelOps>::attention(
+            q.primitive,
+            k.primitive,
+            v.primitive,
+            bias.map(|b| b.primitive),
+            scale,
+        )),
+    }
+}
+
+/// Attention `softmax(q·kᵀ·scale + bias)·v` over `[b, h, sq, d]` queries, `[b, h, sk, d]` keys, `[b, h, sk, dv]`
+/// values and an additive `bias` that broadcasts to `[b, h, sq, sk]` (padding and causal masks, T5's relative
+/// position bias). On an autodiff backend the backward pass recomputes the probabilities from q, k, the bias and
+/// one saved log-sum-exp per query row (FlashAttention's scheme), so no `[b, h, sq, sk]` tensor is kept between
+/// the passes (burn's decomposed softmax keeps several per layer). Differentiable in q, k, v and the bias.
+pub fn attention<B: KernelOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<Tensor<B, 4>>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(<B as KernelOps>::attention(
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+        bias.map(|b| b.into_primitive().tensor()),
+        scale,
+    )))
+}
+
+/// Whether [`try_fused_attention`] fuses: yes unless `KILN_FUSED_ATTENTION=0` is in the environment (read once;
+/// for comparing against burn's decomposed attention, as `cargo xtask bench` does).
+pub fn fused_attention_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_FUSED_ATTENTION").map_or(true, |v| v != "0"))
+}
+
+/// Attention's inputs, handed back by [`try_fused_attention`] when the backend has no fused op.
+pub type AttentionInputs<B> = (
+    Tensor<B, 4>,
+    Tensor<B, 4>,
+    Tensor<B, 4>,
+    Option<Tensor<B, 4>>,
+);
+
+/// [`attention`] for code generic over `B: Backend` (kiln-models' architectures): when `B` is a training
+/// backend with kiln's fused op (`Autodiff<Flex>`, `Autodiff<NdArray>`, `Autodiff<Cuda>`, by feature) the fused op
+/// runs and its output is returned; otherwise the inputs come back unchanged (`Err`) for the caller's own path.
+/// Inference backends always take the caller's path, so generation and logits are untouched.
+pub fn try_fused_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<Tensor<B, 4>>,
+    scale: f64,
+) -> Result<Tensor<B, 4>, AttentionInputs<B>> {
+    use std::any::Any;
+    if !fused_attention_enabled() {
+        return Err((q, k, v, bias));
+    }
+    fn run<B: Backend, K: KernelOps>(
+        inputs: AttentionInputs<B>,
+        scale: f64,
+    ) -> Result<Tensor<B, 4>, AttentionInputs<B>> {
+        let boxed: Box<dyn Any> = Box::new(inputs);
+        match boxed.downcast::<AttentionInputs<K>>() {
+            Ok(t) => {
+                let (q, k, v, bias) = *t;
+                let out: Box<dyn Any> = Box::new(attention::<K>(q, k, v, bias, scale));
+                Ok(*out
+                    .downcast::<Tensor<B, 4>>()
+                    .expect("K is B: the downcast above succeeded"))
+            }
+            Err(b) => Err(*b
+                .downcast::<AttentionInputs<B>>()
+                .expect("the box holds B's inputs")),
+        }
+    }
+    let inputs = (q, k, v, bias);
+    #[cfg(feature = "flex")]
+    let inputs = match run::<B, Autodiff<burn::backend::Flex>>(inputs, scale) {
+        Ok(out) => return Ok(out),
+        Err(i) => i,
+    };
+    #[cfg(feature = "ndarray")]
+    let inputs = match run::<B, Autodiff<burn::backend::NdArray>>(inputs, scale) {
+        Ok(out) => return Ok(out),
+        Err(i) => i,
+    };
+    #[cfg(feature = "cuda")]
+    let inputs = match run::<B, Autodiff<burn::backend::Cuda>>(inputs, scale) {
+        Ok(out) => return Ok(out),
+        Err(i) => i,
+    };
+    let _ = scale;
+    Err(inputs)
 }
 
 /// LayerNorm over the last dimension of `x` with `gamma`, `beta` `[d]` (PyTorch's `nn.LayerNorm`): one pass

@@ -243,3 +243,137 @@ fn fused_layer_norm_equals_the_decomposed_chain() {
     ln_check::<Flex>([1, 130, 768]);
     ln_check::<NdArray>([2, 3, 64]);
 }
+
+/// Deterministic values in [-scale/2, scale/2).
+fn data4(dims: [usize; 4], seed: u64, scale: f32) -> TensorData {
+    let n: usize = dims.iter().product();
+    let x: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            let h = (i.wrapping_add(seed.wrapping_mul(0x1234_5678_9ABC)))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                >> 40;
+            (h as f32 / (1u64 << 24) as f32 - 0.5) * scale
+        })
+        .collect();
+    TensorData::new(x, dims)
+}
+
+/// A padding mask (the last `r` keys of batch row r masked) plus, when `causal`, the causal constraint, as burn's
+/// attention code builds it: `[b, 1, sq, sk]` with −1e9 on masked positions.
+fn mask4(b: usize, sq: usize, sk: usize, causal: bool) -> TensorData {
+    let mut m = vec![0f32; b * sq * sk];
+    for r in 0..b {
+        for i in 0..sq {
+            for j in 0..sk {
+                if j + r >= sk || (causal && j > i + (sk - sq)) {
+                    m[(r * sq + i) * sk + j] = -1.0e9;
+                }
+            }
+        }
+    }
+    TensorData::new(m, [b, 1, sq, sk])
+}
+
+fn vec4<B: Backend>(t: Tensor<B, 4>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+/// Fused attention vs burn's decomposed `softmax(q·kᵀ·s + bias)·v` through autodiff: output and every input's
+/// gradient (a weighted sum of the output as the loss), with a padding (and causal) mask and, when `rel_bias`, a
+/// trainable T5-style relative bias `[1, h, sq, sk]` added to the mask.
+fn attn_check<B: KernelOps>(
+    b: usize,
+    h: usize,
+    sq: usize,
+    sk: usize,
+    d: usize,
+    causal: bool,
+    rel_bias: bool,
+) where
+    B: burn::tensor::backend::AutodiffBackend,
+{
+    let dev = Default::default();
+    let mk = |dims, seed, scale| {
+        Tensor::<B, 4>::from_data(data4(dims, seed, scale), &dev).require_grad()
+    };
+    let q = mk([b, h, sq, d], 1, 2.0);
+    let k = mk([b, h, sk, d], 2, 2.0);
+    let v = mk([b, h, sk, d], 3, 1.0);
+    let rb = mk([1, h, sq, sk], 4, 3.0);
+    let mask = Tensor::<B, 4>::from_data(mask4(b, sq, sk, causal), &dev);
+    let w = Tensor::<B, 4>::from_data(data4([b, h, sq, d], 5, 1.0), &dev);
+    let scale = 1.0 / (d as f64).sqrt();
+    let bias = |rb: Tensor<B, 4>| {
+        if rel_bias {
+            mask.clone() + rb
+        } else {
+            mask.clone()
+        }
+    };
+    let fused = kiln_kernels::attention(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        Some(bias(rb.clone())),
+        scale,
+    );
+    let reference = burn::tensor::activation::softmax(
+        q.clone()
+            .matmul(k.clone().swap_dims(2, 3))
+            .mul_scalar(scale)
+            + bias(rb.clone()),
+        3,
+    )
+    .matmul(v.clone());
+    let e = rel_err(&vec4(fused.clone()), &vec4(reference.clone()));
+    assert!(e < 1e-5, "output: relative error {e}");
+    let gf = (fused * w.clone()).sum().backward();
+    let gr = (reference * w).sum().backward();
+    let mut inputs = vec![("q", q), ("k", k), ("v", v)];
+    if rel_bias {
+        inputs.push(("relative bias", rb));
+    }
+    for (name, t) in inputs {
+        let (a, r) = (t.grad(&gf).expect(name), t.grad(&gr).expect(name));
+        let e = rel_err(
+            &a.into_data().convert::<f32>().to_vec::<f32>().unwrap(),
+            &r.into_data().convert::<f32>().to_vec::<f32>().unwrap(),
+        );
+        assert!(
+            e < 1e-4,
+            "d{name}: relative error {e} (b{b} h{h} sq{sq} sk{sk} d{d} causal {causal})"
+        );
+    }
+}
+
+#[test]
+fn fused_attention_equals_the_decomposed_chain() {
+    for (b, h, sq, sk, d, causal, rel) in [
+        (2, 3, 5, 5, 8, false, false),
+        (3, 2, 7, 7, 16, true, false),
+        (2, 4, 6, 6, 8, false, true),
+        (2, 2, 3, 9, 8, false, false), // cross-attention: other key length
+        (1, 12, 33, 33, 64, true, false),
+    ] {
+        attn_check::<Autodiff<Flex>>(b, h, sq, sk, d, causal, rel);
+        attn_check::<Autodiff<NdArray>>(b, h, sq, sk, d, causal, rel);
+    }
+}
+
+#[test]
+fn fused_attention_dispatch_takes_only_training_backends() {
+    let dev = Default::default();
+    let q = Tensor::<Flex, 4>::from_data(data4([1, 2, 3, 4], 1, 1.0), &dev);
+    // An inference backend gets its inputs back for the caller's own path.
+    assert!(kiln_kernels::try_fused_attention(q.clone(), q.clone(), q.clone(), None, 0.5).is_err());
+    let qa = Tensor::<Autodiff<Flex>, 4>::from_data(data4([1, 2, 3, 4], 1, 1.0), &dev);
+    let out = kiln_kernels::try_fused_attention(qa.clone(), qa.clone(), qa.clone(), None, 0.5)
+        .ok()
+        .expect("Autodiff<Flex> is fused");
+    let want = burn::tensor::activation::softmax(
+        q.clone().matmul(q.clone().swap_dims(2, 3)).mul_scalar(0.5),
+        3,
+    )
+    .matmul(q);
+    assert!(rel_err(&vec4(out), &vec4(want)) < 1e-6);
+}

@@ -32,6 +32,10 @@ pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
 }
 
 /// `softmax(q kᵀ · scale + bias) v`; `bias` broadcasts to `[b, h, sq, sk]`.
+///
+/// On a training backend (`Autodiff<Flex | NdArray | Cuda>`) this is kiln-kernels' fused attention, whose backward
+/// recomputes the probabilities instead of keeping the `[b, h, sq, sk]` tensors of every layer until the backward
+/// pass; inference backends run the burn ops below.
 pub fn attend<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -39,6 +43,11 @@ pub fn attend<B: Backend>(
     scale: Option<f64>,
     bias: Option<Tensor<B, 4>>,
 ) -> Tensor<B, 4> {
+    let (q, k, v, bias) =
+        match kiln_kernels::try_fused_attention(q, k, v, bias, scale.unwrap_or(1.0)) {
+            Ok(out) => return out,
+            Err(inputs) => inputs,
+        };
     let mut scores = q.matmul(k.swap_dims(2, 3));
     if let Some(s) = scale {
         scores = scores.mul_scalar(s);
