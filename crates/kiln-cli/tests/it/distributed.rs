@@ -50,9 +50,9 @@ fn wait_for(c: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> 
     None
 }
 
-/// The tiny BERT without dropout (the nodes draw other dropout masks than one process does).
-fn bert_without_dropout(dir: &Path) -> String {
-    let m = copy_fixture("bert", dir);
+/// A copy of fixture `name` without dropout (the nodes draw other dropout masks than one process does).
+fn without_dropout(name: &str, dir: &Path) -> String {
+    let m = copy_fixture(name, dir);
     edit_json(&m.join("config.json"), |c| {
         for (k, v) in c.as_object_mut().unwrap() {
             if k.contains("dropout") && v.is_number() {
@@ -63,15 +63,28 @@ fn bert_without_dropout(dir: &Path) -> String {
     m.display().to_string()
 }
 
-fn train_args(model: &str, out: &Path, epochs: &str) -> Vec<String> {
+/// A recipe run: (recipe, model directory, dataset, extra flags).
+type Job<'a> = (&'a str, String, &'a str, &'a [&'a str]);
+
+fn bert_job(dir: &Path) -> Job<'static> {
+    (
+        "bert-sst2",
+        without_dropout("bert", dir),
+        "samples/sentiment",
+        &[],
+    )
+}
+
+fn train_args(job: &Job, out: &Path, epochs: &str) -> Vec<String> {
+    let (recipe, model, data, extra) = job;
     [
         "train",
         "--recipe",
-        "bert-sst2",
+        recipe,
         "--model",
         model,
         "--dataset",
-        &fx("samples/sentiment"),
+        &fx(data),
         "--max-samples",
         "48",
         "--max-eval-samples",
@@ -85,19 +98,20 @@ fn train_args(model: &str, out: &Path, epochs: &str) -> Vec<String> {
         &out.display().to_string(),
     ]
     .iter()
+    .chain(extra.iter())
     .map(|s| s.to_string())
     .collect()
 }
 
 /// `kiln orchestrator` and two `kiln train --nodes 2` processes; returns them and node 0's out directory.
-fn two_nodes(t: &Path, model: &str, epochs: &str, timeout: &str) -> Procs {
+fn two_nodes(t: &Path, job: &Job, epochs: &str, timeout: &str) -> Procs {
     let (op, p0, p1) = (free_port(), free_port(), free_port());
     let mut procs = Procs(vec![spawn(
         &["orchestrator".into(), "--port".into(), op.to_string()],
         &t.join("orchestrator.log"),
     )]);
     for (rank, port) in [(0, p0), (1, p1)] {
-        let mut a = train_args(model, &t.join(format!("node{rank}")), epochs);
+        let mut a = train_args(job, &t.join(format!("node{rank}")), epochs);
         a.extend(
             [
                 "--devices",
@@ -121,45 +135,55 @@ fn two_nodes(t: &Path, model: &str, epochs: &str, timeout: &str) -> Procs {
     procs
 }
 
+/// BERT full fine-tuning and BART LoRA: 2 processes × 4 rows give the losses of 1 process × 8 rows.
 #[test]
 fn two_processes_over_loopback_train_as_one_device() {
     let t = tempfile::tempdir().unwrap();
-    let model = bert_without_dropout(t.path());
-    let mut procs = two_nodes(t.path(), &model, "2", "60");
-    for (i, name) in [(1, "node0"), (2, "node1")] {
-        let s = wait_for(&mut procs.0[i], Duration::from_secs(240))
-            .unwrap_or_else(|| panic!("{name} did not finish within 240 s"));
-        let log = std::fs::read_to_string(t.path().join(format!("{name}.log"))).unwrap();
-        assert!(s.success(), "{name} failed: {log}");
-    }
-    drop(procs);
-    let single = t.path().join("single");
-    let (ok, _, err) = kiln(
-        &train_args(&model, &single, "2")
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+    let bart: Job = (
+        "bart-lora-cnndm",
+        without_dropout("bart", t.path()),
+        "samples/cnndm",
+        &["--lora-dropout", "0", "--max-steps", "10"],
     );
-    assert!(ok, "{err}");
-    let (two, one) = (train_losses(&t.path().join("node0")), train_losses(&single));
-    assert_eq!(one.len(), 12, "{one:?}");
-    assert_eq!(two.len(), one.len(), "{two:?} vs {one:?}");
-    for ((s, a), (_, b)) in two.iter().zip(&one) {
-        assert!(
-            (a - b).abs() <= 1e-5,
-            "step {s}: 2 nodes {a} vs 1 process {b}"
+    for (job, steps) in [(bert_job(t.path()), 12), (bart, 10)] {
+        let dir = t.path().join(job.0);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut procs = two_nodes(&dir, &job, "2", "60");
+        for (i, name) in [(1, "node0"), (2, "node1")] {
+            let s = wait_for(&mut procs.0[i], Duration::from_secs(240))
+                .unwrap_or_else(|| panic!("{}: {name} did not finish within 240 s", job.0));
+            let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
+            assert!(s.success(), "{}: {name} failed: {log}", job.0);
+        }
+        drop(procs);
+        let single = dir.join("single");
+        let (ok, _, err) = kiln(
+            &train_args(&job, &single, "2")
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
         );
+        assert!(ok, "{err}");
+        let (two, one) = (train_losses(&dir.join("node0")), train_losses(&single));
+        assert_eq!(one.len(), steps, "{}: {one:?}", job.0);
+        assert_eq!(two.len(), one.len(), "{two:?} vs {one:?}");
+        for ((s, a), (_, b)) in two.iter().zip(&one) {
+            assert!(
+                (a - b).abs() <= 1e-5,
+                "{}: step {s}: 2 nodes {a} vs 1 process {b}",
+                job.0
+            );
+        }
+        // Node 0 writes the reports and checkpoints; node 1 writes none.
+        assert!(dir.join("node0/checkpoint/state.json").is_file());
+        assert!(!dir.join("node1/checkpoint").exists());
     }
-    // Node 0 writes the reports and checkpoints; node 1 writes none.
-    assert!(t.path().join("node0/checkpoint/state.json").is_file());
-    assert!(!t.path().join("node1/checkpoint").exists());
 }
 
 #[test]
 fn a_killed_node_ends_the_run_with_an_error_naming_its_replica() {
     let t = tempfile::tempdir().unwrap();
-    let model = bert_without_dropout(t.path());
-    let mut procs = two_nodes(t.path(), &model, "400", "3");
+    let mut procs = two_nodes(t.path(), &bert_job(t.path()), "400", "3");
     // Once node 0 has trained a few steps, kill node 1.
     let metrics = t.path().join("node0/metrics.jsonl");
     let start = Instant::now();
