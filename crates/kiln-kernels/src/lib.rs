@@ -345,8 +345,10 @@ fn attention_tracked<B: KernelOps, C: CheckpointStrategy>(
                 ),
                 None => (None, None),
             };
+            // Without a bias the fourth parent slot holds q's node: no bias gradient then.
+            let bias_grad = pb.is_some() && shape.is_some();
             let (dq, dk, dv, ds) =
-                B::attention_bwd(dout, q, k, v, bias, self.scale, out, lse, pb.is_some());
+                B::attention_bwd(dout, q, k, v, bias, self.scale, out, lse, bias_grad);
             for (p, g) in [(pq, dq), (pk, dk), (pv, dv)] {
                 if let Some(n) = p {
                     grads.register::<B>(n.id, g);

@@ -377,3 +377,28 @@ fn fused_attention_dispatch_takes_only_training_backends() {
     .matmul(q);
     assert!(rel_err(&vec4(out), &vec4(want)) < 1e-6);
 }
+
+/// Without a bias (the fourth parent slot then holds q's node), q, k and v still get exactly their gradients.
+#[test]
+fn fused_attention_without_a_bias_equals_the_decomposed_chain() {
+    type B = Autodiff<Flex>;
+    let dev = Default::default();
+    let mk = |seed| Tensor::<B, 4>::from_data(data4([2, 3, 6, 8], seed, 2.0), &dev).require_grad();
+    let (q, k, v) = (mk(1), mk(2), mk(3));
+    let w = Tensor::<B, 4>::from_data(data4([2, 3, 6, 8], 5, 1.0), &dev);
+    let fused = kiln_kernels::attention(q.clone(), k.clone(), v.clone(), None, 0.35);
+    let reference = burn::tensor::activation::softmax(
+        q.clone().matmul(k.clone().swap_dims(2, 3)).mul_scalar(0.35),
+        3,
+    )
+    .matmul(v.clone());
+    assert!(rel_err(&vec4(fused.clone()), &vec4(reference.clone())) < 1e-5);
+    let (gf, gr) = (
+        (fused * w.clone()).sum().backward(),
+        (reference * w).sum().backward(),
+    );
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        let e = rel_err(&vec4(t.grad(&gf).unwrap()), &vec4(t.grad(&gr).unwrap()));
+        assert!(e < 1e-4, "d{name}: relative error {e}");
+    }
+}

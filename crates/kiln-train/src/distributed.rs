@@ -113,7 +113,6 @@ pub(crate) struct Replica {
     local: usize,
     /// The global ranks of the replicas on other machines.
     remote: Vec<usize>,
-    peer: PeerId,
     watch: Option<Arc<Watch>>,
 }
 
@@ -125,7 +124,6 @@ impl Replica {
             count: 1,
             local: 0,
             remote: Vec::new(),
-            peer: PeerId(0),
             watch: None,
         }
     }
@@ -133,6 +131,11 @@ impl Replica {
     /// The replica that logs, evaluates and writes checkpoints.
     pub(crate) fn is_main(&self) -> bool {
         self.rank == 0
+    }
+
+    /// The replica's id in burn-collective: its global rank.
+    fn peer(&self) -> PeerId {
+        PeerId(self.rank as u32)
     }
 
     /// Whether the run is being stopped from outside this replica.
@@ -180,7 +183,11 @@ impl Replica {
         }
         let t = Tensor::<B, 1>::from_floats([x as f32], device);
         let r = self.collective("the loss all-reduce", || {
-            all_reduce::<B>(self.peer, t.into_primitive().tensor(), ReduceOperation::Sum)
+            all_reduce::<B>(
+                self.peer(),
+                t.into_primitive().tensor(),
+                ReduceOperation::Sum,
+            )
         })?;
         let t = Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(r));
         Ok(t.into_scalar().elem::<f64>())
@@ -195,7 +202,7 @@ impl Replica {
             return Ok(grads);
         }
         self.collective("the gradient all-reduce", || {
-            grads.all_reduce::<B::InnerBackend>(self.peer, ReduceOperation::Sum)
+            grads.all_reduce::<B::InnerBackend>(self.peer(), ReduceOperation::Sum)
         })
     }
 }
@@ -351,7 +358,6 @@ where
                 count,
                 local: i,
                 remote: (0..count).filter(|r| r / local != node_rank).collect(),
-                peer: PeerId((node_rank * local + i) as u32),
                 watch: Some(watch.clone()),
             };
             let m = model.clone().fork(dev);
@@ -361,11 +367,11 @@ where
             s.spawn(move || {
                 let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     replica.collective("registering with the collective", || {
-                        register::<B::InnerBackend>(replica.peer, dev.clone(), config)
+                        register::<B::InnerBackend>(replica.peer(), dev.clone(), config)
                     })?;
                     let r = body(m, &replica)?;
                     replica.collective("leaving the collective", || {
-                        finish_collective::<B::InnerBackend>(replica.peer)
+                        finish_collective::<B::InnerBackend>(replica.peer())
                     })?;
                     Ok(r)
                 }));

@@ -629,15 +629,14 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
                     .wrapping_add((state.step * cfg.grad_accum + in_accum) as u64)
                     .wrapping_add((rep.rank as u64) << 40),
             );
-            let (loss, value) = if rep.count == 1 {
-                let loss = task.loss(&model, &batch)?;
-                let value: f64 = loss.clone().into_scalar().elem::<f64>();
-                (loss, value)
+            // On several replicas, this replica's shard, its loss scaled by its share of the batch's weight: the
+            // replicas' scaled losses (and gradients) add up to the whole batch's. A replica without rows (a last
+            // batch smaller than the replica count) computes one row at weight 0, so that it has the same
+            // gradients to exchange. `value` is this replica's share of the loss; the shares are summed over the
+            // replicas once per optimizer step.
+            let (loss, w) = if rep.count == 1 {
+                (task.loss(&model, &batch)?, 1.0)
             } else {
-                // This replica's shard, its loss scaled by its share of the batch's weight: the replicas' scaled
-                // losses (and gradients) add up to the whole batch's. A replica without rows (a last batch smaller
-                // than the replica count) computes one row at weight 0, so that it has the same gradients to
-                // exchange.
                 let total = task.loss_weight(&batch);
                 let (shard, w) = match batch.shard(rep.rank, rep.count) {
                     Some(s) if total > 0.0 => {
@@ -647,26 +646,16 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
                     Some(s) => (s, 0.0),
                     None => (batch.shard(0, batch.len()).unwrap_or(batch.clone()), 0.0),
                 };
-                let loss = task.loss(&model, &shard)?;
-                let local: f64 = loss.clone().into_scalar().elem::<f64>();
-                if !local.is_finite() {
-                    // Reported by this replica, before the exchange (the others stop when it does not arrive).
-                    bar.abandon();
-                    return Err(Error::NonFinite {
-                        step: state.step,
-                        loss: local,
-                        checkpoint: latest_checkpoint(&cfg.out_dir),
-                    });
-                }
-                let loss = loss.mul_scalar(w);
-                let value = rep.sum::<B::InnerBackend>(local * w, &device)?;
-                (loss, value)
+                (task.loss(&model, &shard)?.mul_scalar(w), w)
             };
+            let value: f64 = loss.clone().into_scalar().elem::<f64>();
             if !value.is_finite() {
+                // On several replicas, reported by the one whose rows gave it, before any exchange (the others stop
+                // when it does not arrive).
                 bar.abandon();
                 return Err(Error::NonFinite {
                     step: state.step,
-                    loss: value,
+                    loss: if w > 0.0 { value / w } else { value },
                     checkpoint: latest_checkpoint(&cfg.out_dir),
                 });
             }
@@ -694,7 +683,7 @@ fn run<B: AutodiffBackend, T: Task<B>, O: Optimizer<T::Model, B>>(
                 let lr = linear_schedule(cfg.learning_rate, state.step, warmup, total_steps);
                 let grads = rep.sum_grads::<B>(accum.grads())?;
                 model = optim.step(lr, model, grads);
-                let mean = accum_loss / in_accum as f64;
+                let mean = rep.sum::<B::InnerBackend>(accum_loss, &device)? / in_accum as f64;
                 state.step += 1;
                 state.losses.push((state.step, mean));
                 state.position = pos_batch;
