@@ -196,3 +196,59 @@ pub fn unbroadcast<B: Backend>(full: FloatTensor<B>, shape: [usize; 4]) -> Float
     }
     prim(t)
 }
+
+/// GELU, exact (`x · Φ(x)` with erf) or the tanh form `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, with burn ops
+/// on a tensor of any rank.
+pub fn gelu_fwd<B: Backend>(x: FloatTensor<B>, tanh_form: bool) -> FloatTensor<B> {
+    let shape = burn::tensor::TensorMetadata::shape(&x);
+    let n = shape.num_elements();
+    let x = float::<B, 1>(B::float_reshape(x, burn::tensor::Shape::new([n])));
+    let y = if tanh_form {
+        let c = (2.0f64 / std::f64::consts::PI).sqrt();
+        let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
+        x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
+    } else {
+        burn::tensor::activation::gelu(x)
+    };
+    B::float_reshape(prim(y), shape)
+}
+
+/// GELU's backward with burn ops: `dy · gelu′(x)`.
+pub fn gelu_bwd<B: Backend>(
+    dy: FloatTensor<B>,
+    x: FloatTensor<B>,
+    tanh_form: bool,
+) -> FloatTensor<B> {
+    let shape = burn::tensor::TensorMetadata::shape(&x);
+    let n = shape.num_elements();
+    let x = float::<B, 1>(B::float_reshape(x, burn::tensor::Shape::new([n])));
+    let dy = float::<B, 1>(B::float_reshape(dy, burn::tensor::Shape::new([n])));
+    let d = if tanh_form {
+        let c = (2.0f64 / std::f64::consts::PI).sqrt();
+        let t = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715))
+            .mul_scalar(c)
+            .tanh();
+        let du = x
+            .clone()
+            .powi_scalar(2)
+            .mul_scalar(3.0 * 0.044715 * c)
+            .add_scalar(c);
+        t.clone().add_scalar(1.0).mul_scalar(0.5)
+            + x.mul_scalar(0.5) * (t.clone() * t).neg().add_scalar(1.0) * du
+    } else {
+        let cdf = x
+            .clone()
+            .mul_scalar(std::f64::consts::FRAC_1_SQRT_2)
+            .erf()
+            .add_scalar(1.0)
+            .mul_scalar(0.5);
+        let pdf = x
+            .clone()
+            .powi_scalar(2)
+            .mul_scalar(-0.5)
+            .exp()
+            .mul_scalar(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+        cdf + x * pdf
+    };
+    B::float_reshape(prim(dy * d), shape)
+}

@@ -173,6 +173,22 @@ pub trait KernelOps: Backend {
         Self::attention_fwd(q, k, v, bias, scale).0
     }
 
+    /// GELU elementwise: exact (`x · Φ(x)`, erf) or, with `tanh_form`, GPT-2's tanh approximation
+    /// (`gelu_new`).
+    fn gelu_fwd(x: FloatTensor<Self>, tanh_form: bool) -> FloatTensor<Self> {
+        composed::gelu_fwd::<Self>(x, tanh_form)
+    }
+
+    /// GELU's backward: `dy · gelu′(x)`.
+    fn gelu_bwd(dy: FloatTensor<Self>, x: FloatTensor<Self>, tanh_form: bool) -> FloatTensor<Self> {
+        composed::gelu_bwd::<Self>(dy, x, tanh_form)
+    }
+
+    /// GELU's output (what `Autodiff<B>` overrides with its own backward node).
+    fn gelu(x: FloatTensor<Self>, tanh_form: bool) -> FloatTensor<Self> {
+        Self::gelu_fwd(x, tanh_form)
+    }
+
     /// LayerNorm's output alone (what `Autodiff<B>` overrides with its own backward node).
     fn layer_norm(
         x: FloatTensor<Self>,
@@ -191,6 +207,44 @@ impl KernelOps for burn::backend::NdArray {}
 impl KernelOps for burn::backend::Cuda {}
 
 impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
+    fn gelu(x: FloatTensor<Self>, tanh_form: bool) -> FloatTensor<Self> {
+        /// Saved: x (a checkpointed parent, which the graph keeps anyway as the linear layer's output).
+        #[derive(Debug)]
+        struct GeluBackward {
+            tanh_form: bool,
+        }
+
+        impl<B: KernelOps> Backward<B, 1> for GeluBackward {
+            type State = NodeId;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [parent] = ops.parents;
+                let dy = grads.consume::<B>(&ops.node);
+                let x: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state);
+                if let Some(p) = parent {
+                    grads.register::<B>(p.id, B::gelu_bwd(dy, x, self.tanh_form));
+                }
+            }
+        }
+
+        let prep = GeluBackward { tanh_form }
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful();
+        match prep {
+            OpsKind::Tracked(mut prep) => {
+                let x_id = prep.checkpoint(&x);
+                prep.finish(x_id, B::gelu_fwd(x.primitive, tanh_form))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<B as KernelOps>::gelu(x.primitive, tanh_form)),
+        }
+    }
+
     fn attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,

@@ -402,3 +402,57 @@ fn fused_attention_without_a_bias_equals_the_decomposed_chain() {
         assert!(e < 1e-4, "d{name}: relative error {e}");
     }
 }
+
+/// The models hand the kernel head-swapped views (`[b, s, h, d]` buffers seen as `[b, h, s, d]`) and biases that
+/// broadcast in every dimension, including over the keys (stride 0 there); a row whose keys are all masked with
+/// −∞ gets probabilities 0 (no NaN). Output and gradients as burn's decomposed chain, on flex's kernel.
+#[test]
+fn fused_attention_reads_strided_views_and_broadcast_biases() {
+    type B = Autodiff<Flex>;
+    let dev = Default::default();
+    let (b, s, h, d) = (2, 9, 3, 8);
+    let mk = |seed| Tensor::<B, 4>::from_data(data4([b, s, h, d], seed, 2.0), &dev).require_grad();
+    let leaves = [mk(1), mk(2), mk(3)];
+    // Fresh views for every graph (a backward pass consumes the intermediate nodes it went through).
+    let views = || leaves.clone().map(|t| t.swap_dims(1, 2));
+    let w = Tensor::<B, 4>::from_data(data4([b, h, s, d], 5, 1.0), &dev);
+    // One value per (batch, query), broadcast over heads and keys: [b, 1, s, 1] expanded to [b, 1, s, s].
+    let per_query = Tensor::<B, 4>::from_data(data4([b, 1, s, 1], 7, 1.0), &dev);
+    for bias in [
+        per_query.clone().expand([b, 1, s, s]),
+        Tensor::<B, 4>::from_data(mask4(b, s, s, true), &dev)
+            .swap_dims(0, 1)
+            .swap_dims(0, 1),
+    ] {
+        let [q, k, v] = views();
+        let fused = kiln_kernels::attention(q, k, v, Some(bias.clone()), 0.3);
+        let [q, k, v] = views();
+        let reference = burn::tensor::activation::softmax(
+            q.clone().matmul(k.clone().swap_dims(2, 3)).mul_scalar(0.3) + bias,
+            3,
+        )
+        .matmul(v.clone());
+        assert!(rel_err(&vec4(fused.clone()), &vec4(reference.clone())) < 1e-5);
+        let (gf, gr) = (
+            (fused * w.clone()).sum().backward(),
+            (reference * w.clone()).sum().backward(),
+        );
+        for (name, t) in ["q", "k", "v"].iter().zip(&leaves) {
+            let e = rel_err(&vec4(t.grad(&gf).unwrap()), &vec4(t.grad(&gr).unwrap()));
+            assert!(e < 1e-4, "d{name}: relative error {e}");
+        }
+    }
+    // Every key of batch row 1 masked with −∞: zeros there, no NaN anywhere.
+    let mut m = vec![0f32; b * s];
+    m[s..].fill(f32::NEG_INFINITY);
+    let bias = Tensor::<B, 4>::from_data(TensorData::new(m, [b, 1, 1, s]), &dev);
+    let [q, k, v] = views();
+    let out = kiln_kernels::attention(q, k, v, Some(bias), 0.3);
+    let g = (out.clone() * w).sum().backward();
+    let out = vec4(out);
+    assert!(out.iter().all(|x| x.is_finite()));
+    assert!(out[out.len() / 2..].iter().all(|&x| x == 0.0));
+    assert!(vec4(leaves[0].grad(&g).unwrap())
+        .iter()
+        .all(|x| x.is_finite()));
+}

@@ -1,5 +1,8 @@
 //! The flex kernels: the ops on the tensors' raw f32 buffers, rayon over rows (flex's own thread pool).
 
+mod attention;
+pub(crate) mod rows;
+
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::tensor::ops::FloatTensor;
@@ -15,6 +18,9 @@ fn f32_tensor(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
 }
 
+/// Elements per rayon task for the elementwise ops (64 KiB of f32).
+const ELEMS: usize = 16 * 1024;
+
 /// Rows per rayon task for the norms (rows are a few kilobytes).
 const NORM_ROWS: usize = 64;
 
@@ -28,6 +34,74 @@ fn rows_width(shape: &[usize]) -> (usize, usize, usize) {
 }
 
 impl KernelOps for Flex {
+    fn gelu_fwd(x: FloatTensor<Self>, tanh_form: bool) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 {
+            return composed::gelu_fwd::<Self>(x, tanh_form);
+        }
+        let x = x.to_contiguous();
+        let shape = x.shape();
+        let n = shape.num_elements();
+        let xs: &[f32] = &x.storage::<f32>()[..n];
+        let mut y = vec![0f32; n];
+        y.par_chunks_mut(ELEMS)
+            .zip(xs.par_chunks(ELEMS))
+            .for_each(|(y, x)| rows::gelu(y, x, tanh_form));
+        f32_tensor(y, shape.to_vec())
+    }
+
+    fn gelu_bwd(dy: FloatTensor<Self>, x: FloatTensor<Self>, tanh_form: bool) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 || dy.dtype() != DType::F32 || dy.shape() != x.shape() {
+            return composed::gelu_bwd::<Self>(dy, x, tanh_form);
+        }
+        let (x, dy) = (x.to_contiguous(), dy.to_contiguous());
+        let shape = x.shape();
+        let n = shape.num_elements();
+        let xs: &[f32] = &x.storage::<f32>()[..n];
+        let gs: &[f32] = &dy.storage::<f32>()[..n];
+        let mut dx = vec![0f32; n];
+        dx.par_chunks_mut(ELEMS)
+            .zip(gs.par_chunks(ELEMS).zip(xs.par_chunks(ELEMS)))
+            .for_each(|(dx, (g, x))| rows::gelu_grad(dx, g, x, tanh_form));
+        f32_tensor(dx, shape.to_vec())
+    }
+
+    fn attention_fwd(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        match attention::forward(q, k, v, bias, scale) {
+            Ok(out) => out,
+            Err((q, k, v, bias)) => composed::attention_fwd::<Self>(q, k, v, bias, scale),
+        }
+    }
+
+    fn attention_bwd(
+        dout: FloatTensor<Self>,
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        scale: f64,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        bias_grad: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+    ) {
+        if let Some(grads) =
+            attention::backward(&dout, &q, &k, &v, bias.as_ref(), scale, &lse, bias_grad)
+        {
+            return grads;
+        }
+        composed::attention_bwd::<Self>(dout, q, k, v, bias, scale, out, lse, bias_grad)
+    }
+
     fn layer_norm_fwd(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
