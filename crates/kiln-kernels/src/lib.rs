@@ -18,6 +18,7 @@
 //! - [`attention`]: `softmax(q·kᵀ·scale + bias)·v`; forward keeps one log-sum-exp per query row, backward
 //!   recomputes the probabilities (FlashAttention's scheme with whole-row products), so no `[b, h, sq, sk]` tensor
 //!   is kept between the passes. [`try_fused_attention`] is the entry for code generic over `B: Backend`.
+//! - [`gelu`]: GELU, exact or tanh form, one vectorised pass each way on flex; [`try_fused_gelu`] for generic code.
 //! - [`layer_norm`]: LayerNorm over the last dimension, one pass forward saving the per-row mean and reciprocal
 //!   standard deviation; backward from those (not yet used by kiln-models' architectures, issue #16).
 //!
@@ -477,11 +478,30 @@ pub fn attention<B: KernelOps>(
     )))
 }
 
-/// Whether [`try_fused_attention`] fuses: yes unless `KILN_FUSED_ATTENTION=0` is in the environment (read once;
-/// for comparing against burn's decomposed attention, as `cargo xtask bench` does).
+/// Whether the `try_fused_*` entries use kiln's kernels: yes unless `KILN_KERNELS=0` is in the environment (read
+/// once; for comparing against burn's own ops, as `docs/performance.md` does). `KILN_FUSED_ATTENTION=0` turns off
+/// the attention alone.
+pub fn kernels_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_KERNELS").map_or(true, |v| v != "0"))
+}
+
+/// Whether [`try_fused_attention`] fuses: [`kernels_enabled`] and not `KILN_FUSED_ATTENTION=0`.
 pub fn fused_attention_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_FUSED_ATTENTION").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| {
+        kernels_enabled() && std::env::var("KILN_FUSED_ATTENTION").map_or(true, |v| v != "0")
+    })
+}
+
+/// `t` as a `U` when `T` and `U` are the same type (a backend picked by `TypeId`), else `t` back.
+fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
+    use std::any::Any;
+    let boxed: Box<dyn Any> = Box::new(t);
+    match boxed.downcast::<U>() {
+        Ok(u) => Ok(*u),
+        Err(b) => Err(*b.downcast::<T>().expect("the box holds a T")),
+    }
 }
 
 /// Attention's inputs, handed back by [`try_fused_attention`] when the backend has no fused op.
@@ -492,10 +512,10 @@ pub type AttentionInputs<B> = (
     Option<Tensor<B, 4>>,
 );
 
-/// [`attention`] for code generic over `B: Backend` (kiln-models' architectures): when `B` is a training
-/// backend with kiln's fused op (`Autodiff<Flex>`, `Autodiff<NdArray>`, `Autodiff<Cuda>`, by feature) the fused op
-/// runs and its output is returned; otherwise the inputs come back unchanged (`Err`) for the caller's own path.
-/// Inference backends always take the caller's path, so generation and logits are untouched.
+/// [`attention`] for code generic over `B: Backend` (kiln-models' architectures): when `B` is a backend with
+/// kiln's kernel — flex (training and inference) or the composed op with its recomputing backward
+/// (`Autodiff<NdArray>`, `Autodiff<Cuda>`), by feature — the fused op runs and its output is returned; otherwise
+/// the inputs come back unchanged (`Err`) for the caller's own path (ndarray and CUDA inference).
 pub fn try_fused_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -503,7 +523,6 @@ pub fn try_fused_attention<B: Backend>(
     bias: Option<Tensor<B, 4>>,
     scale: f64,
 ) -> Result<Tensor<B, 4>, AttentionInputs<B>> {
-    use std::any::Any;
     if !fused_attention_enabled() {
         return Err((q, k, v, bias));
     }
@@ -511,23 +530,16 @@ pub fn try_fused_attention<B: Backend>(
         inputs: AttentionInputs<B>,
         scale: f64,
     ) -> Result<Tensor<B, 4>, AttentionInputs<B>> {
-        let boxed: Box<dyn Any> = Box::new(inputs);
-        match boxed.downcast::<AttentionInputs<K>>() {
-            Ok(t) => {
-                let (q, k, v, bias) = *t;
-                let out: Box<dyn Any> = Box::new(attention::<K>(q, k, v, bias, scale));
-                Ok(*out
-                    .downcast::<Tensor<B, 4>>()
-                    .expect("K is B: the downcast above succeeded"))
-            }
-            Err(b) => Err(*b
-                .downcast::<AttentionInputs<B>>()
-                .expect("the box holds B's inputs")),
-        }
+        let (q, k, v, bias) = cast::<_, AttentionInputs<K>>(inputs)?;
+        Ok(cast(attention::<K>(q, k, v, bias, scale))
+            .ok()
+            .expect("K is B: the cast above succeeded"))
     }
     let inputs = (q, k, v, bias);
     #[cfg(feature = "flex")]
-    let inputs = match run::<B, Autodiff<burn::backend::Flex>>(inputs, scale) {
+    let inputs = match run::<B, Autodiff<burn::backend::Flex>>(inputs, scale)
+        .or_else(|i| run::<B, burn::backend::Flex>(i, scale))
+    {
         Ok(out) => return Ok(out),
         Err(i) => i,
     };
@@ -543,6 +555,47 @@ pub fn try_fused_attention<B: Backend>(
     };
     let _ = scale;
     Err(inputs)
+}
+
+/// GELU elementwise — exact (`x · Φ(x)`, erf; HF's `gelu`) or, with `tanh_form`, the tanh approximation (HF's
+/// `gelu_new`, GPT-2) — with its own backward node on an autodiff backend (saves x only). On flex one vectorised,
+/// multi-threaded pass each way; burn's exact GELU calls libm's `erf` per element on one thread, and the tanh form
+/// composed of burn ops is six passes.
+pub fn gelu<B: KernelOps, const D: usize>(x: Tensor<B, D>, tanh_form: bool) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(<B as KernelOps>::gelu(
+        x.into_primitive().tensor(),
+        tanh_form,
+    )))
+}
+
+/// [`gelu`] for code generic over `B: Backend`: runs on flex and `Autodiff<Flex>` (the kernels), and hands `x`
+/// back (`Err`) on other backends, whose own ops are as good as the composed default.
+pub fn try_fused_gelu<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    tanh_form: bool,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !kernels_enabled() {
+        return Err(x);
+    }
+    #[cfg(feature = "flex")]
+    {
+        fn run<B: Backend, K: KernelOps, const D: usize>(
+            x: Tensor<B, D>,
+            tanh_form: bool,
+        ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+            let x = cast::<_, Tensor<K, D>>(x)?;
+            Ok(cast(gelu::<K, D>(x, tanh_form))
+                .ok()
+                .expect("K is B: the cast above succeeded"))
+        }
+        run::<B, Autodiff<burn::backend::Flex>, D>(x, tanh_form)
+            .or_else(|x| run::<B, burn::backend::Flex, D>(x, tanh_form))
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = tanh_form;
+        Err(x)
+    }
 }
 
 /// LayerNorm over the last dimension of `x` with `gamma`, `beta` `[d]` (PyTorch's `nn.LayerNorm`): one pass

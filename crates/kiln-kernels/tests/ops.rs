@@ -361,21 +361,66 @@ fn fused_attention_equals_the_decomposed_chain() {
 }
 
 #[test]
-fn fused_attention_dispatch_takes_only_training_backends() {
+fn fused_attention_dispatch_takes_flex_and_training_backends() {
     let dev = Default::default();
+    // ndarray's inference backend gets its inputs back for the caller's own path.
+    let qn = Tensor::<NdArray, 4>::from_data(data4([1, 2, 3, 4], 1, 1.0), &Default::default());
+    assert!(
+        kiln_kernels::try_fused_attention(qn.clone(), qn.clone(), qn.clone(), None, 0.5).is_err()
+    );
     let q = Tensor::<Flex, 4>::from_data(data4([1, 2, 3, 4], 1, 1.0), &dev);
-    // An inference backend gets its inputs back for the caller's own path.
-    assert!(kiln_kernels::try_fused_attention(q.clone(), q.clone(), q.clone(), None, 0.5).is_err());
-    let qa = Tensor::<Autodiff<Flex>, 4>::from_data(data4([1, 2, 3, 4], 1, 1.0), &dev);
-    let out = kiln_kernels::try_fused_attention(qa.clone(), qa.clone(), qa.clone(), None, 0.5)
-        .ok()
-        .expect("Autodiff<Flex> is fused");
     let want = burn::tensor::activation::softmax(
         q.clone().matmul(q.clone().swap_dims(2, 3)).mul_scalar(0.5),
         3,
     )
-    .matmul(q);
+    .matmul(q.clone());
+    // Flex, for inference and for training, takes the kernel.
+    let out = kiln_kernels::try_fused_attention(q.clone(), q.clone(), q.clone(), None, 0.5)
+        .ok()
+        .expect("Flex is fused");
+    assert!(rel_err(&vec4(out), &vec4(want.clone())) < 1e-6);
+    let qa = Tensor::<Autodiff<Flex>, 4>::from_data(data4([1, 2, 3, 4], 1, 1.0), &dev);
+    let out = kiln_kernels::try_fused_attention(qa.clone(), qa.clone(), qa.clone(), None, 0.5)
+        .ok()
+        .expect("Autodiff<Flex> is fused");
     assert!(rel_err(&vec4(out), &vec4(want)) < 1e-6);
+}
+
+/// GELU (exact and tanh form) through `try_fused_gelu` — flex's kernel on flex and `Autodiff<Flex>`, ndarray's
+/// inputs handed back — against burn's ops: values and, through autodiff, the gradient.
+#[test]
+fn fused_gelu_equals_burns_gelu() {
+    type B = Autodiff<Flex>;
+    let dev = Default::default();
+    let data = data4([2, 3, 50, 41], 9, 12.0);
+    let x = Tensor::<B, 4>::from_data(data.clone(), &dev).require_grad();
+    let w = Tensor::<B, 4>::from_data(data4([2, 3, 50, 41], 4, 1.0), &dev);
+    for tanh_form in [false, true] {
+        let fused = kiln_kernels::try_fused_gelu(x.clone(), tanh_form)
+            .ok()
+            .expect("Autodiff<Flex> is fused");
+        let reference = if tanh_form {
+            let c = (2.0f64 / std::f64::consts::PI).sqrt();
+            let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
+            x.clone().mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
+        } else {
+            burn::tensor::activation::gelu(x.clone())
+        };
+        let e = rel_err(&vec4(fused.clone()), &vec4(reference.clone()));
+        assert!(e < 1e-6, "gelu (tanh {tanh_form}): relative error {e}");
+        let gf = (fused * w.clone()).sum().backward();
+        let gr = (reference * w.clone()).sum().backward();
+        let e = rel_err(&vec4(x.grad(&gf).unwrap()), &vec4(x.grad(&gr).unwrap()));
+        assert!(e < 1e-5, "gelu' (tanh {tanh_form}): relative error {e}");
+        let xf = Tensor::<Flex, 4>::from_data(data.clone(), &dev);
+        let yf = kiln_kernels::try_fused_gelu(xf.clone(), tanh_form)
+            .ok()
+            .expect("Flex is fused");
+        let e = rel_err(&vec4(yf), &vec4(kiln_kernels::gelu(xf, tanh_form)));
+        assert!(e == 0.0, "flex inference and training differ: {e}");
+        let xn = Tensor::<NdArray, 4>::from_data(data.clone(), &Default::default());
+        assert!(kiln_kernels::try_fused_gelu(xn, tanh_form).is_err());
+    }
 }
 
 /// Without a bias (the fourth parent slot then holds q's node), q, k and v still get exactly their gradients.

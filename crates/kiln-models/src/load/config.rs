@@ -199,12 +199,21 @@ impl Activation {
         })
     }
 
-    /// Applies the activation elementwise.
+    /// Applies the activation elementwise (GELU through kiln-kernels' vectorised kernel on flex).
     pub fn forward<B: burn::prelude::Backend, const D: usize>(
         self,
         x: burn::prelude::Tensor<B, D>,
     ) -> burn::prelude::Tensor<B, D> {
         use burn::tensor::activation as act;
+        let x = match self {
+            Self::Gelu | Self::GeluNew => {
+                match kiln_kernels::try_fused_gelu(x, self == Self::GeluNew) {
+                    Ok(y) => return y,
+                    Err(x) => x,
+                }
+            }
+            _ => x,
+        };
         match self {
             Self::Gelu => act::gelu(x),
             Self::GeluNew => {
