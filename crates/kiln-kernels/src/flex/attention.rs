@@ -1,105 +1,171 @@
-//! Attention on flex: the products through flex's strided GEMM (q, k, v may be head-swapped views, no copy),
-//! the softmax rows in one multi-threaded, vectorised pass over the scores buffer, in place (scale, bias with its
-//! broadcast read through strides, max, exp, sum, normalise), and the backward's rows the same way — where the
-//! composed version made five full passes, one of them a single-threaded broadcast add.
+//! Attention on flex, one (batch, head) pair per rayon task, everything for that head in cache: the scores
+//! `q·kᵀ` of the head into a per-thread scratch buffer (`[sq, sk]`: 1 MiB at 512 × 512), the softmax rows over it
+//! in place (scale, bias read through its strides, max, exp, sum, normalise; vectorised), then `P·v` straight into
+//! the output. No `[b, h, sq, sk]` tensor exists at any time. The products call `gemm` (the library flex's own
+//! matmul uses) on the inputs' strides, so head-swapped views (`[b, s, h, d]` buffers seen as `[b, h, s, d]`) are
+//! read without a copy, and the outputs — the attention's output and the gradients of q, k and v — are written in
+//! the `[b, s, h, d]` layout and returned as `[b, h, s, d]` views of it: the models' `merge_heads` (and, in the
+//! backward pass, `split_heads`' reshape) then find them contiguous instead of copying them element by element.
 
-use burn::backend::flex::FlexTensor;
+use std::cell::RefCell;
+
+use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::Flex;
-use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{DType, TensorData, TensorMetadata};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Bytes, DType, Shape, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
 use super::rows::{softmax_grad_row, softmax_row};
 
-/// Query rows per rayon task (a row is `sk` floats; 512 keys → 2 KiB).
-const ROWS: usize = 16;
-
-/// Where one query row's bias lives: the bias's storage, its offset per (batch, head, query) index and the stride
-/// along the keys (0 when the bias broadcasts over them).
-struct BiasRows<'a> {
+/// A rank-4 f32 tensor read in place: its whole buffer, start offset and (non-negative) strides.
+struct View<'a> {
     data: &'a [f32],
     start: usize,
-    strides: [usize; 3],
-    key_stride: usize,
-    heads: usize,
-    queries: usize,
+    strides: [usize; 4],
+    dims: [usize; 4],
 }
 
-impl<'a> BiasRows<'a> {
-    /// `None` when the bias cannot be read in place (another dtype, a negative stride, a shape that does not
-    /// broadcast to `[b, h, sq, sk]`): the caller takes the composed path.
-    fn new(bias: &'a FlexTensor, dims: [usize; 4]) -> Option<Self> {
-        if bias.dtype() != DType::F32 {
+impl<'a> View<'a> {
+    /// `None` for another dtype, rank or a negative stride (the caller takes the composed path).
+    fn new(t: &'a FlexTensor) -> Option<Self> {
+        if t.dtype() != DType::F32 {
             return None;
         }
-        let layout = bias.layout();
+        let layout = t.layout();
         let shape = layout.shape();
         if shape.num_dims() != 4 {
             return None;
         }
         let mut strides = [0usize; 4];
+        let mut dims = [0usize; 4];
         for i in 0..4 {
-            let (n, s) = (shape[i], layout.strides()[i]);
-            if n != 1 && n != dims[i] {
-                return None;
-            }
-            if n != 1 {
-                strides[i] = usize::try_from(s).ok()?;
-            }
+            dims[i] = shape[i];
+            strides[i] = if dims[i] == 1 {
+                0
+            } else {
+                usize::try_from(layout.strides()[i]).ok()?
+            };
         }
-        let data: &[f32] = bias.storage();
-        // The last element read must be inside the buffer.
-        let last =
-            layout.start_offset() + (0..4).map(|i| strides[i] * (dims[i] - 1)).sum::<usize>();
-        if dims.iter().any(|&d| d == 0) || last >= data.len() {
+        let data: &[f32] = t.storage();
+        let last = layout.start_offset()
+            + (0..4)
+                .map(|i| strides[i] * dims[i].saturating_sub(1))
+                .sum::<usize>();
+        if dims.contains(&0) || last >= data.len() {
             return None;
         }
         Some(Self {
             data,
             start: layout.start_offset(),
-            strides: [strides[0], strides[1], strides[2]],
-            key_stride: strides[3],
-            heads: dims[1],
-            queries: dims[2],
+            strides,
+            dims,
         })
     }
 
-    /// The bias of flat query row `r` (over `[b, h, sq]`) and its key stride.
-    fn row(&self, r: usize) -> (&'a [f32], usize) {
-        let (i, bh) = (r % self.queries, r / self.queries);
-        let (hi, bi) = (bh % self.heads, bh / self.heads);
+    /// The `[rows, cols]` matrix of (batch `bi`, head `hi`) — index 0 or 1 is broadcast when that dim is 1 — as
+    /// (pointer, row stride, column stride).
+    fn head(&self, bi: usize, hi: usize) -> (*const f32, isize, isize) {
+        let off = self.start + bi * self.strides[0] + hi * self.strides[1];
+        (
+            self.data[off..].as_ptr(),
+            self.strides[2] as isize,
+            self.strides[3] as isize,
+        )
+    }
+
+    /// Row `i` of (batch `bi`, head `hi`) with its column stride, for biases that broadcast.
+    fn row(&self, bi: usize, hi: usize, i: usize) -> (&'a [f32], usize) {
         let off = self.start + bi * self.strides[0] + hi * self.strides[1] + i * self.strides[2];
-        (&self.data[off..], self.key_stride)
+        (&self.data[off..], self.strides[3])
     }
 }
 
-fn dims4(t: &FlexTensor) -> Option<[usize; 4]> {
-    let s = t.shape();
-    (s.num_dims() == 4).then(|| [s[0], s[1], s[2], s[3]])
+/// A bias that broadcasts to `[b, h, sq, sk]`.
+fn bias_fits(bias: &View, dims: [usize; 4]) -> bool {
+    (0..4).all(|i| bias.dims[i] == 1 || bias.dims[i] == dims[i])
 }
 
-/// The inputs the kernel handles: f32 everywhere, rank 4, consistent shapes. Anything else takes the composed
-/// path (which reports shape errors the way burn does).
-fn supported(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> Option<[usize; 4]> {
-    if [q, k, v].iter().any(|t| t.dtype() != DType::F32) {
-        return None;
+/// An output buffer shared by the tasks, each writing its own (batch, head) block.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: the tasks write disjoint blocks (one (batch, head) pair each) and the buffer outlives them.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Element `off` (a method, so that closures capture the whole `Out`, which is `Sync`).
+    fn at(self, off: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(off) }
     }
-    let (qd, kd, vd) = (dims4(q)?, dims4(k)?, dims4(v)?);
-    let [b, h, sq, d] = qd;
-    let sk = kd[2];
-    (kd == [b, h, sk, d] && vd[..3] == [b, h, sk]).then_some([b, h, sq, sk])
 }
 
-/// `q·kᵀ` `[b, h, sq, sk]`, freshly allocated (so the rows can be rewritten in place).
-fn scores(q: FlexTensor, k: FlexTensor) -> FlexTensor {
-    let mut s = Flex::float_matmul(q, Flex::float_swap_dims(k, 2, 3));
-    if !s.is_unique() || !s.is_contiguous() {
-        s = FlexTensor::from_data(s.into_data());
+/// `[b, s, h, d]` storage seen as `[b, h, s, d]`.
+fn heads_view(buf: Vec<f32>, [b, h, s, d]: [usize; 4]) -> FlexTensor {
+    let layout = Layout::new(
+        Shape::new([b, h, s, d]),
+        vec![(s * h * d) as isize, d as isize, (h * d) as isize, 1],
+        0,
+    );
+    FlexTensor::new(Bytes::from_elems(buf), layout, DType::F32)
+}
+
+/// Offset and row stride of (batch, head) in a `[b, s, h, d]` buffer.
+fn heads_block(bi: usize, hi: usize, [_, h, s, d]: [usize; 4]) -> (usize, isize) {
+    (bi * s * h * d + hi * d, (h * d) as isize)
+}
+
+thread_local! {
+    /// Per-thread scratch for one head's `[sq, sk]` scores and their gradient.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `dst[m, n] = beta · lhs[m, k] · rhs[k, n]` (dst overwritten), single-threaded (the tasks are the parallelism).
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: isize,
+    (lhs, lhs_rs, lhs_cs): (*const f32, isize, isize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, isize, isize),
+    beta: f32,
+) {
+    // SAFETY: the caller's pointers and strides address m×k, k×n and m×n matrices inside their buffers.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            false,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            0.0f32,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
-    s
 }
 
-/// Forward: (output `[b, h, sq, dv]`, log-sum-exp `[b, h, sq, 1]`), or the inputs back when unsupported.
+/// The shapes the kernel takes: f32 rank-4 views with non-negative strides, `q [b, h, sq, d]`, `k [b, h, sk, d]`,
+/// `v [b, h, sk, dv]`; returns `[b, h, sq, sk, d, dv]`.
+fn shapes(q: &View, k: &View, v: &View) -> Option<[usize; 6]> {
+    let [b, h, sq, d] = q.dims;
+    let sk = k.dims[2];
+    (k.dims == [b, h, sk, d] && v.dims[..3] == [b, h, sk]).then_some([b, h, sq, sk, d, v.dims[3]])
+}
+
+/// Forward: (output `[b, h, sq, dv]` as a view of a `[b, sq, h, dv]` buffer, log-sum-exp `[b, h, sq, 1]`), or the
+/// inputs back when the kernel does not take them.
 #[allow(clippy::type_complexity)]
 pub fn forward(
     q: FlexTensor,
@@ -108,42 +174,83 @@ pub fn forward(
     bias: Option<FlexTensor>,
     scale: f64,
 ) -> Result<(FlexTensor, FlexTensor), (FlexTensor, FlexTensor, FlexTensor, Option<FlexTensor>)> {
-    let Some(dims) = supported(&q, &k, &v) else {
+    let Some(out) = forward_views(&q, &k, &v, bias.as_ref(), scale as f32) else {
         return Err((q, k, v, bias));
     };
-    if let Some(b) = &bias {
-        if BiasRows::new(b, dims).is_none() {
-            return Err((q, k, v, bias));
-        }
-    }
-    let [b, h, sq, sk] = dims;
-    let rows = b * h * sq;
-    let mut s = scores(q, k);
-    let mut lse = vec![0f32; rows];
-    {
-        let bias_rows = bias.as_ref().and_then(|t| BiasRows::new(t, dims));
-        let buf: &mut [f32] = s.storage_mut();
-        let scale = scale as f32;
-        buf[..rows * sk]
-            .par_chunks_mut(ROWS * sk.max(1))
-            .zip(lse.par_chunks_mut(ROWS))
-            .enumerate()
-            .for_each(|(c, (x, lse))| {
-                for (k, (x, l)) in x.chunks_mut(sk.max(1)).zip(lse.iter_mut()).enumerate() {
-                    let r = c * ROWS + k;
-                    *l = softmax_row(x, bias_rows.as_ref().map(|br| br.row(r)), scale);
-                }
-            });
-    }
-    let out = Flex::float_matmul(s, v);
-    Ok((
-        out,
+    Ok(out)
+}
+
+fn forward_views(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    scale: f32,
+) -> Option<(FlexTensor, FlexTensor)> {
+    let (qv, kv, vv) = (View::new(q)?, View::new(k)?, View::new(v)?);
+    let [b, h, sq, sk, d, dv] = shapes(&qv, &kv, &vv)?;
+    let bv = match bias {
+        Some(t) => Some(View::new(t).filter(|bv| bias_fits(bv, [b, h, sq, sk]))?),
+        None => None,
+    };
+    let out_dims = [b, h, sq, dv];
+    let mut out = vec![0f32; b * h * sq * dv];
+    let mut lse = vec![0f32; b * h * sq];
+    let (o, l) = (Out(out.as_mut_ptr()), Out(lse.as_mut_ptr()));
+    (0..b * h).into_par_iter().for_each(|bh| {
+        let (bi, hi) = (bh / h, bh % h);
+        SCRATCH.with_borrow_mut(|(s, _)| {
+            s.resize(sq * sk, 0.0);
+            // SAFETY: q, k, v views were checked to cover their dims; s holds sq × sk.
+            unsafe {
+                matmul(
+                    (sq, sk, d),
+                    s.as_mut_ptr(),
+                    sk as isize,
+                    qv.head(bi, hi),
+                    // kᵀ: element (c, j) is k[j, c].
+                    {
+                        let (p, rs, cs) = kv.head(bi, hi);
+                        (p, cs, rs)
+                    },
+                    1.0,
+                );
+            }
+            for (i, row) in s.chunks_mut(sk).enumerate() {
+                let bias = bv.as_ref().map(|bv| {
+                    bv.row(
+                        bi.min(bv.dims[0] - 1),
+                        hi.min(bv.dims[1] - 1),
+                        i.min(bv.dims[2] - 1),
+                    )
+                });
+                let r = bh * sq + i;
+                // SAFETY: row r of lse belongs to this task.
+                unsafe { *l.at(r) = softmax_row(row, bias, scale) };
+            }
+            let (off, rs) = heads_block(bi, hi, out_dims);
+            // SAFETY: this task's block of `out`; s is [sq, sk]; v's head is [sk, dv].
+            unsafe {
+                matmul(
+                    (sq, dv, sk),
+                    o.at(off),
+                    rs,
+                    (s.as_ptr(), sk as isize, 1),
+                    vv.head(bi, hi),
+                    1.0,
+                );
+            }
+        });
+    });
+    Some((
+        heads_view(out, out_dims),
         FlexTensor::from_data(TensorData::new(lse, vec![b, h, sq, 1])),
     ))
 }
 
-/// Backward: (dq, dk, dv, the scores' gradient when `bias_grad`), or `None` when unsupported (the caller takes
-/// the composed path with the same inputs, which it still holds).
+/// Backward: (dq, dk, dv as views of `[b, s, h, d]` buffers, and the unscaled scores' gradient
+/// `[b, h, sq, sk]` when `bias_grad`), or `None` when the kernel does not take the inputs (the caller takes the
+/// composed path with the same inputs, which it still holds).
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn backward(
     dout: &FlexTensor,
@@ -160,51 +267,108 @@ pub fn backward(
     FloatTensor<Flex>,
     Option<FloatTensor<Flex>>,
 )> {
-    let dims = supported(q, k, v)?;
-    let [b, h, sq, sk] = dims;
-    let rows = b * h * sq;
-    if dout.dtype() != DType::F32 || dims4(dout)? != [b, h, sq, v.shape()[3]] {
-        return None;
-    }
-    if lse.dtype() != DType::F32 || lse.shape().num_elements() != rows {
-        return None;
-    }
-    let bias_rows = match bias {
-        Some(t) => Some(BiasRows::new(t, dims)?),
+    let (qv, kv, vv) = (View::new(q)?, View::new(k)?, View::new(v)?);
+    let [b, h, sq, sk, d, dv] = shapes(&qv, &kv, &vv)?;
+    let gv = View::new(dout).filter(|g| g.dims == [b, h, sq, dv])?;
+    let bv = match bias {
+        Some(t) => Some(View::new(t).filter(|bv| bias_fits(bv, [b, h, sq, sk]))?),
         None => None,
     };
+    if lse.dtype() != DType::F32 || lse.shape().num_elements() != b * h * sq {
+        return None;
+    }
     let lse = lse.to_contiguous();
-    let lse: &[f32] = &lse.storage::<f32>()[lse.layout().start_offset()..][..rows];
-    let mut p = scores(q.clone(), k.clone());
-    let mut dp = Flex::float_matmul(dout.clone(), Flex::float_swap_dims(v.clone(), 2, 3));
-    if !dp.is_unique() || !dp.is_contiguous() {
-        dp = FlexTensor::from_data(dp.into_data());
-    }
-    // The bias's gradient is the unscaled dS; otherwise the scale goes into dS here (one pass fewer).
-    let out_scale = if bias_grad { 1.0 } else { scale as f32 };
-    {
-        let pb: &mut [f32] = p.storage_mut();
-        let gb: &mut [f32] = dp.storage_mut();
-        let (scale, w) = (scale as f32, sk.max(1));
-        pb[..rows * sk]
-            .par_chunks_mut(ROWS * w)
-            .zip(gb[..rows * sk].par_chunks_mut(ROWS * w))
-            .enumerate()
-            .for_each(|(c, (ps, gs))| {
-                for (k, (p, g)) in ps.chunks_mut(w).zip(gs.chunks_mut(w)).enumerate() {
-                    let r = c * ROWS + k;
-                    let bias = bias_rows.as_ref().map(|br| br.row(r));
-                    softmax_grad_row(p, g, bias, scale, lse[r], out_scale);
+    let lse: &[f32] = &lse.storage::<f32>()[..b * h * sq];
+    let scale = scale as f32;
+    let (dq_dims, dk_dims, dv_dims) = ([b, h, sq, d], [b, h, sk, d], [b, h, sk, dv]);
+    let mut dq = vec![0f32; b * h * sq * d];
+    let mut dk = vec![0f32; b * h * sk * d];
+    let mut dvb = vec![0f32; b * h * sk * dv];
+    let mut ds_full = if bias_grad {
+        vec![0f32; b * h * sq * sk]
+    } else {
+        Vec::new()
+    };
+    let (pq, pk, pv, pds) = (
+        Out(dq.as_mut_ptr()),
+        Out(dk.as_mut_ptr()),
+        Out(dvb.as_mut_ptr()),
+        Out(ds_full.as_mut_ptr()),
+    );
+    (0..b * h).into_par_iter().for_each(|bh| {
+        let (bi, hi) = (bh / h, bh % h);
+        SCRATCH.with_borrow_mut(|(p, g)| {
+            p.resize(sq * sk, 0.0);
+            g.resize(sq * sk, 0.0);
+            let transposed = |(ptr, rs, cs): (*const f32, isize, isize)| (ptr, cs, rs);
+            // SAFETY (every product below): the views were checked to cover their dims; p and g hold sq × sk; the
+            // destinations are this task's blocks.
+            unsafe {
+                // Scores again (P is recomputed from them and the saved log-sum-exp), and dP = dO·vᵀ.
+                matmul(
+                    (sq, sk, d),
+                    p.as_mut_ptr(),
+                    sk as isize,
+                    qv.head(bi, hi),
+                    transposed(kv.head(bi, hi)),
+                    1.0,
+                );
+                matmul(
+                    (sq, sk, dv),
+                    g.as_mut_ptr(),
+                    sk as isize,
+                    gv.head(bi, hi),
+                    transposed(vv.head(bi, hi)),
+                    1.0,
+                );
+            }
+            for (i, (pr, gr)) in p.chunks_mut(sk).zip(g.chunks_mut(sk)).enumerate() {
+                let bias = bv.as_ref().map(|bv| {
+                    bv.row(
+                        bi.min(bv.dims[0] - 1),
+                        hi.min(bv.dims[1] - 1),
+                        i.min(bv.dims[2] - 1),
+                    )
+                });
+                softmax_grad_row(pr, gr, bias, scale, lse[bh * sq + i], 1.0);
+            }
+            if bias_grad {
+                // SAFETY: this task's [sq, sk] block of the full scores' gradient.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(g.as_ptr(), pds.at(bh * sq * sk), sq * sk);
                 }
-            });
-    }
-    let dv = Flex::float_matmul(Flex::float_swap_dims(p, 2, 3), dout.clone());
-    let ds = dp;
-    let mut dq = Flex::float_matmul(ds.clone(), k.clone());
-    let mut dk = Flex::float_matmul(Flex::float_swap_dims(ds.clone(), 2, 3), q.clone());
-    if bias_grad && scale != 1.0 {
-        dq = Flex::float_mul_scalar(dq, scale.into());
-        dk = Flex::float_mul_scalar(dk, scale.into());
-    }
-    Some((dq, dk, dv, bias_grad.then_some(ds)))
+            }
+            let (ps, gs) = ((p.as_ptr(), sk as isize, 1), (g.as_ptr(), sk as isize, 1));
+            unsafe {
+                // dv = Pᵀ·dO, dq = dS·k·scale, dk = dSᵀ·q·scale.
+                let (off, rs) = heads_block(bi, hi, dv_dims);
+                matmul(
+                    (sk, dv, sq),
+                    pv.at(off),
+                    rs,
+                    transposed(ps),
+                    gv.head(bi, hi),
+                    1.0,
+                );
+                let (off, rs) = heads_block(bi, hi, dq_dims);
+                matmul((sq, d, sk), pq.at(off), rs, gs, kv.head(bi, hi), scale);
+                let (off, rs) = heads_block(bi, hi, dk_dims);
+                matmul(
+                    (sk, d, sq),
+                    pk.at(off),
+                    rs,
+                    transposed(gs),
+                    qv.head(bi, hi),
+                    scale,
+                );
+            }
+        });
+    });
+    let ds = bias_grad.then(|| FlexTensor::from_data(TensorData::new(ds_full, vec![b, h, sq, sk])));
+    Some((
+        heads_view(dq, dq_dims),
+        heads_view(dk, dk_dims),
+        heads_view(dvb, dv_dims),
+        ds,
+    ))
 }

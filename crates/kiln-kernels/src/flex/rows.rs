@@ -102,15 +102,18 @@ fn lane_dot(x: &[f32], y: &[f32]) -> f32 {
 fn softmax_row_body(x: &mut [f32], bias: Option<(&[f32], usize)>, scale: f32) -> f32 {
     let n = x.len();
     match bias {
-        Some((b, 1)) => x
-            .iter_mut()
-            .zip(&b[..n])
-            .for_each(#[inline(always)] |(x, b)| *x = *x * scale + b),
-        Some((b, s)) => x
-            .iter_mut()
-            .enumerate()
-            .for_each(#[inline(always)] |(j, x)| *x = *x * scale + b[j * s]),
-        None => x.iter_mut().for_each(#[inline(always)] |x| *x *= scale),
+        Some((b, 1)) => x.iter_mut().zip(&b[..n]).for_each(
+            #[inline(always)]
+            |(x, b)| *x = *x * scale + b,
+        ),
+        Some((b, s)) => x.iter_mut().enumerate().for_each(
+            #[inline(always)]
+            |(j, x)| *x = *x * scale + b[j * s],
+        ),
+        None => x.iter_mut().for_each(
+            #[inline(always)]
+            |x| *x *= scale,
+        ),
     }
     // The max skips NaN; a NaN then reaches the sum through `exp`.
     let m = lane_max(x);
@@ -127,14 +130,20 @@ fn softmax_row_body(x: &mut [f32], bias: Option<(&[f32], usize)>, scale: f32) ->
             f32::NAN
         };
     }
-    x.iter_mut().for_each(#[inline(always)] |v| *v = exp(*v - m));
+    x.iter_mut().for_each(
+        #[inline(always)]
+        |v| *v = exp(*v - m),
+    );
     let sum = lane_sum(x);
     if sum.is_nan() {
         x.fill(f32::NAN);
         return f32::NAN;
     }
     let inv = 1.0 / sum;
-    x.iter_mut().for_each(#[inline(always)] |v| *v *= inv);
+    x.iter_mut().for_each(
+        #[inline(always)]
+        |v| *v *= inv,
+    );
     m + sum.ln()
 }
 
@@ -158,20 +167,24 @@ fn softmax_grad_row_body(
     }
     let n = s.len();
     match bias {
-        Some((b, 1)) => s
-            .iter_mut()
-            .zip(&b[..n])
-            .for_each(#[inline(always)] |(x, b)| *x = exp(*x * scale + b - lse)),
-        Some((b, st)) => s
-            .iter_mut()
-            .enumerate()
-            .for_each(#[inline(always)] |(j, x)| *x = exp(*x * scale + b[j * st] - lse)),
-        None => s.iter_mut().for_each(#[inline(always)] |x| *x = exp(*x * scale - lse)),
+        Some((b, 1)) => s.iter_mut().zip(&b[..n]).for_each(
+            #[inline(always)]
+            |(x, b)| *x = exp(*x * scale + b - lse),
+        ),
+        Some((b, st)) => s.iter_mut().enumerate().for_each(
+            #[inline(always)]
+            |(j, x)| *x = exp(*x * scale + b[j * st] - lse),
+        ),
+        None => s.iter_mut().for_each(
+            #[inline(always)]
+            |x| *x = exp(*x * scale - lse),
+        ),
     }
     let d = lane_dot(s, dp);
-    s.iter()
-        .zip(dp.iter_mut())
-        .for_each(#[inline(always)] |(p, g)| *g = p * (*g - d) * out_scale);
+    s.iter().zip(dp.iter_mut()).for_each(
+        #[inline(always)]
+        |(p, g)| *g = p * (*g - d) * out_scale,
+    );
 }
 
 macro_rules! multiversion {
@@ -266,30 +279,40 @@ fn half_one_plus_tanh_and_sech2(u: f32) -> (f32, f32) {
 #[inline(always)]
 fn gelu_body(y: &mut [f32], x: &[f32], tanh_form: bool) {
     if tanh_form {
-        y.iter_mut().zip(x).for_each(#[inline(always)] |(y, &x)| {
-            let u = SQRT_2_PI * (x + GELU_CUBIC * x * x * x);
-            *y = x * half_one_plus_tanh_and_sech2(u).0;
-        });
+        y.iter_mut().zip(x).for_each(
+            #[inline(always)]
+            |(y, &x)| {
+                let u = SQRT_2_PI * (x + GELU_CUBIC * x * x * x);
+                *y = x * half_one_plus_tanh_and_sech2(u).0;
+            },
+        );
     } else {
-        y.iter_mut()
-            .zip(x)
-            .for_each(#[inline(always)] |(y, &x)| *y = x * normal_cdf(x));
+        y.iter_mut().zip(x).for_each(
+            #[inline(always)]
+            |(y, &x)| *y = x * normal_cdf(x),
+        );
     }
 }
 
 #[inline(always)]
 fn gelu_grad_body(dx: &mut [f32], dy: &[f32], x: &[f32], tanh_form: bool) {
     if tanh_form {
-        dx.iter_mut().zip(dy).zip(x).for_each(#[inline(always)] |((dx, &g), &x)| {
-            let u = SQRT_2_PI * (x + GELU_CUBIC * x * x * x);
-            let (half, sech2) = half_one_plus_tanh_and_sech2(u);
-            let du = SQRT_2_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
-            *dx = g * (half + 0.5 * x * sech2 * du);
-        });
+        dx.iter_mut().zip(dy).zip(x).for_each(
+            #[inline(always)]
+            |((dx, &g), &x)| {
+                let u = SQRT_2_PI * (x + GELU_CUBIC * x * x * x);
+                let (half, sech2) = half_one_plus_tanh_and_sech2(u);
+                let du = SQRT_2_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
+                *dx = g * (half + 0.5 * x * sech2 * du);
+            },
+        );
     } else {
-        dx.iter_mut().zip(dy).zip(x).for_each(#[inline(always)] |((dx, &g), &x)| {
-            *dx = g * (normal_cdf(x) + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x));
-        });
+        dx.iter_mut().zip(dy).zip(x).for_each(
+            #[inline(always)]
+            |((dx, &g), &x)| {
+                *dx = g * (normal_cdf(x) + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x));
+            },
+        );
     }
 }
 
