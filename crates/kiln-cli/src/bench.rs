@@ -29,6 +29,26 @@ fn stats(mut ts: Vec<f64>) -> Value {
     json!({"median_s": ts[ts.len() / 2], "min_s": ts[0], "max_s": ts[ts.len() - 1], "reps": ts.len()})
 }
 
+/// What one decode step allocates: `run(n)` generates n new tokens; the difference between n and n/2 tokens,
+/// divided by the n − n/2 extra steps, leaves out the prompt's forward pass and the setup.
+fn decode_allocation<F: FnMut(usize) -> Result<(), String>>(
+    n: usize,
+    mut run: F,
+) -> Result<Value, String> {
+    let mut measure = |n| -> Result<(u64, u64), String> {
+        let (b0, c0) = crate::alloc_count::allocated();
+        run(n)?;
+        let (b1, c1) = crate::alloc_count::allocated();
+        Ok((b1 - b0, c1 - c0))
+    };
+    let (half, full) = (measure(n / 2)?, measure(n)?);
+    let steps = (n - n / 2).max(1) as f64;
+    Ok(json!({
+        "bytes_per_step": full.0.saturating_sub(half.0) as f64 / steps,
+        "allocations_per_step": full.1.saturating_sub(half.1) as f64 / steps,
+    }))
+}
+
 fn time<F: FnMut() -> Result<(), String>>(reps: usize, mut f: F) -> Result<Value, String> {
     f()?; // warm-up
     let mut ts = Vec::new();
@@ -61,18 +81,25 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                 pad_token_id: Some(50256),
                 ..Default::default()
             };
-            let mut g = time(reps, || {
+            let run = |cfg: &GenerationConfig| {
                 generate(
                     &mut CausalSession::new(&model),
                     &[prompt.clone()],
                     &mask,
-                    &greedy,
+                    cfg,
                     None,
                 )
                 .map(|_| ())
                 .map_err(s)
-            })?;
+            };
+            let with_len = |cfg: &GenerationConfig, n: usize| GenerationConfig {
+                max_new_tokens: Some(n),
+                min_new_tokens: n,
+                ..cfg.clone()
+            };
+            let mut g = time(reps, || run(&greedy))?;
             g["tokens_per_s"] = json!(new as f64 / g["median_s"].as_f64().unwrap());
+            g["decode_allocation"] = decode_allocation(new, |n| run(&with_len(&greedy, n)))?;
             results.insert("gpt2_greedy".into(), g);
             let bnew = if a.quick { 16 } else { 64 };
             let beam = GenerationConfig {
@@ -82,18 +109,9 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                 min_new_tokens: bnew,
                 ..greedy.clone()
             };
-            let mut b = time(reps, || {
-                generate(
-                    &mut CausalSession::new(&model),
-                    &[prompt.clone()],
-                    &mask,
-                    &beam,
-                    None,
-                )
-                .map(|_| ())
-                .map_err(s)
-            })?;
+            let mut b = time(reps, || run(&beam))?;
             b["tokens_per_s"] = json!(bnew as f64 / b["median_s"].as_f64().unwrap());
+            b["decode_allocation"] = decode_allocation(bnew, |n| run(&with_len(&beam, n)))?;
             results.insert("gpt2_beam5".into(), b);
         }
         "bert" => {
@@ -139,18 +157,19 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                 early_stopping: kiln_models::generation::EarlyStopping::True,
                 ..gen
             };
-            let mut r = time(if a.quick { 1 } else { 3 }, || {
-                kiln_models::seq2seq::generate(
-                    &model,
-                    &[ids.clone()],
-                    &[vec![1u8; src]],
-                    &gen,
-                    None,
-                )
-                .map(|_| ())
-                .map_err(s)
-            })?;
+            let run = |n: usize| {
+                let gen = GenerationConfig {
+                    max_new_tokens: Some(n),
+                    min_new_tokens: n,
+                    ..gen.clone()
+                };
+                kiln_models::seq2seq::generate(&model, &[ids.clone()], &[vec![1u8; src]], &gen, None)
+                    .map(|_| ())
+                    .map_err(s)
+            };
+            let mut r = time(if a.quick { 1 } else { 3 }, || run(new))?;
             r["tokens_per_s"] = json!(new as f64 / r["median_s"].as_f64().unwrap());
+            r["decode_allocation"] = decode_allocation(new, run)?;
             results.insert("bart_beam4".into(), r);
         }
         "train-bart-lora" | "train-bart-full" => {

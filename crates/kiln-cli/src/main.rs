@@ -1,8 +1,12 @@
 //! `kiln`: the command line. Thin: parse, call the library, print (text for people, `--json` for scripts).
 
+mod alloc_count;
 mod backend;
 mod bench;
 mod commands;
+
+#[global_allocator]
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
 
 use std::process::ExitCode;
 

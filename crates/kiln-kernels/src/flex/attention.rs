@@ -73,7 +73,8 @@ impl<'a> View<'a> {
         )
     }
 
-    /// Row `i` of (batch `bi`, head `hi`) with its column stride, for biases that broadcast.
+    /// Row `i` of (batch `bi`, head `hi`) with its column stride, for biases that broadcast (a dim of size 1 has
+    /// stride 0, so any index reads its one row).
     fn row(&self, bi: usize, hi: usize, i: usize) -> (&'a [f32], usize) {
         let off = self.start + bi * self.strides[0] + hi * self.strides[1] + i * self.strides[2];
         (&self.data[off..], self.strides[3])
@@ -217,13 +218,7 @@ fn forward_views(
                 );
             }
             for (i, row) in s.chunks_mut(sk).enumerate() {
-                let bias = bv.as_ref().map(|bv| {
-                    bv.row(
-                        bi.min(bv.dims[0] - 1),
-                        hi.min(bv.dims[1] - 1),
-                        i.min(bv.dims[2] - 1),
-                    )
-                });
+                let bias = bv.as_ref().map(|bv| bv.row(bi, hi, i));
                 let r = bh * sq + i;
                 // SAFETY: row r of lse belongs to this task.
                 unsafe { *l.at(r) = softmax_row(row, bias, scale) };
@@ -323,13 +318,7 @@ pub fn backward(
                 );
             }
             for (i, (pr, gr)) in p.chunks_mut(sk).zip(g.chunks_mut(sk)).enumerate() {
-                let bias = bv.as_ref().map(|bv| {
-                    bv.row(
-                        bi.min(bv.dims[0] - 1),
-                        hi.min(bv.dims[1] - 1),
-                        i.min(bv.dims[2] - 1),
-                    )
-                });
+                let bias = bv.as_ref().map(|bv| bv.row(bi, hi, i));
                 softmax_grad_row(pr, gr, bias, scale, lse[bh * sq + i], 1.0);
             }
             if bias_grad {

@@ -247,9 +247,7 @@ impl KernelOps for Flex {
                 for (k, (l, s)) in loss.iter_mut().zip(lse.iter_mut()).enumerate() {
                     let r = c * ROWS + k;
                     let row = &xs[r * v..(r + 1) * v];
-                    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    let sum: f32 = row.iter().map(|&x| (x - m).exp()).sum();
-                    *s = m + sum.ln();
+                    *s = rows::log_sum_exp(row);
                     let t = targets[r];
                     *l = if t >= 0 { *s - row[t as usize] } else { 0.0 };
                 }
@@ -284,9 +282,7 @@ impl KernelOps for Flex {
                 return;
             }
             let (dr, sr) = (d[r], s[r]);
-            for (g, &x) in g.iter_mut().zip(&xs[r * v..(r + 1) * v]) {
-                *g = dr * (x - sr).exp();
-            }
+            rows::scaled_exp(g, &xs[r * v..(r + 1) * v], sr, dr);
             g[t as usize] -= dr;
         });
         f32_tensor(g, vec![n, v])

@@ -240,6 +240,44 @@ multiversion! {
     ) -> ()
 }
 
+#[inline(always)]
+fn log_sum_exp_body(x: &[f32]) -> f32 {
+    let m = lane_max(x);
+    if m == f32::NEG_INFINITY {
+        return if x.iter().any(|v| v.is_nan()) {
+            f32::NAN
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - m)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += exp(v - m);
+        }
+    }
+    m + (acc.iter().sum::<f32>() + tail).ln()
+}
+
+multiversion! {
+    /// `ln Σ eˣ` of a row (max-shifted), on the widest vectors the CPU has; NaN if the row has one.
+    pub fn log_sum_exp = log_sum_exp_body(x: &[f32]) -> f32
+}
+
+#[inline(always)]
+fn scaled_exp_body(out: &mut [f32], x: &[f32], shift: f32, mul: f32) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = mul * exp(v - shift);
+    }
+}
+
+multiversion! {
+    /// `out ← mul · e^(x − shift)` elementwise, on the widest vectors the CPU has.
+    pub fn scaled_exp = scaled_exp_body(out: &mut [f32], x: &[f32], shift: f32, mul: f32) -> ()
+}
+
 /// The normal CDF Φ(x) = ½·(1 + erf(x/√2)) with erf as PyTorch's vectorised CPU kernel computes it (Abramowitz &
 /// Stegun 7.1.26: `erfc(z) = t·P(t)·e^(−z²)`, `t = 1 / (1 + 0.3275911·z)`, absolute error ≤ 1.5e-7), taking the
 /// tail `½·erfc(|z|)` directly for x < 0 (no cancellation in `1 + erf`).
