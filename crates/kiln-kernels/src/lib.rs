@@ -557,6 +557,37 @@ pub fn try_fused_attention<B: Backend>(
     Err(inputs)
 }
 
+/// `value` `[b, h, n, d]` written into `buf` `[b, h, cap, d]` at positions `at..at + n` of dim 2 — a KV cache's
+/// decode step — in place when `B` is flex and nobody else holds `buf`; otherwise both come back (`Err`) for the
+/// caller's `slice_assign`. (flex's `slice_assign` copies the whole buffer even when it is not shared.)
+#[allow(clippy::type_complexity)]
+pub fn try_write_positions<B: Backend>(
+    buf: Tensor<B, 4>,
+    at: usize,
+    value: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+    #[cfg(feature = "flex")]
+    {
+        type F = burn::backend::Flex;
+        let (buf, value) = cast::<_, (Tensor<F, 4>, Tensor<F, 4>)>((buf, value))?;
+        let prim = |t: Tensor<F, 4>| t.into_primitive().tensor();
+        let back = |t| Tensor::<F, 4>::from_primitive(TensorPrimitive::Float(t));
+        let out = match flex::write_positions(prim(buf), at, prim(value)) {
+            Ok(t) => Ok(back(t)),
+            Err((b, v)) => Err((back(b), back(v))),
+        };
+        match out {
+            Ok(t) => Ok(cast(t).ok().expect("F is B")),
+            Err(bv) => Err(cast(bv).ok().expect("F is B")),
+        }
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = at;
+        Err((buf, value))
+    }
+}
+
 /// GELU elementwise — exact (`x · Φ(x)`, erf; HF's `gelu`) or, with `tanh_form`, the tanh approximation (HF's
 /// `gelu_new`, GPT-2) — with its own backward node on an autodiff backend (saves x only). On flex one vectorised,
 /// multi-threaded pass each way; burn's exact GELU calls libm's `erf` per element on one thread, and the tanh form

@@ -501,3 +501,36 @@ fn fused_attention_reads_strided_views_and_broadcast_biases() {
         .iter()
         .all(|x| x.is_finite()));
 }
+
+/// `try_write_positions`: in place on a flex buffer nobody else holds (the same allocation comes back), handed
+/// back when the buffer is shared or on another backend.
+#[test]
+fn write_positions_is_in_place_on_an_unshared_flex_buffer() {
+    let dev = Default::default();
+    let buf = Tensor::<Flex, 4>::zeros([2, 3, 8, 4], &dev);
+    let value = Tensor::<Flex, 4>::from_data(data4([2, 2, 3, 4], 3, 1.0), &dev).swap_dims(1, 2);
+    let ptr = |t: &Tensor<Flex, 4>| {
+        t.clone()
+            .into_primitive()
+            .tensor()
+            .storage::<f32>()
+            .as_ptr() as usize
+    };
+    let before = ptr(&buf);
+    let out = kiln_kernels::try_write_positions(buf, 5, value.clone())
+        .ok()
+        .expect("unshared flex buffer");
+    assert_eq!(ptr(&out), before, "written in place");
+    let want = Tensor::<Flex, 4>::zeros([2, 3, 8, 4], &dev)
+        .slice_assign([0..2, 0..3, 5..7, 0..4], value.clone());
+    assert_eq!(out.clone().into_data(), want.into_data());
+    // Shared: handed back untouched.
+    let keep = out.clone();
+    assert!(kiln_kernels::try_write_positions(out, 0, value).is_err());
+    drop(keep);
+    let nd = Tensor::<NdArray, 4>::zeros([1, 1, 4, 2], &Default::default());
+    assert!(
+        kiln_kernels::try_write_positions(nd.clone(), 0, nd.slice([0..1, 0..1, 0..1, 0..2]))
+            .is_err()
+    );
+}

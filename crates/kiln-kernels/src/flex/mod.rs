@@ -288,3 +288,56 @@ impl KernelOps for Flex {
         f32_tensor(g, vec![n, v])
     }
 }
+
+/// `value` `[b, h, n, d]` written into `buf` `[b, h, cap, d]` at positions `at..at + n` of dim 2, in place:
+/// `Err` with both back when `buf` is shared, not a plain contiguous f32 buffer, or the shapes do not fit (flex's
+/// own `slice_assign` always copies the whole buffer: it keeps a second handle on it while writing).
+pub(crate) fn write_positions(
+    mut buf: FlexTensor,
+    at: usize,
+    value: FlexTensor,
+) -> Result<FlexTensor, (FlexTensor, FlexTensor)> {
+    let (bs, vs) = (buf.shape(), value.shape());
+    let fits = buf.dtype() == DType::F32
+        && value.dtype() == DType::F32
+        && bs.num_dims() == 4
+        && vs.num_dims() == 4
+        && (bs[0], bs[1], bs[3]) == (vs[0], vs[1], vs[3])
+        && at + vs[2] <= bs[2]
+        && buf.is_contiguous()
+        && buf.layout().start_offset() == 0
+        && value.layout().strides().iter().all(|&s| s >= 0);
+    if !fits || !buf.is_unique() {
+        return Err((buf, value));
+    }
+    let [b, h, cap, d] = [bs[0], bs[1], bs[2], bs[3]];
+    let n = vs[2];
+    let st: Vec<usize> = value
+        .layout()
+        .strides()
+        .iter()
+        .map(|&s| s as usize)
+        .collect();
+    let start = value.layout().start_offset();
+    let src: &[f32] = value.storage();
+    let Some(dst) = buf.try_storage_mut::<f32>() else {
+        return Err((buf, value));
+    };
+    for bi in 0..b {
+        for hi in 0..h {
+            for j in 0..n {
+                let o = ((bi * h + hi) * cap + at + j) * d;
+                let s0 = start + bi * st[0] + hi * st[1] + j * st[2];
+                let row = &mut dst[o..o + d];
+                if st[3] == 1 {
+                    row.copy_from_slice(&src[s0..s0 + d]);
+                } else {
+                    for (c, x) in row.iter_mut().enumerate() {
+                        *x = src[s0 + c * st[3]];
+                    }
+                }
+            }
+        }
+    }
+    Ok(buf)
+}

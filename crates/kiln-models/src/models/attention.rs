@@ -92,13 +92,38 @@ pub struct LayerCache<B: Backend> {
     pub v: Tensor<B, 4>,
 }
 
-/// One [`LayerCache`] per layer. Grows with `cat` (measured faster than a preallocated buffer with
-/// `slice_assign` on burn 0.21's flex backend).
+/// Self-attention keys and values of every layer for the tokens seen so far, in buffers `[b, h, capacity, d]`
+/// that grow by doubling: a decode step writes its one position in place (`slice_assign` on a buffer nobody
+/// else holds) and attention reads the filled part as a view, so a step allocates nothing proportional to the
+/// cache (`cat` copied the whole cache of every layer on every step). Beam search's reordering (`select`) still
+/// copies, as transformers' `_reorder_cache` does.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    /// Per layer, the keys/values cached so far; `None` until the layer has run once.
-    pub layers: Vec<Option<LayerCache<B>>>,
+    layers: Vec<Option<Growing<B>>>,
 }
+
+/// `value` `[b, h, n, d]` into `buf` `[b, h, cap, d]` at positions `at..at + n`: in place on flex (kiln-kernels),
+/// `slice_assign` elsewhere.
+fn write_positions<B: Backend>(buf: Tensor<B, 4>, at: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
+    match kiln_kernels::try_write_positions(buf, at, value) {
+        Ok(t) => t,
+        Err((buf, value)) => {
+            let [b, h, n, d] = value.dims();
+            buf.slice_assign([0..b, 0..h, at..at + n, 0..d], value)
+        }
+    }
+}
+
+/// One layer's buffers and how many positions hold tokens.
+#[derive(Debug, Clone)]
+struct Growing<B: Backend> {
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    len: usize,
+}
+
+/// Positions a new buffer holds at least (decoding 64 tokens then grows once).
+const MIN_CAPACITY: usize = 64;
 
 impl<B: Backend> KvCache<B> {
     /// An empty cache for a model with `n_layers` layers.
@@ -108,22 +133,76 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
-    /// Append this step's keys/values to layer `i` and return the full keys/values.
+    /// Append this step's keys/values `[b, h, new, d]` to layer `i` and return the keys/values of every cached
+    /// token (views of the buffers; drop them before the next call, or that call copies the buffer).
     pub fn extend(
         &mut self,
         i: usize,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let (k, v) = match self.layers[i].take() {
-            None => (k, v),
-            Some(c) => (Tensor::cat(vec![c.k, k], 2), Tensor::cat(vec![c.v, v], 2)),
+        let [b, h, new, d] = k.dims();
+        let dv = v.dims()[3];
+        if B::ad_enabled(&k.device()) {
+            // Training through a cache (prefix tuning's virtual tokens): `cat`, whose backward is a slice,
+            // and no spare capacity for the autodiff graph to keep.
+            let (k, v) = match self.layers[i].take() {
+                None => (k, v),
+                Some(g) => (
+                    Tensor::cat(vec![g.k.slice([0..b, 0..h, 0..g.len, 0..d]), k], 2),
+                    Tensor::cat(vec![g.v.slice([0..b, 0..h, 0..g.len, 0..dv]), v], 2),
+                ),
+            };
+            self.set(i, k.clone(), v.clone());
+            return (k, v);
+        }
+        let (len, mut kb, mut vb) = match self.layers[i].take() {
+            Some(g) if g.k.dims()[2] >= g.len + new => (g.len, g.k, g.v),
+            Some(g) => {
+                // Grow: a buffer of twice the capacity needed, the filled part copied over.
+                let cap = ((g.len + new) * 2).max(MIN_CAPACITY);
+                let device = g.k.device();
+                let kb = write_positions(
+                    Tensor::zeros([b, h, cap, d], &device),
+                    0,
+                    g.k.slice([0..b, 0..h, 0..g.len, 0..d]),
+                );
+                let vb = write_positions(
+                    Tensor::zeros([b, h, cap, dv], &device),
+                    0,
+                    g.v.slice([0..b, 0..h, 0..g.len, 0..dv]),
+                );
+                (g.len, kb, vb)
+            }
+            None => {
+                let cap = (new * 2).max(MIN_CAPACITY);
+                let device = k.device();
+                (
+                    0,
+                    Tensor::zeros([b, h, cap, d], &device),
+                    Tensor::zeros([b, h, cap, dv], &device),
+                )
+            }
         };
-        self.layers[i] = Some(LayerCache {
-            k: k.clone(),
-            v: v.clone(),
+        let end = len + new;
+        kb = write_positions(kb, len, k);
+        vb = write_positions(vb, len, v);
+        let out = (
+            kb.clone().slice([0..b, 0..h, 0..end, 0..d]),
+            vb.clone().slice([0..b, 0..h, 0..end, 0..dv]),
+        );
+        self.layers[i] = Some(Growing {
+            k: kb,
+            v: vb,
+            len: end,
         });
-        (k, v)
+        out
+    }
+
+    /// Layer `i` holds exactly these keys/values `[b, h, t, d]` (a prefix's virtual tokens).
+    pub fn set(&mut self, i: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) {
+        let len = k.dims()[2];
+        self.layers[i] = Some(Growing { k, v, len });
     }
 
     /// Keep rows `idx` (beam reordering / expansion).
@@ -143,7 +222,7 @@ impl<B: Backend> KvCache<B> {
     /// Tokens cached so far.
     pub fn len(&self) -> usize {
         match self.layers.first() {
-            Some(Some(c)) => c.k.dims()[2],
+            Some(Some(c)) => c.len,
             _ => 0,
         }
     }
@@ -236,4 +315,49 @@ pub fn attend_with_dropout<B: Backend>(
         scores = scores + b;
     }
     dropout.forward(softmax(scores, 3)).matmul(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn step<B: Backend>(b: usize, t: usize, seed: usize, dev: &B::Device) -> Tensor<B, 4> {
+        let n = b * 2 * t * 3;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 31 + seed * 17) % 97) as f32).collect();
+        // A head-swapped view, as split_heads hands the cache its keys.
+        Tensor::<B, 4>::from_data(TensorData::new(x, [b, t, 2, 3]), dev).swap_dims(1, 2)
+    }
+
+    /// Step by step (prompt, then single tokens past the first growth, a beam reorder in between), the cache
+    /// returns exactly the concatenation of everything written (in place on flex).
+    fn cache_equals_concatenation<B: Backend>() {
+        let dev = Default::default();
+        let mut cache = KvCache::<B>::new(1);
+        let mut all: Vec<Tensor<B, 4>> = Vec::new();
+        for (i, t) in [5usize]
+            .into_iter()
+            .chain(std::iter::repeat_n(1, 140))
+            .enumerate()
+        {
+            let (k, v) = (step::<B>(2, t, i, &dev), step::<B>(2, t, i + 1000, &dev));
+            let (ck, cv) = cache.extend(0, k.clone(), v.clone());
+            all.push(k);
+            let want = Tensor::cat(all.clone(), 2);
+            assert_eq!(ck.into_data(), want.into_data(), "keys after step {i}");
+            assert_eq!(cv.dims(), [2, 2, cache.len(), 3]);
+            if i == 70 {
+                // Swap the two rows (a beam reorder): the history follows.
+                cache.select(&[1, 0]);
+                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![1i64, 0], [2]), &dev);
+                all = vec![Tensor::cat(all, 2).select(0, idx)];
+            }
+        }
+        assert_eq!(cache.len(), 145);
+    }
+
+    #[test]
+    fn kv_cache_equals_concatenation() {
+        cache_equals_concatenation::<Flex>();
+    }
 }

@@ -25,7 +25,7 @@ use crate::generate::causal::{CausalLm, CausalSession};
 use crate::generate::DecodeSession;
 use crate::load::auto::CausalModel;
 use crate::load::error::{Error, Result};
-use crate::models::attention::{ids_tensor, positions_from_mask, KvCache, LayerCache};
+use crate::models::attention::{ids_tensor, positions_from_mask, KvCache};
 use crate::prompt::{peft_err, prompt_from_file, text_init_rows};
 
 /// A decoder-only model with a trainable prompt (peft's `PeftModelForCausalLM` for `PROMPT_TUNING` /
@@ -125,7 +125,7 @@ impl<B: Backend> PromptModel<B> {
             .into_iter()
             .enumerate()
         {
-            cache.layers[i] = Some(LayerCache { k, v });
+            cache.set(i, k, v);
         }
         cache
     }

@@ -160,7 +160,7 @@ impl<B: Backend> Seq2SeqPromptModel<B> {
             layers,
         );
         for (i, (k, v)) in kv.into_iter().enumerate() {
-            cache.layers[i] = Some(LayerCache { k, v });
+            cache.set(i, k, v);
         }
         cache
     }
