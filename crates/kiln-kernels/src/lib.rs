@@ -588,6 +588,37 @@ pub fn try_write_positions<B: Backend>(
     }
 }
 
+/// `x [m, k] · w [k, n]` for a few rows (`m ≤ 8`: a decode step, beams) on flex: the weight streamed once
+/// (register-blocked, no packing), split by output columns over the threads. Other backends and larger products
+/// get their inputs back (`Err`). flex runs such a product on one thread with `gemm`, which packs the whole weight
+/// on every call. `KILN_SMALL_ROWS=0` turns this one off.
+#[allow(clippy::type_complexity)]
+pub fn try_small_rows_matmul<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
+    #[cfg(feature = "flex")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("KILN_SMALL_ROWS").map_or(true, |v| v != "0"));
+        if !kernels_enabled() || !on || x.dims()[0] > flex::SMALL_ROWS {
+            return Err((x, w));
+        }
+        type F = burn::backend::Flex;
+        let (x, w) = cast::<_, (Tensor<F, 2>, Tensor<F, 2>)>((x, w))?;
+        let prim = |t: Tensor<F, 2>| t.into_primitive().tensor();
+        let back = |t| Tensor::<F, 2>::from_primitive(TensorPrimitive::Float(t));
+        match flex::small_rows_matmul(prim(x), prim(w)) {
+            Ok(t) => Ok(cast(back(t)).ok().expect("F is B")),
+            Err((x, w)) => Err(cast((back(x), back(w))).ok().expect("F is B")),
+        }
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        Err((x, w))
+    }
+}
+
 /// GELU elementwise — exact (`x · Φ(x)`, erf; HF's `gelu`) or, with `tanh_form`, the tanh approximation (HF's
 /// `gelu_new`, GPT-2) — with its own backward node on an autodiff backend (saves x only). On flex one vectorised,
 /// multi-threaded pass each way; burn's exact GELU calls libm's `erf` per element on one thread, and the tanh form

@@ -534,3 +534,36 @@ fn write_positions_is_in_place_on_an_unshared_flex_buffer() {
             .is_err()
     );
 }
+
+/// `try_small_rows_matmul` (decode products) equals flex's matmul for 1 to 8 rows, a row-major weight and a
+/// transposed view (a tied embedding), widths that are not a multiple of its blocks; more rows and ndarray get
+/// their inputs back.
+#[test]
+fn small_rows_matmul_equals_matmul() {
+    let dev = Default::default();
+    let two = |dims: [usize; 2], seed| {
+        let d = data4([1, 1, dims[0], dims[1]], seed, 2.0);
+        Tensor::<Flex, 4>::from_data(d, &dev).reshape(dims)
+    };
+    for m in [1usize, 3, 4, 5, 8] {
+        for (k, n) in [(64usize, 300usize), (96, 1000), (33, 256)] {
+            let x = two([m, k], 1);
+            let w = two([k, n], 2);
+            let wt = two([n, k], 3).transpose();
+            for w in [w, wt] {
+                let want = x.clone().matmul(w.clone());
+                let got = kiln_kernels::try_small_rows_matmul(x.clone(), w)
+                    .ok()
+                    .expect("few rows on flex");
+                let e = rel_err(
+                    &got.into_data().to_vec::<f32>().unwrap(),
+                    &want.into_data().to_vec::<f32>().unwrap(),
+                );
+                assert!(e < 1e-5, "m {m} k {k} n {n}: relative error {e}");
+            }
+        }
+    }
+    assert!(kiln_kernels::try_small_rows_matmul(two([9, 8], 1), two([8, 300], 2)).is_err());
+    let nd = Tensor::<NdArray, 2>::zeros([1, 8], &Default::default());
+    assert!(kiln_kernels::try_small_rows_matmul(nd.clone(), nd.reshape([8, 1])).is_err());
+}

@@ -278,6 +278,131 @@ multiversion! {
     pub fn scaled_exp = scaled_exp_body(out: &mut [f32], x: &[f32], shift: f32, mul: f32) -> ()
 }
 
+/// Columns per register block of [`rows_times_matrix`]: 64 floats = four AVX-512 registers per row.
+pub const GEMV_COLS: usize = 64;
+
+/// `acc[i][..] = Σ_c x[i, c] · w[c, ..GEMV_COLS]` for `M` rows: the accumulators (M × 64 floats) stay in
+/// registers, each weight element is loaded once.
+#[inline(always)]
+fn gemv_block<const M: usize>(
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    w_row: usize,
+) -> [[f32; GEMV_COLS]; M] {
+    let mut acc = [[0f32; GEMV_COLS]; M];
+    for c in 0..k {
+        let wr: &[f32; GEMV_COLS] = w[c * w_row..c * w_row + GEMV_COLS]
+            .try_into()
+            .expect("a full block");
+        for i in 0..M {
+            let a = x[i * k + c];
+            for j in 0..GEMV_COLS {
+                acc[i][j] += a * wr[j];
+            }
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+fn rows_times_matrix_body(
+    out: &mut [f32],
+    n_out: usize,
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    w_row: usize,
+    cols: usize,
+) {
+    // Full 64-column blocks in registers, up to four rows at a time; the ragged end column by column.
+    let m = x.len() / k.max(1);
+    let full = cols / GEMV_COLS * GEMV_COLS;
+    for c0 in (0..full).step_by(GEMV_COLS) {
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = (m - i0).min(4);
+            let xs = &x[i0 * k..(i0 + rows) * k];
+            let wb = &w[c0..];
+            let mut put = |i: usize, r: &[f32; GEMV_COLS]| {
+                out[(i0 + i) * n_out + c0..(i0 + i) * n_out + c0 + GEMV_COLS].copy_from_slice(r)
+            };
+            match rows {
+                1 => gemv_block::<1>(xs, k, wb, w_row)
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, r)| put(i, r)),
+                2 => gemv_block::<2>(xs, k, wb, w_row)
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, r)| put(i, r)),
+                3 => gemv_block::<3>(xs, k, wb, w_row)
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, r)| put(i, r)),
+                _ => gemv_block::<4>(xs, k, wb, w_row)
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, r)| put(i, r)),
+            }
+            i0 += rows;
+        }
+    }
+    for j in full..cols {
+        for i in 0..m {
+            out[i * n_out + j] = (0..k).map(|c| x[i * k + c] * w[c * w_row + j]).sum();
+        }
+    }
+}
+
+multiversion! {
+    /// A few rows `x [m, k]` times `cols` columns of a row-major matrix (`w` from the first column, rows `w_row`
+    /// apart) into `out[i * n_out + j]`: register-blocked, no packing, the matrix read once.
+    pub fn rows_times_matrix = rows_times_matrix_body(
+        out: &mut [f32],
+        n_out: usize,
+        x: &[f32],
+        k: usize,
+        w: &[f32],
+        w_row: usize,
+        cols: usize
+    ) -> ()
+}
+
+#[inline(always)]
+fn rows_dot_columns_body(
+    out: &mut [f32],
+    n_out: usize,
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    w_col: usize,
+    cols: usize,
+) {
+    // out[i, j] = x[i, ..] · w[.., j], column j contiguous at w[j · w_col ..][..k] (read from L1 for every row).
+    let m = x.len() / k.max(1);
+    for j in 0..cols {
+        let col = &w[j * w_col..j * w_col + k];
+        for i in 0..m {
+            out[i * n_out + j] = lane_dot(&x[i * k..(i + 1) * k], col);
+        }
+    }
+}
+
+multiversion! {
+    /// A few rows `x [m, k]` times columns that are contiguous in memory (a transposed matrix, e.g. a tied
+    /// embedding `Eᵀ`), into `out[i * n_out + j]` for j < cols.
+    pub fn rows_dot_columns = rows_dot_columns_body(
+        out: &mut [f32],
+        n_out: usize,
+        x: &[f32],
+        k: usize,
+        w: &[f32],
+        w_col: usize,
+        cols: usize
+    ) -> ()
+}
+
 /// The normal CDF Φ(x) = ½·(1 + erf(x/√2)) with erf as PyTorch's vectorised CPU kernel computes it (Abramowitz &
 /// Stegun 7.1.26: `erfc(z) = t·P(t)·e^(−z²)`, `t = 1 / (1 + 0.3275911·z)`, absolute error ≤ 1.5e-7), taking the
 /// tail `½·erfc(|z|)` directly for x < 0 (no cancellation in `1 + erf`).

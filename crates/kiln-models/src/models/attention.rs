@@ -13,10 +13,12 @@ pub const MASKED: f32 = -1.0e9;
 pub fn tied_head<B: Backend>(hidden: Tensor<B, 3>, embedding: Tensor<B, 2>) -> Tensor<B, 3> {
     let [b, s, d] = hidden.dims();
     let v = embedding.dims()[0];
-    hidden
-        .reshape([b * s, d])
-        .matmul(embedding.transpose())
-        .reshape([b, s, v])
+    let rows = hidden.reshape([b * s, d]);
+    let logits = match kiln_kernels::try_small_rows_matmul(rows, embedding.transpose()) {
+        Ok(l) => l,
+        Err((rows, et)) => rows.matmul(et),
+    };
+    logits.reshape([b, s, v])
 }
 
 /// `[b, s, h*d]` → `[b, h, s, d]`.
