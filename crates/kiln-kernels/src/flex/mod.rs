@@ -345,24 +345,6 @@ pub(crate) fn write_positions(
 /// Rows up to which [`small_rows_matmul`] takes a product (decoding: one row per sequence or beam).
 pub(crate) const SMALL_ROWS: usize = 8;
 
-/// An output buffer the column tasks share, each writing its own columns.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32, usize);
-// SAFETY: the tasks write disjoint column ranges; the buffer outlives them.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The whole buffer (a method, so that closures capture the `Sync` wrapper).
-    ///
-    /// # Safety
-    /// Callers write only their own columns.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self) -> &mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0, self.1) }
-    }
-}
-
 /// `x [m, k] · w [k, n]` for a few rows, by blocks of columns over the rayon threads, reading `w` once in place
 /// (row-major, register-blocked; or a transposed view, by dot products): flex runs a product this small on one
 /// thread, and `gemm` packs the whole matrix first, which for a few rows costs as much as the product. `Err`
@@ -395,19 +377,29 @@ pub(crate) fn small_rows_matmul(
     let xc = x.to_contiguous();
     let xd: &[f32] = &xc.storage::<f32>()[..m * k];
     let wd: &[f32] = &w.storage::<f32>()[w.layout().start_offset()..];
-    let mut out = vec![0f32; m * n];
-    // Blocks of 256 columns (four register blocks), dealt to the threads.
+    // Blocks of 256 columns (four register blocks), dealt to the threads; each block computed into its own
+    // [m, width] buffer, then copied into place (m ≤ 8 rows: a few hundred kilobytes at most).
     const BLOCK: usize = 4 * rows::GEMV_COLS;
-    let shared = SharedOut(out.as_mut_ptr(), out.len());
-    (0..n.div_ceil(BLOCK)).into_par_iter().for_each(|p| {
-        let (c0, c1) = (p * BLOCK, ((p + 1) * BLOCK).min(n));
-        // SAFETY: this task writes only the columns c0..c1 of every row.
-        let o = unsafe { shared.slice() };
-        if wc == 1 {
-            rows::rows_times_matrix(&mut o[c0..], n, xd, k, &wd[c0..], wr, c1 - c0);
-        } else {
-            rows::rows_dot_columns(&mut o[c0..], n, xd, k, &wd[c0 * wc..], wc, c1 - c0);
+    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|p| {
+            let (c0, c1) = (p * BLOCK, ((p + 1) * BLOCK).min(n));
+            let width = c1 - c0;
+            let mut o = vec![0f32; m * width];
+            if wc == 1 {
+                rows::rows_times_matrix(&mut o, width, xd, k, &wd[c0..], wr, width);
+            } else {
+                rows::rows_dot_columns(&mut o, width, xd, k, &wd[c0 * wc..], wc, width);
+            }
+            o
+        })
+        .collect();
+    let mut out = vec![0f32; m * n];
+    for (p, o) in blocks.iter().enumerate() {
+        let (c0, width) = (p * BLOCK, o.len() / m);
+        for i in 0..m {
+            out[i * n + c0..i * n + c0 + width].copy_from_slice(&o[i * width..(i + 1) * width]);
         }
-    });
+    }
     Ok(f32_tensor(out, vec![m, n]))
 }
