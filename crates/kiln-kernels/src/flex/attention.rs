@@ -319,7 +319,7 @@ pub fn backward(
             }
             for (i, (pr, gr)) in p.chunks_mut(sk).zip(g.chunks_mut(sk)).enumerate() {
                 let bias = bv.as_ref().map(|bv| bv.row(bi, hi, i));
-                softmax_grad_row(pr, gr, bias, scale, lse[bh * sq + i], 1.0);
+                softmax_grad_row(pr, gr, bias, scale, lse[bh * sq + i]);
             }
             if bias_grad {
                 // SAFETY: this task's [sq, sk] block of the full scores' gradient.

@@ -149,7 +149,7 @@ fn softmax_row_body(x: &mut [f32], bias: Option<(&[f32], usize)>, scale: f32) ->
 
 /// The backward pass's row, in place, from the recomputed scores `s` (`q·kᵀ`, unscaled) and the output
 /// gradient's product `dp` (`dO·vᵀ`): `p = exp(s · scale + bias − lse)`, then
-/// `dp ← p ∘ (dp − Σⱼ pⱼ dpⱼ) · out_scale` (the scores' gradient; `Σⱼ pⱼ dpⱼ` equals `dO·O`). `s` is left
+/// `dp ← p ∘ (dp − Σⱼ pⱼ dpⱼ)` (the scores' gradient, unscaled; `Σⱼ pⱼ dpⱼ` equals `dO·O`). `s` is left
 /// holding `p` (for dv).
 #[inline(always)]
 fn softmax_grad_row_body(
@@ -158,7 +158,6 @@ fn softmax_grad_row_body(
     bias: Option<(&[f32], usize)>,
     scale: f32,
     lse: f32,
-    out_scale: f32,
 ) {
     if lse == f32::NEG_INFINITY {
         s.fill(0.0);
@@ -183,7 +182,7 @@ fn softmax_grad_row_body(
     let d = lane_dot(s, dp);
     s.iter().zip(dp.iter_mut()).for_each(
         #[inline(always)]
-        |(p, g)| *g = p * (*g - d) * out_scale,
+        |(p, g)| *g = p * (*g - d),
     );
 }
 
@@ -235,8 +234,7 @@ multiversion! {
         dp: &mut [f32],
         bias: Option<(&[f32], usize)>,
         scale: f32,
-        lse: f32,
-        out_scale: f32
+        lse: f32
     ) -> ()
 }
 
