@@ -199,6 +199,21 @@ pub trait KernelOps: Backend {
     ) -> FloatTensor<Self> {
         Self::layer_norm_fwd(x, gamma, beta, eps).0
     }
+
+    /// `lhs [m, k] · rhs [k, n]`, both rank 2 (either may be a transposed view).
+    fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
+
+    /// A dense layer on rows: `x [m, k] · w [k, n] + bias [n]` (burn's `linear` on rank 2; what `Autodiff<B>`
+    /// overrides with a backward node that computes its products with [`Self::matmul_2d`]).
+    fn linear_2d(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        <Self as burn::tensor::ops::ModuleOps<Self>>::linear(x, w, bias)
+    }
 }
 
 #[cfg(feature = "ndarray")]
@@ -254,6 +269,18 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
         scale: f64,
     ) -> FloatTensor<Self> {
         attention_tracked::<B, C>(q, k, v, bias, scale)
+    }
+
+    fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        linear_tracked::<B, C>(lhs, rhs, None)
+    }
+
+    fn linear_2d(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        linear_tracked::<B, C>(x, w, bias)
     }
 
     fn cross_entropy(logits: FloatTensor<Self>, targets: &[i64]) -> FloatTensor<Self> {
@@ -354,6 +381,106 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
                 eps,
             )),
         }
+    }
+}
+
+/// `x · w (+ bias)` on rows with a backward node whose products are the inner backend's
+/// [`KernelOps::matmul_2d`] on transposed views: `dx = dy · wᵀ`, `dw = xᵀ · dy`, `dbias = Σ_rows dy`. Saves x only
+/// when w needs a gradient and w only when x does (as burn's own linear).
+fn linear_tracked<B: KernelOps, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    w: FloatTensor<Autodiff<B, C>>,
+    bias: Option<FloatTensor<Autodiff<B, C>>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    #[derive(Debug)]
+    struct LinearBackward;
+    #[derive(Debug)]
+    struct ProductBackward;
+
+    /// Registers dx and dw from the saved x and w (each present when the other's gradient is wanted).
+    fn products<B: KernelOps>(
+        dy: &FloatTensor<B>,
+        [px, pw]: [Option<NodeId>; 2],
+        (x, w): (Option<NodeId>, Option<NodeId>),
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let x: Option<FloatTensor<B>> = x.map(|id| checkpointer.retrieve_node_output(id));
+        let w: Option<FloatTensor<B>> = w.map(|id| checkpointer.retrieve_node_output(id));
+        if let (Some(n), Some(w)) = (px, w) {
+            grads.register::<B>(n, B::matmul_2d(dy.clone(), B::float_transpose(w)));
+        }
+        if let (Some(n), Some(x)) = (pw, x) {
+            grads.register::<B>(n, B::matmul_2d(B::float_transpose(x), dy.clone()));
+        }
+    }
+
+    impl<B: KernelOps> Backward<B, 3> for LinearBackward {
+        type State = (Option<NodeId>, Option<NodeId>);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 3>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let [px, pw, pb] = ops.parents.map(|p| p.map(|n| n.id));
+            let dy = grads.consume::<B>(&ops.node);
+            products::<B>(&dy, [px, pw], ops.state, grads, checkpointer);
+            if let Some(n) = pb {
+                let cols = burn::tensor::TensorMetadata::shape(&dy)[1];
+                let db = B::float_reshape(B::float_sum_dim(dy, 0), [cols].into());
+                grads.register::<B>(n, db);
+            }
+        }
+    }
+
+    impl<B: KernelOps> Backward<B, 2> for ProductBackward {
+        type State = (Option<NodeId>, Option<NodeId>);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 2>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let dy = grads.consume::<B>(&ops.node);
+            let parents = ops.parents.map(|p| p.map(|n| n.id));
+            products::<B>(&dy, parents, ops.state, grads, checkpointer);
+        }
+    }
+
+    let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
+    match bias {
+        Some(bias) => match LinearBackward
+            .prepare::<C>([x.node.clone(), w.node.clone(), bias.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let xs = w_tracked.then(|| prep.checkpoint(&x));
+                let ws = x_tracked.then(|| prep.checkpoint(&w));
+                prep.finish(
+                    (xs, ws),
+                    B::linear_2d(x.primitive, w.primitive, Some(bias.primitive)),
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::linear_2d(x.primitive, w.primitive, Some(bias.primitive)))
+            }
+        },
+        None => match ProductBackward
+            .prepare::<C>([x.node.clone(), w.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let xs = w_tracked.then(|| prep.checkpoint(&x));
+                let ws = x_tracked.then(|| prep.checkpoint(&w));
+                prep.finish((xs, ws), B::matmul_2d(x.primitive, w.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::matmul_2d(x.primitive, w.primitive)),
+        },
     }
 }
 
@@ -617,6 +744,59 @@ pub fn try_small_rows_matmul<B: Backend>(
     {
         Err((x, w))
     }
+}
+
+/// Whether [`try_linear`] and [`try_matmul`] use kiln's product: [`kernels_enabled`] and not `KILN_GEMM=0`.
+pub fn gemm_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| kernels_enabled() && std::env::var("KILN_GEMM").map_or(true, |v| v != "0"))
+}
+
+/// A dense layer's inputs, handed back by [`try_linear`] when the backend has no kernel.
+pub type LinearInputs<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
+
+/// `x [m, k] · w [k, n] + bias [n]` (burn's `linear` on rows) through [`KernelOps::linear_2d`] when `B` is flex
+/// or `Autodiff<Flex>`: the product split over the threads by kiln (flex's own split of a large product scales
+/// poorly on two threads), the bias written into the output instead of a second pass, and under autodiff the
+/// gradients' products split the same way. Other backends get the inputs back (`Err`) for burn's `linear`.
+pub fn try_linear<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Result<Tensor<B, 2>, LinearInputs<B>> {
+    if !gemm_enabled() {
+        return Err((x, w, bias));
+    }
+    #[cfg(feature = "flex")]
+    {
+        fn run<B: Backend, K: KernelOps>(
+            inputs: LinearInputs<B>,
+        ) -> Result<Tensor<B, 2>, LinearInputs<B>> {
+            let (x, w, bias) = cast::<_, LinearInputs<K>>(inputs)?;
+            let y = <K as KernelOps>::linear_2d(
+                x.into_primitive().tensor(),
+                w.into_primitive().tensor(),
+                bias.map(|b| b.into_primitive().tensor()),
+            );
+            let y = Tensor::<K, 2>::from_primitive(TensorPrimitive::Float(y));
+            Ok(cast(y).ok().expect("K is B: the cast above succeeded"))
+        }
+        run::<B, Autodiff<burn::backend::Flex>>((x, w, bias)).or_else(run::<B, burn::backend::Flex>)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        Err((x, w, bias))
+    }
+}
+
+/// `lhs [m, k] · rhs [k, n]` through [`KernelOps::matmul_2d`] on flex and `Autodiff<Flex>` (see [`try_linear`]);
+/// other backends get the inputs back (`Err`).
+#[allow(clippy::type_complexity)]
+pub fn try_matmul<B: Backend>(
+    lhs: Tensor<B, 2>,
+    rhs: Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
+    try_linear(lhs, rhs, None).map_err(|(l, r, _)| (l, r))
 }
 
 /// GELU elementwise — exact (`x · Φ(x)`, erf; HF's `gelu`) or, with `tanh_form`, the tanh approximation (HF's

@@ -567,3 +567,111 @@ fn small_rows_matmul_equals_matmul() {
     let nd = Tensor::<NdArray, 2>::zeros([1, 8], &Default::default());
     assert!(kiln_kernels::try_small_rows_matmul(nd.clone(), nd.reshape([8, 1])).is_err());
 }
+
+/// A deterministic `[r, c]` matrix on any backend.
+fn mat<B: Backend>(dims: [usize; 2], seed: u64, dev: &B::Device) -> Tensor<B, 2> {
+    Tensor::<B, 4>::from_data(data4([1, 1, dims[0], dims[1]], seed, 2.0), dev).reshape(dims)
+}
+
+/// `try_linear` (kiln's split product, the bias written into the output, its own backward node) against burn's
+/// `linear` through ndarray's autodiff: y, dx, dw, dbias; shapes run as one call and split by rows or by columns
+/// over the threads; transposed views for x and w; frozen weights (no dw, x not kept) and no bias.
+#[test]
+fn kiln_linear_equals_burns_linear_with_gradients() {
+    type K = Autodiff<Flex>;
+    type R = Autodiff<NdArray>;
+    let (dk, dr): (burn::tensor::Device<K>, burn::tensor::Device<R>) = Default::default();
+    let flat = |t: Tensor<K, 2>| t.into_data().to_vec::<f32>().unwrap();
+    let flat_r = |t: Tensor<R, 2>| t.into_data().to_vec::<f32>().unwrap();
+    let cases = [
+        (3usize, 5usize, 7usize),
+        (256, 192, 160), // ≥ the parallel threshold, split by rows
+        (96, 256, 320),  // split by columns
+        (200, 40, 90),   // below it, ragged
+    ];
+    for (case, &(m, k, n)) in cases.iter().enumerate() {
+        for (transposed, w_tracked, with_bias) in [
+            (false, true, true),
+            (true, true, false),
+            (false, false, true),
+            (true, false, false),
+        ] {
+            let what = format!(
+                "m {m} k {k} n {n} transposed {transposed} w tracked {w_tracked} bias {with_bias}"
+            );
+            let seed = 10 * case as u64;
+            // x, w as given to both backends; a transposed view is built from the transposed data.
+            let make = |dims: [usize; 2], s: u64| -> (Tensor<K, 2>, Tensor<R, 2>) {
+                if transposed {
+                    let t = [dims[1], dims[0]];
+                    (
+                        mat::<K>(t, s, &dk).transpose(),
+                        mat::<R>(t, s, &dr).transpose(),
+                    )
+                } else {
+                    (mat::<K>(dims, s, &dk), mat::<R>(dims, s, &dr))
+                }
+            };
+            let (xk, xr) = make([m, k], seed + 1);
+            let (wk, wr) = make([k, n], seed + 2);
+            let (xk, xr) = (xk.require_grad(), xr.require_grad());
+            let (wk, wr) = if w_tracked {
+                (wk.require_grad(), wr.require_grad())
+            } else {
+                (wk, wr)
+            };
+            let bk = with_bias.then(|| mat::<K>([1, n], seed + 3, &dk).reshape([n]).require_grad());
+            let br = with_bias.then(|| mat::<R>([1, n], seed + 3, &dr).reshape([n]).require_grad());
+            let gy_k = mat::<K>([m, n], seed + 4, &dk);
+            let gy_r = mat::<R>([m, n], seed + 4, &dr);
+
+            let yk = kiln_kernels::try_linear(xk.clone(), wk.clone(), bk.clone())
+                .ok()
+                .expect("Autodiff<Flex> takes kiln's product");
+            let yr = burn::tensor::module::linear(xr.clone(), wr.clone(), br.clone());
+            let e = rel_err(&flat(yk.clone()), &flat_r(yr.clone()));
+            assert!(e < 1e-5, "{what}: y relative error {e}");
+
+            let gk = (yk * gy_k).sum().backward();
+            let gr = (yr * gy_r).sum().backward();
+            let grad_k =
+                |t: &Tensor<K, 2>| t.grad(&gk).map(|g| g.into_data().to_vec::<f32>().unwrap());
+            let grad_r =
+                |t: &Tensor<R, 2>| t.grad(&gr).map(|g| g.into_data().to_vec::<f32>().unwrap());
+            let e = rel_err(&grad_k(&xk).unwrap(), &grad_r(&xr).unwrap());
+            assert!(e < 1e-5, "{what}: dx relative error {e}");
+            assert_eq!(
+                grad_k(&wk).is_some(),
+                w_tracked,
+                "{what}: dw present iff w is tracked"
+            );
+            if w_tracked {
+                let e = rel_err(&grad_k(&wk).unwrap(), &grad_r(&wr).unwrap());
+                assert!(e < 1e-5, "{what}: dw relative error {e}");
+            }
+            if let (Some(bk), Some(br)) = (bk, br) {
+                let db = |g: Option<Vec<f32>>| g.unwrap();
+                let e = rel_err(
+                    &db(bk.grad(&gk).map(|g| g.into_data().to_vec().unwrap())),
+                    &db(br.grad(&gr).map(|g| g.into_data().to_vec().unwrap())),
+                );
+                assert!(e < 1e-5, "{what}: dbias relative error {e}");
+            }
+        }
+    }
+    // Inference flex takes it too; ndarray gets its inputs back.
+    let x = mat::<Flex>([300, 64], 1, &Default::default());
+    let w = mat::<Flex>([64, 500], 2, &Default::default());
+    let want = x
+        .clone()
+        .matmul(w.clone())
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let got = kiln_kernels::try_matmul(x, w)
+        .ok()
+        .expect("flex takes kiln's product");
+    assert!(rel_err(&got.into_data().to_vec::<f32>().unwrap(), &want) < 1e-5);
+    let nd = mat::<NdArray>([4, 8], 1, &Default::default());
+    assert!(kiln_kernels::try_matmul(nd.clone(), nd.transpose()).is_err());
+}

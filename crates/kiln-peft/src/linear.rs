@@ -24,6 +24,25 @@ pub struct PeftLinear<B: Backend> {
     pub lora: Vec<LoraLayer<B>>,
 }
 
+/// burn's `linear` on rows, through kiln-kernels' product where the backend has it (flex and `Autodiff<Flex>`: split
+/// over the threads, the bias written into the output, the same split for the gradients' products).
+fn dense<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    if D != 2 {
+        return linear(x, w, bias);
+    }
+    let dims = x.dims();
+    let mut out = dims;
+    out[1] = w.dims()[1];
+    match kiln_kernels::try_linear(x.reshape([dims[0], dims[1]]), w, bias) {
+        Ok(y) => y.reshape(out),
+        Err((x, w, bias)) => linear(x, w, bias).reshape(out),
+    }
+}
+
 /// One named LoRA adapter on a linear layer: `scale · B(A(dropout(x)))`.
 #[derive(Module, Debug)]
 pub struct LoraLayer<B: Backend> {
@@ -175,12 +194,12 @@ impl<B: Backend> PeftLinear<B> {
     fn forward_2d<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         if !self.lora.iter().any(|l| l.active && !l.merged) {
-            return linear(x, self.weight.val(), bias);
+            return dense(x, self.weight.val(), bias);
         }
-        let mut y = linear(x.clone(), self.weight.val(), bias);
+        let mut y = dense(x.clone(), self.weight.val(), bias);
         for l in self.lora.iter().filter(|l| l.active && !l.merged) {
-            let h = linear(l.dropout.forward(x.clone()), l.lora_a.val(), None);
-            y = y + linear(h, l.lora_b.val(), None).mul_scalar(l.scale);
+            let h = dense(l.dropout.forward(x.clone()), l.lora_a.val(), None);
+            y = y + dense(h, l.lora_b.val(), None).mul_scalar(l.scale);
         }
         y
     }

@@ -1,6 +1,7 @@
 //! The flex kernels: the ops on the tensors' raw f32 buffers, rayon over rows (flex's own thread pool).
 
 mod attention;
+mod matmul;
 pub(crate) mod rows;
 
 use burn::backend::flex::FlexTensor;
@@ -34,6 +35,26 @@ fn rows_width(shape: &[usize]) -> (usize, usize, usize) {
 }
 
 impl KernelOps for Flex {
+    fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        match matmul::matmul(lhs, rhs, None) {
+            Ok(y) => y,
+            Err((lhs, rhs, _)) => {
+                <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_matmul(lhs, rhs)
+            }
+        }
+    }
+
+    fn linear_2d(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        match matmul::matmul(x, w, bias) {
+            Ok(y) => y,
+            Err((x, w, bias)) => <Self as burn::tensor::ops::ModuleOps<Self>>::linear(x, w, bias),
+        }
+    }
+
     fn gelu_fwd(x: FloatTensor<Self>, tanh_form: bool) -> FloatTensor<Self> {
         if x.dtype() != DType::F32 {
             return composed::gelu_fwd::<Self>(x, tanh_form);

@@ -16,7 +16,10 @@ pub fn tied_head<B: Backend>(hidden: Tensor<B, 3>, embedding: Tensor<B, 2>) -> T
     let rows = hidden.reshape([b * s, d]);
     let logits = match kiln_kernels::try_small_rows_matmul(rows, embedding.transpose()) {
         Ok(l) => l,
-        Err((rows, et)) => rows.matmul(et),
+        Err((rows, et)) => match kiln_kernels::try_matmul(rows, et) {
+            Ok(l) => l,
+            Err((rows, et)) => rows.matmul(et),
+        },
     };
     logits.reshape([b, s, v])
 }
