@@ -20,7 +20,10 @@
 //!   is kept between the passes. [`try_fused_attention`] is the entry for code generic over `B: Backend`.
 //! - [`gelu`]: GELU, exact or tanh form, one vectorised pass each way on flex; [`try_fused_gelu`] for generic code.
 //! - [`layer_norm`]: LayerNorm over the last dimension, one pass forward saving the per-row mean and reciprocal
-//!   standard deviation; backward from those (not yet used by kiln-models' architectures, issue #16).
+//!   standard deviation; backward from those. [`try_layer_norm`] is the entry for code generic over `B: Backend`.
+//! - [`try_linear`], [`try_matmul`]: 2-D products split over the threads by kiln on flex (one single-threaded
+//!   `gemm` call per part), the bias written into the output, and under autodiff the gradients' products split the
+//!   same way.
 //!
 //! # Quick start
 //!
@@ -855,6 +858,54 @@ pub fn layer_norm<B: KernelOps, const D: usize>(
         beta.into_primitive().tensor(),
         eps,
     )))
+}
+
+/// LayerNorm's inputs, handed back by [`try_layer_norm`] when the backend has no kernel.
+pub type LayerNormInputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, 1>, Option<Tensor<B, 1>>);
+
+/// [`layer_norm`] for code generic over `B: Backend` (kiln-models' architectures): on the training backends
+/// (`Autodiff<Flex>`: the kernels; `Autodiff<NdArray>`, `Autodiff<Cuda>`: the composed op inside the same
+/// backward node, by feature) with a bias, the fused op with its saved per-row statistics runs — burn's autodiff
+/// runs LayerNorm as a chain of eight tracked ops, keeping about four x-sized tensors per norm. Inference backends
+/// (whose `layer_norm` is burn's own, fused on flex) and a norm without bias get the inputs back (`Err`).
+pub fn try_layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Result<Tensor<B, D>, LayerNormInputs<B, D>> {
+    if !kernels_enabled() || beta.is_none() {
+        return Err((x, gamma, beta));
+    }
+    #[allow(dead_code)]
+    fn run<B: Backend, K: KernelOps, const D: usize>(
+        inputs: LayerNormInputs<B, D>,
+        eps: f64,
+    ) -> Result<Tensor<B, D>, LayerNormInputs<B, D>> {
+        let (x, gamma, beta) = cast::<_, LayerNormInputs<K, D>>(inputs)?;
+        let beta = beta.expect("checked above: a bias");
+        Ok(cast(layer_norm::<K, D>(x, gamma, beta, eps))
+            .ok()
+            .expect("K is B: the cast above succeeded"))
+    }
+    let inputs = (x, gamma, beta);
+    #[cfg(feature = "flex")]
+    let inputs = match run::<B, Autodiff<burn::backend::Flex>, D>(inputs, eps) {
+        Ok(y) => return Ok(y),
+        Err(i) => i,
+    };
+    #[cfg(feature = "ndarray")]
+    let inputs = match run::<B, Autodiff<burn::backend::NdArray>, D>(inputs, eps) {
+        Ok(y) => return Ok(y),
+        Err(i) => i,
+    };
+    #[cfg(feature = "cuda")]
+    let inputs = match run::<B, Autodiff<burn::backend::Cuda>, D>(inputs, eps) {
+        Ok(y) => return Ok(y),
+        Err(i) => i,
+    };
+    let _ = eps;
+    Err(inputs)
 }
 
 /// Per-row cross-entropy `[n]` of `logits` `[n, v]` against one target per row (a negative target, e.g.

@@ -13,7 +13,8 @@
 use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+
 use burn::prelude::*;
 use kiln_peft::adapter::maybe_adapt;
 use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
@@ -25,6 +26,7 @@ use crate::load::weights::{LoadReport, LoadSpec};
 use crate::models::attention::{
     additive_mask, attend, merge_heads, split_heads, KvCache, LayerCache,
 };
+use crate::models::norm::LayerNorm;
 
 /// BART's learned-position offset.
 pub const POSITION_OFFSET: usize = 2;
@@ -159,7 +161,8 @@ impl BartConfig {
         let std = self.init_std;
         let d = self.d_model;
         let lin = |i: usize, o: usize| PeftLinear::new_normal(i, o, true, std, device);
-        let ln = || LayerNormConfig::new(d).init(device);
+        // BART's LayerNorms are torch's default (eps 1e-5).
+        let ln = || LayerNorm::new(d, 1e-5, device);
         let emb = |n: usize| {
             EmbeddingConfig::new(n, d)
                 .with_initializer(Initializer::Normal { mean: 0.0, std })

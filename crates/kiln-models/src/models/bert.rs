@@ -12,9 +12,7 @@
 
 use std::path::Path;
 
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer};
 use burn::prelude::*;
 use kiln_peft::PeftLinear;
 
@@ -25,6 +23,7 @@ use crate::load::weights::{LoadReport, LoadSpec};
 use crate::models::attention::{
     additive_mask, attend_with_dropout, ids_tensor, merge_heads, split_heads,
 };
+use crate::models::norm::LayerNorm;
 
 /// The fields of BERT's `config.json` that the model uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -191,11 +190,7 @@ impl BertConfig {
                 .with_initializer(Initializer::Normal { mean: 0.0, std })
                 .init::<B>(device)
         };
-        let ln = || {
-            LayerNormConfig::new(d)
-                .with_epsilon(self.layer_norm_eps)
-                .init::<B>(device)
-        };
+        let ln = || LayerNorm::<B>::new(d, self.layer_norm_eps, device);
         let linear = |i: usize, o: usize| PeftLinear::new_normal(i, o, true, std, device);
         let hidden_dropout = || DropoutConfig::new(self.hidden_dropout_prob).init();
         let mut word_embeddings = emb(self.vocab_size);

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig};
+
 use burn::prelude::*;
 use kiln_peft::adapter::maybe_adapt;
 use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
@@ -12,6 +13,7 @@ use crate::load::config::{Activation, RawConfig};
 use crate::load::error::Result;
 use crate::load::weights::LoadSpec;
 use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
+use crate::models::norm::LayerNorm;
 
 /// The fields of GPT-2's `config.json` that the forward pass uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,11 +104,7 @@ impl Gpt2Config {
                 .with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std })
                 .init(device)
         };
-        let ln = || {
-            LayerNormConfig::new(d)
-                .with_epsilon(self.layer_norm_epsilon)
-                .init(device)
-        };
+        let ln = || LayerNorm::new(d, self.layer_norm_epsilon, device);
         let h = (0..self.n_layer)
             .map(|i| Block {
                 ln_1: ln(),

@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig};
+
 use burn::prelude::*;
 use kiln_peft::adapter::maybe_adapt;
 use kiln_peft::{Adapter, AdapterConfig, AdapterPlacement, PeftLinear};
@@ -14,6 +15,7 @@ use crate::load::config::{Activation, RawConfig};
 use crate::load::error::Result;
 use crate::load::weights::LoadSpec;
 use crate::models::attention::{additive_mask, attend, merge_heads, split_heads, KvCache};
+use crate::models::norm::LayerNorm;
 
 /// OPT's learned positions start at index 2 of `embed_positions`.
 pub const POSITION_OFFSET: i64 = 2;
@@ -101,7 +103,8 @@ impl OptConfig {
     /// A freshly initialised model (normal weights with std `init_std`, no adapters).
     pub fn init<B: Backend>(&self, device: &B::Device) -> OptForCausalLm<B> {
         let (d, std) = (self.hidden_size, self.init_std);
-        let ln = || LayerNormConfig::new(d).init(device);
+        // OPT's LayerNorms are torch's default (eps 1e-5).
+        let ln = || LayerNorm::new(d, 1e-5, device);
         let lin = |i, o| PeftLinear::new_normal(i, o, self.enable_bias, std, device);
         let emb = |n, dim| {
             EmbeddingConfig::new(n, dim)
