@@ -718,8 +718,31 @@ pub fn try_write_positions<B: Backend>(
     }
 }
 
-/// `x [m, k] · w [k, n]` for a few rows (`m ≤ 8`: a decode step, beams) on flex: the weight streamed once
-/// (register-blocked, no packing), split by output columns over the threads. Other backends and larger products
+/// Whether [`try_small_rows_matmul`] takes products on backend `B` (flex, with the kernels on): callers that would
+/// otherwise prepare a layout for burn's product (a materialised `Eᵀ`) can skip it.
+pub fn has_small_rows_matmul<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    {
+        small_rows_enabled()
+            && std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        false
+    }
+}
+
+/// [`kernels_enabled`] and not `KILN_SMALL_ROWS=0`.
+#[cfg(feature = "flex")]
+fn small_rows_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        kernels_enabled() && std::env::var("KILN_SMALL_ROWS").map_or(true, |v| v != "0")
+    })
+}
+
+/// `x [m, k] · w [k, n]` for a few rows (`m ≤ 8`: a decode step, beams) on flex: the weight read once with no
+/// packing, over the threads (a row-major weight by rows, a transposed one by columns). Other backends and larger products
 /// get their inputs back (`Err`). flex runs such a product on one thread with `gemm`, which packs the whole weight
 /// on every call. `KILN_SMALL_ROWS=0` turns this one off.
 #[allow(clippy::type_complexity)]
@@ -729,9 +752,7 @@ pub fn try_small_rows_matmul<B: Backend>(
 ) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
     #[cfg(feature = "flex")]
     {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let on = *ON.get_or_init(|| std::env::var("KILN_SMALL_ROWS").map_or(true, |v| v != "0"));
-        if !kernels_enabled() || !on || x.dims()[0] > flex::SMALL_ROWS {
+        if !small_rows_enabled() || x.dims()[0] > flex::SMALL_ROWS {
             return Err((x, w));
         }
         type F = burn::backend::Flex;

@@ -546,7 +546,14 @@ fn small_rows_matmul_equals_matmul() {
         Tensor::<Flex, 4>::from_data(d, &dev).reshape(dims)
     };
     for m in [1usize, 3, 4, 5, 8] {
-        for (k, n) in [(64usize, 300usize), (96, 1000), (33, 256)] {
+        // k ≥ 128 splits the weight's rows over the threads (203: ragged parts and a tail of three rows).
+        for (k, n) in [
+            (64usize, 300usize),
+            (96, 1000),
+            (33, 256),
+            (256, 300),
+            (203, 520),
+        ] {
             let x = two([m, k], 1);
             let w = two([k, n], 2);
             let wt = two([n, k], 3).transpose();
@@ -585,9 +592,11 @@ fn kiln_linear_equals_burns_linear_with_gradients() {
     let flat_r = |t: Tensor<R, 2>| t.into_data().to_vec::<f32>().unwrap();
     let cases = [
         (3usize, 5usize, 7usize),
+        (1, 256, 300), // a decode step: the weight's rows streamed, split over the threads
+        (5, 203, 520), // beams, ragged parts
         (256, 192, 160), // ≥ the parallel threshold, split by rows
-        (96, 256, 320),  // split by columns
-        (200, 40, 90),   // below it, ragged
+        (96, 256, 320), // split by columns
+        (200, 40, 90), // below it, ragged
     ];
     for (case, &(m, k, n)) in cases.iter().enumerate() {
         for (transposed, w_tracked, with_bias) in [

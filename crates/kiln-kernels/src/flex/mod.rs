@@ -364,11 +364,12 @@ pub(crate) fn write_positions(
 }
 
 /// Rows up to which [`small_rows_matmul`] takes a product (decoding: one row per sequence or beam).
-pub(crate) const SMALL_ROWS: usize = 8;
+pub(crate) const SMALL_ROWS: usize = matmul::FEW_ROWS;
 
-/// `x [m, k] · w [k, n]` for a few rows, by blocks of columns over the rayon threads, reading `w` once in place
-/// (row-major, register-blocked; or a transposed view, by dot products): flex runs a product this small on one
-/// thread, and `gemm` packs the whole matrix first, which for a few rows costs as much as the product. `Err`
+/// `x [m, k] · w [k, n]` for a few rows over the rayon threads, reading `w` once in place (row-major: its rows
+/// streamed by [`matmul::few_rows`]; a transposed view: by dot products over its contiguous columns, in blocks of
+/// columns): flex runs a product this small on one thread, and `gemm` packs the whole matrix first, which for a
+/// few rows costs as much as the product. `Err`
 /// with both back when the shapes, dtypes or strides do not fit.
 pub(crate) fn small_rows_matmul(
     x: FlexTensor,
@@ -398,20 +399,21 @@ pub(crate) fn small_rows_matmul(
     let xc = x.to_contiguous();
     let xd: &[f32] = &xc.storage::<f32>()[..m * k];
     let wd: &[f32] = &w.storage::<f32>()[w.layout().start_offset()..];
-    // Blocks of 256 columns (four register blocks), dealt to the threads; each block computed into its own
-    // [m, width] buffer, then copied into place (m ≤ 8 rows: a few hundred kilobytes at most).
-    const BLOCK: usize = 4 * rows::GEMV_COLS;
+    if wc == 1 {
+        let mut out = vec![0f32; m * n];
+        matmul::few_rows(&mut out, xd, k, wd, wr, n);
+        return Ok(f32_tensor(out, vec![m, n]));
+    }
+    // Blocks of 256 columns, dealt to the threads; each block computed into its own [m, width] buffer, then
+    // copied into place (m ≤ 8 rows: a few hundred kilobytes at most).
+    const BLOCK: usize = 256;
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
         .map(|p| {
             let (c0, c1) = (p * BLOCK, ((p + 1) * BLOCK).min(n));
             let width = c1 - c0;
             let mut o = vec![0f32; m * width];
-            if wc == 1 {
-                rows::rows_times_matrix(&mut o, width, xd, k, &wd[c0..], wr, width);
-            } else {
-                rows::rows_dot_columns(&mut o, width, xd, k, &wd[c0 * wc..], wc, width);
-            }
+            rows::rows_dot_columns(&mut o, width, xd, k, &wd[c0 * wc..], wc, width);
             o
         })
         .collect();

@@ -276,94 +276,69 @@ multiversion! {
     pub fn scaled_exp = scaled_exp_body(out: &mut [f32], x: &[f32], shift: f32, mul: f32) -> ()
 }
 
-/// Columns per register block of [`rows_times_matrix`]: 64 floats = four AVX-512 registers per row.
-pub const GEMV_COLS: usize = 64;
+/// Columns per chunk of [`rows_axpy`]: four weight rows × 256 floats = 4 KiB, read from L1 for every input row.
+const AXPY_COLS: usize = 256;
 
-/// `acc[i][..] = Σ_c x[i, c] · w[c, ..GEMV_COLS]` for `M` rows: the accumulators (M × 64 floats) stay in
-/// registers, each weight element is loaded once.
 #[inline(always)]
-fn gemv_block<const M: usize>(
+#[allow(clippy::too_many_arguments)]
+fn rows_axpy_body(
+    acc: &mut [f32],
+    n: usize,
     x: &[f32],
     k: usize,
     w: &[f32],
     w_row: usize,
-) -> [[f32; GEMV_COLS]; M] {
-    let mut acc = [[0f32; GEMV_COLS]; M];
-    for c in 0..k {
-        let wr: &[f32; GEMV_COLS] = w[c * w_row..c * w_row + GEMV_COLS]
-            .try_into()
-            .expect("a full block");
-        for i in 0..M {
-            let a = x[i * k + c];
-            for j in 0..GEMV_COLS {
-                acc[i][j] += a * wr[j];
-            }
-        }
-    }
-    acc
-}
-
-#[inline(always)]
-fn rows_times_matrix_body(
-    out: &mut [f32],
-    n_out: usize,
-    x: &[f32],
-    k: usize,
-    w: &[f32],
-    w_row: usize,
-    cols: usize,
+    r0: usize,
+    r1: usize,
 ) {
-    // Full 64-column blocks in registers, up to four rows at a time; the ragged end column by column.
-    let m = x.len() / k.max(1);
-    let full = cols / GEMV_COLS * GEMV_COLS;
-    for c0 in (0..full).step_by(GEMV_COLS) {
-        let mut i0 = 0;
-        while i0 < m {
-            let rows = (m - i0).min(4);
-            let xs = &x[i0 * k..(i0 + rows) * k];
-            let wb = &w[c0..];
-            let mut put = |i: usize, r: &[f32; GEMV_COLS]| {
-                out[(i0 + i) * n_out + c0..(i0 + i) * n_out + c0 + GEMV_COLS].copy_from_slice(r)
-            };
-            match rows {
-                1 => gemv_block::<1>(xs, k, wb, w_row)
-                    .iter()
-                    .enumerate()
-                    .for_each(|(i, r)| put(i, r)),
-                2 => gemv_block::<2>(xs, k, wb, w_row)
-                    .iter()
-                    .enumerate()
-                    .for_each(|(i, r)| put(i, r)),
-                3 => gemv_block::<3>(xs, k, wb, w_row)
-                    .iter()
-                    .enumerate()
-                    .for_each(|(i, r)| put(i, r)),
-                _ => gemv_block::<4>(xs, k, wb, w_row)
-                    .iter()
-                    .enumerate()
-                    .for_each(|(i, r)| put(i, r)),
+    // Four weight rows at a time, streamed once from memory in chunks of AXPY_COLS columns (four sequential
+    // streams: prefetch- and TLB-friendly); each of the m input rows adds its four coefficients times the chunk
+    // onto its accumulator row.
+    let m = acc.len() / n.max(1);
+    let mut c = r0;
+    while c + 4 <= r1 {
+        let row = |r: usize| &w[r * w_row..r * w_row + n];
+        let (w0, w1, w2, w3) = (row(c), row(c + 1), row(c + 2), row(c + 3));
+        let mut j0 = 0;
+        while j0 < n {
+            let j1 = (j0 + AXPY_COLS).min(n);
+            let (w0, w1, w2, w3) = (&w0[j0..j1], &w1[j0..j1], &w2[j0..j1], &w3[j0..j1]);
+            for i in 0..m {
+                let xs = &x[i * k + c..i * k + c + 4];
+                let (a0, a1, a2, a3) = (xs[0], xs[1], xs[2], xs[3]);
+                let out = &mut acc[i * n + j0..i * n + j1];
+                for j in 0..out.len() {
+                    out[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j];
+                }
             }
-            i0 += rows;
+            j0 = j1;
         }
+        c += 4;
     }
-    for j in full..cols {
+    for c in c..r1 {
+        let w0 = &w[c * w_row..c * w_row + n];
         for i in 0..m {
-            out[i * n_out + j] = (0..k).map(|c| x[i * k + c] * w[c * w_row + j]).sum();
+            let a = x[i * k + c];
+            for (o, &v) in acc[i * n..(i + 1) * n].iter_mut().zip(w0) {
+                *o += a * v;
+            }
         }
     }
 }
 
 multiversion! {
-    /// A few rows `x [m, k]` times `cols` columns of a row-major matrix (`w` from the first column, rows `w_row`
-    /// apart) into `out[i * n_out + j]`: register-blocked, no packing, the matrix read once.
-    pub fn rows_times_matrix = rows_times_matrix_body(
-        out: &mut [f32],
-        n_out: usize,
+    /// `acc [m, n] += x[.., r0..r1] · w[r0..r1, ..n]` for a few rows `x [m, k]` (contiguous) and a row-major
+    /// matrix `w` (rows `w_row` apart): the rows r0..r1 of `w` read once, in order, with no packing — a decode
+    /// step's product, bound by memory bandwidth. Threads take disjoint row ranges into their own accumulators.
+    pub fn rows_axpy = rows_axpy_body(
+        acc: &mut [f32],
+        n: usize,
         x: &[f32],
         k: usize,
         w: &[f32],
         w_row: usize,
-        cols: usize
+        r0: usize,
+        r1: usize
     ) -> ()
 }
 

@@ -53,7 +53,7 @@ pub trait CausalLm<B: Backend> {
 /// Incremental decoding state: the KV cache, each row's padding mask and next position id.
 pub struct CausalSession<'a, B: Backend, M: CausalLm<B>> {
     model: &'a M,
-    /// `Eᵀ` `[d, vocab]`, materialised once per session.
+    /// `Eᵀ` `[d, vocab]`, materialised once per session (not on flex: see [`Self::new`]).
     head_t: Option<Tensor<B, 2>>,
     cache: KvCache<B>,
     mask: Vec<Vec<u8>>,
@@ -63,7 +63,10 @@ pub struct CausalSession<'a, B: Backend, M: CausalLm<B>> {
 impl<'a, B: Backend, M: CausalLm<B>> CausalSession<'a, B, M> {
     /// A session on `model`, with an empty cache (one per `generate` call).
     pub fn new(model: &'a M) -> Self {
-        let head_t = model.output_embedding().map(|e| {
+        // Where kiln-kernels' few-rows product runs (flex), the model's own tied head reads E in place (its rows
+        // are Eᵀ's contiguous columns); elsewhere Eᵀ is materialised once for burn's product.
+        let materialise = !kiln_kernels::has_small_rows_matmul::<B>();
+        let head_t = model.output_embedding().filter(|_| materialise).map(|e| {
             let device = e.device();
             let [v, d] = e.dims();
             let t: Vec<f32> = e
