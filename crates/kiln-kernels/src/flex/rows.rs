@@ -276,8 +276,48 @@ multiversion! {
     pub fn scaled_exp = scaled_exp_body(out: &mut [f32], x: &[f32], shift: f32, mul: f32) -> ()
 }
 
-/// Columns per chunk of [`rows_axpy`]: four weight rows × 256 floats = 4 KiB, read from L1 for every input row.
-const AXPY_COLS: usize = 256;
+/// `acc [M, n] += x[.., r0..r1] · w[r0..r1, ..n]` (see [`rows_axpy`]) for a fixed row count: eight weight rows
+/// at a time (eight sequential streams), each vector of those rows loaded once and used for all M input rows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rows_axpy_m<const M: usize>(
+    acc: &mut [f32],
+    n: usize,
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    w_row: usize,
+    r0: usize,
+    r1: usize,
+) {
+    let mut c = r0;
+    while c + 8 <= r1 {
+        let wr: [&[f32]; 8] = std::array::from_fn(|r| &w[(c + r) * w_row..(c + r) * w_row + n]);
+        let a: [[f32; 8]; M] = std::array::from_fn(|i| std::array::from_fn(|r| x[i * k + c + r]));
+        let mut rows = acc.chunks_exact_mut(n);
+        let out: [&mut [f32]; M] = std::array::from_fn(|_| rows.next().expect("M rows"));
+        for j in 0..n {
+            let wv: [f32; 8] = std::array::from_fn(|r| wr[r][j]);
+            for i in 0..M {
+                let mut s = out[i][j];
+                for r in 0..8 {
+                    s += a[i][r] * wv[r];
+                }
+                out[i][j] = s;
+            }
+        }
+        c += 8;
+    }
+    for c in c..r1 {
+        let w0 = &w[c * w_row..c * w_row + n];
+        for i in 0..M {
+            let a = x[i * k + c];
+            for (o, &v) in acc[i * n..(i + 1) * n].iter_mut().zip(w0) {
+                *o += a * v;
+            }
+        }
+    }
+}
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -291,37 +331,24 @@ fn rows_axpy_body(
     r0: usize,
     r1: usize,
 ) {
-    // Four weight rows at a time, streamed once from memory in chunks of AXPY_COLS columns (four sequential
-    // streams: prefetch- and TLB-friendly); each of the m input rows adds its four coefficients times the chunk
-    // onto its accumulator row.
+    // Blocks of up to eight rows, each a register-blocked pass over w (no recursion: this body must inline into
+    // the target-feature variants of `rows_axpy`).
     let m = acc.len() / n.max(1);
-    let mut c = r0;
-    while c + 4 <= r1 {
-        let row = |r: usize| &w[r * w_row..r * w_row + n];
-        let (w0, w1, w2, w3) = (row(c), row(c + 1), row(c + 2), row(c + 3));
-        let mut j0 = 0;
-        while j0 < n {
-            let j1 = (j0 + AXPY_COLS).min(n);
-            let (w0, w1, w2, w3) = (&w0[j0..j1], &w1[j0..j1], &w2[j0..j1], &w3[j0..j1]);
-            for i in 0..m {
-                let xs = &x[i * k + c..i * k + c + 4];
-                let (a0, a1, a2, a3) = (xs[0], xs[1], xs[2], xs[3]);
-                let out = &mut acc[i * n + j0..i * n + j1];
-                for j in 0..out.len() {
-                    out[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j];
-                }
-            }
-            j0 = j1;
-        }
-        c += 4;
-    }
-    for c in c..r1 {
-        let w0 = &w[c * w_row..c * w_row + n];
-        for i in 0..m {
-            let a = x[i * k + c];
-            for (o, &v) in acc[i * n..(i + 1) * n].iter_mut().zip(w0) {
-                *o += a * v;
-            }
+    for i0 in (0..m).step_by(8) {
+        let rows = (m - i0).min(8);
+        let (acc, x) = (
+            &mut acc[i0 * n..(i0 + rows) * n],
+            &x[i0 * k..(i0 + rows) * k],
+        );
+        match rows {
+            1 => rows_axpy_m::<1>(acc, n, x, k, w, w_row, r0, r1),
+            2 => rows_axpy_m::<2>(acc, n, x, k, w, w_row, r0, r1),
+            3 => rows_axpy_m::<3>(acc, n, x, k, w, w_row, r0, r1),
+            4 => rows_axpy_m::<4>(acc, n, x, k, w, w_row, r0, r1),
+            5 => rows_axpy_m::<5>(acc, n, x, k, w, w_row, r0, r1),
+            6 => rows_axpy_m::<6>(acc, n, x, k, w, w_row, r0, r1),
+            7 => rows_axpy_m::<7>(acc, n, x, k, w, w_row, r0, r1),
+            _ => rows_axpy_m::<8>(acc, n, x, k, w, w_row, r0, r1),
         }
     }
 }
@@ -330,6 +357,7 @@ multiversion! {
     /// `acc [m, n] += x[.., r0..r1] · w[r0..r1, ..n]` for a few rows `x [m, k]` (contiguous) and a row-major
     /// matrix `w` (rows `w_row` apart): the rows r0..r1 of `w` read once, in order, with no packing — a decode
     /// step's product, bound by memory bandwidth. Threads take disjoint row ranges into their own accumulators.
+    /// (More than 8 rows are taken 8 at a time, each block re-reading `w`.)
     pub fn rows_axpy = rows_axpy_body(
         acc: &mut [f32],
         n: usize,
