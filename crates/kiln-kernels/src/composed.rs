@@ -165,7 +165,7 @@ pub fn attention_bwd<B: Backend>(
     v: FloatTensor<B>,
     bias: Option<FloatTensor<B>>,
     scale: f64,
-    out: FloatTensor<B>,
+    out: Option<FloatTensor<B>>,
     lse: FloatTensor<B>,
     bias_grad: bool,
 ) -> (
@@ -179,7 +179,11 @@ pub fn attention_bwd<B: Backend>(
     let dout = float::<B, 4>(dout);
     let dv = p.clone().swap_dims(2, 3).matmul(dout.clone());
     let dp = dout.clone().matmul(float::<B, 4>(v).swap_dims(2, 3));
-    let d = (dout * float::<B, 4>(out)).sum_dim(3);
+    // rowsum(dO ∘ O), or without the output the same sum as rowsum(P ∘ dP) (O = P·V).
+    let d = match out {
+        Some(out) => (dout * float::<B, 4>(out)).sum_dim(3),
+        None => (p.clone() * dp.clone()).sum_dim(3),
+    };
     let ds = p * (dp - d);
     let dq = ds.clone().matmul(kt).mul_scalar(scale);
     let dk = ds.clone().swap_dims(2, 3).matmul(qt).mul_scalar(scale);

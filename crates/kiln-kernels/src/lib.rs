@@ -145,7 +145,12 @@ pub trait KernelOps: Backend {
         composed::attention_fwd::<Self>(q, k, v, bias, scale)
     }
 
-    /// Attention's backward by recomputation (see [`composed::attention_bwd`]).
+    /// Whether [`Self::attention_bwd`] reads the forward output; when not, the autodiff node does not keep it
+    /// (`out` is then `None`).
+    const ATTENTION_BWD_NEEDS_OUT: bool = true;
+
+    /// Attention's backward by recomputation (see [`composed::attention_bwd`]); `out` is the forward output, or
+    /// `None` when [`Self::ATTENTION_BWD_NEEDS_OUT`] is false.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn attention_bwd(
         dout: FloatTensor<Self>,
@@ -154,7 +159,7 @@ pub trait KernelOps: Backend {
         v: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
         scale: f64,
-        out: FloatTensor<Self>,
+        out: Option<FloatTensor<Self>>,
         lse: FloatTensor<Self>,
         bias_grad: bool,
     ) -> (
@@ -494,8 +499,9 @@ fn attention_tracked<B: KernelOps, C: CheckpointStrategy>(
     bias: Option<FloatTensor<Autodiff<B, C>>>,
     scale: f64,
 ) -> FloatTensor<Autodiff<B, C>> {
-    /// Saved: q, k, v and the bias (checkpointed parents, which the graph keeps anyway), the output and one
-    /// log-sum-exp per query row — never the `[b, h, sq, sk]` probabilities.
+    /// Saved: q, k, v and the bias (checkpointed parents, which the graph keeps anyway), the output (only for a
+    /// backend whose backward reads it) and one log-sum-exp per query row — never the `[b, h, sq, sk]`
+    /// probabilities.
     #[derive(Debug)]
     struct AttentionBackward {
         scale: f64,
@@ -504,7 +510,7 @@ fn attention_tracked<B: KernelOps, C: CheckpointStrategy>(
     type State<B> = (
         [NodeId; 3],
         Option<(NodeId, [usize; 4])>,
-        FloatTensor<B>,
+        Option<FloatTensor<B>>,
         FloatTensor<B>,
     );
 
@@ -575,7 +581,8 @@ fn attention_tracked<B: KernelOps, C: CheckpointStrategy>(
                 None => (None, None),
             };
             let (out, lse) = B::attention_fwd(q.primitive, k.primitive, v.primitive, b_prim, scale);
-            prep.finish((ids, b_state, out.clone(), lse), out)
+            let kept = B::ATTENTION_BWD_NEEDS_OUT.then(|| out.clone());
+            prep.finish((ids, b_state, kept, lse), out)
         }
         OpsKind::UnTracked(prep) => prep.finish(<B as KernelOps>::attention(
             q.primitive,

@@ -5,6 +5,7 @@
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
+use burn::tensor::TensorPrimitive;
 use kiln_kernels::{cross_entropy, KernelOps, TargetError};
 
 /// Deterministic logits with a spread like a language model head's (a few large values per row).
@@ -683,4 +684,46 @@ fn kiln_linear_equals_burns_linear_with_gradients() {
     assert!(rel_err(&got.into_data().to_vec::<f32>().unwrap(), &want) < 1e-5);
     let nd = mat::<NdArray>([4, 8], 1, &Default::default());
     assert!(kiln_kernels::try_matmul(nd.clone(), nd.transpose()).is_err());
+}
+
+/// The composed backward without the forward output (a backend that does not keep it) gives the gradients it
+/// gives with it: rowsum(P ∘ dP) in place of rowsum(dO ∘ O).
+#[test]
+fn composed_attention_backward_without_the_output() {
+    type N = NdArray;
+    let dev = Default::default();
+    let t = |dims, seed| {
+        Tensor::<N, 4>::from_data(data4(dims, seed, 1.0), &dev)
+            .into_primitive()
+            .tensor()
+    };
+    let (q, k, v) = (t([2, 3, 5, 8], 1), t([2, 3, 7, 8], 2), t([2, 3, 7, 8], 3));
+    let bias = Some(t([1, 3, 5, 7], 4));
+    let dout = t([2, 3, 5, 8], 5);
+    let (out, lse) = kiln_kernels::composed::attention_fwd::<N>(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        bias.clone(),
+        0.35,
+    );
+    let run = |out| {
+        let (dq, dk, dv, ds) = kiln_kernels::composed::attention_bwd::<N>(
+            dout.clone(),
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            bias.clone(),
+            0.35,
+            out,
+            lse.clone(),
+            true,
+        );
+        [dq, dk, dv, ds.unwrap()]
+            .map(|g| vec4(Tensor::<N, 4>::from_primitive(TensorPrimitive::Float(g))))
+    };
+    for (a, b) in run(Some(out)).iter().zip(run(None).iter()) {
+        let e = rel_err(a, b);
+        assert!(e < 1e-5, "relative error {e}");
+    }
 }

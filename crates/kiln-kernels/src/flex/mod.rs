@@ -35,6 +35,9 @@ fn rows_width(shape: &[usize]) -> (usize, usize, usize) {
 }
 
 impl KernelOps for Flex {
+    // The per-head backward uses Σ p·dp, not rowsum(dO ∘ O).
+    const ATTENTION_BWD_NEEDS_OUT: bool = false;
+
     fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         match matmul::matmul(lhs, rhs, None) {
             Ok(y) => y,
@@ -106,7 +109,7 @@ impl KernelOps for Flex {
         v: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
         scale: f64,
-        out: FloatTensor<Self>,
+        out: Option<FloatTensor<Self>>,
         lse: FloatTensor<Self>,
         bias_grad: bool,
     ) -> (
