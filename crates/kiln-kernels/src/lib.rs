@@ -400,30 +400,14 @@ fn linear_tracked<B: KernelOps, C: CheckpointStrategy>(
     w: FloatTensor<Autodiff<B, C>>,
     bias: Option<FloatTensor<Autodiff<B, C>>>,
 ) -> FloatTensor<Autodiff<B, C>> {
+    /// `bias`: whether the third parent is the bias (without one, x's node stands in and gets no gradient).
     #[derive(Debug)]
-    struct LinearBackward;
-    #[derive(Debug)]
-    struct ProductBackward;
-
-    /// Registers dx and dw from the saved x and w (each present when the other's gradient is wanted).
-    fn products<B: KernelOps>(
-        dy: &FloatTensor<B>,
-        [px, pw]: [Option<NodeId>; 2],
-        (x, w): (Option<NodeId>, Option<NodeId>),
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
-        let x: Option<FloatTensor<B>> = x.map(|id| checkpointer.retrieve_node_output(id));
-        let w: Option<FloatTensor<B>> = w.map(|id| checkpointer.retrieve_node_output(id));
-        if let (Some(n), Some(w)) = (px, w) {
-            grads.register::<B>(n, B::matmul_2d(dy.clone(), B::float_transpose(w)));
-        }
-        if let (Some(n), Some(x)) = (pw, x) {
-            grads.register::<B>(n, B::matmul_2d(B::float_transpose(x), dy.clone()));
-        }
+    struct LinearBackward {
+        bias: bool,
     }
 
     impl<B: KernelOps> Backward<B, 3> for LinearBackward {
+        /// x (kept when w needs a gradient) and w (kept when x does).
         type State = (Option<NodeId>, Option<NodeId>);
 
         fn backward(
@@ -434,8 +418,16 @@ fn linear_tracked<B: KernelOps, C: CheckpointStrategy>(
         ) {
             let [px, pw, pb] = ops.parents.map(|p| p.map(|n| n.id));
             let dy = grads.consume::<B>(&ops.node);
-            products::<B>(&dy, [px, pw], ops.state, grads, checkpointer);
-            if let Some(n) = pb {
+            let (x, w) = ops.state;
+            let x: Option<FloatTensor<B>> = x.map(|id| checkpointer.retrieve_node_output(id));
+            let w: Option<FloatTensor<B>> = w.map(|id| checkpointer.retrieve_node_output(id));
+            if let (Some(n), Some(w)) = (px, w) {
+                grads.register::<B>(n, B::matmul_2d(dy.clone(), B::float_transpose(w)));
+            }
+            if let (Some(n), Some(x)) = (pw, x) {
+                grads.register::<B>(n, B::matmul_2d(B::float_transpose(x), dy.clone()));
+            }
+            if let (Some(n), true) = (pb, self.bias) {
                 let cols = burn::tensor::TensorMetadata::shape(&dy)[1];
                 let db = B::float_reshape(B::float_sum_dim(dy, 0), [cols].into());
                 grads.register::<B>(n, db);
@@ -443,52 +435,27 @@ fn linear_tracked<B: KernelOps, C: CheckpointStrategy>(
         }
     }
 
-    impl<B: KernelOps> Backward<B, 2> for ProductBackward {
-        type State = (Option<NodeId>, Option<NodeId>);
-
-        fn backward(
-            self,
-            ops: Ops<Self::State, 2>,
-            grads: &mut Gradients,
-            checkpointer: &mut Checkpointer,
-        ) {
-            let dy = grads.consume::<B>(&ops.node);
-            let parents = ops.parents.map(|p| p.map(|n| n.id));
-            products::<B>(&dy, parents, ops.state, grads, checkpointer);
-        }
-    }
-
     let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
-    match bias {
-        Some(bias) => match LinearBackward
-            .prepare::<C>([x.node.clone(), w.node.clone(), bias.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let xs = w_tracked.then(|| prep.checkpoint(&x));
-                let ws = x_tracked.then(|| prep.checkpoint(&w));
-                prep.finish(
-                    (xs, ws),
-                    B::linear_2d(x.primitive, w.primitive, Some(bias.primitive)),
-                )
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::linear_2d(x.primitive, w.primitive, Some(bias.primitive)))
-            }
-        },
-        None => match ProductBackward
-            .prepare::<C>([x.node.clone(), w.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let xs = w_tracked.then(|| prep.checkpoint(&x));
-                let ws = x_tracked.then(|| prep.checkpoint(&w));
-                prep.finish((xs, ws), B::matmul_2d(x.primitive, w.primitive))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::matmul_2d(x.primitive, w.primitive)),
-        },
+    let third = bias
+        .as_ref()
+        .map_or_else(|| x.node.clone(), |b| b.node.clone());
+    let forward = |x: FloatTensor<B>, w, bias: Option<FloatTensor<Autodiff<B, C>>>| match bias {
+        Some(b) => B::linear_2d(x, w, Some(b.primitive)),
+        None => B::matmul_2d(x, w),
+    };
+    match (LinearBackward {
+        bias: bias.is_some(),
+    })
+    .prepare::<C>([x.node.clone(), w.node.clone(), third])
+    .compute_bound()
+    .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let xs = w_tracked.then(|| prep.checkpoint(&x));
+            let ws = x_tracked.then(|| prep.checkpoint(&w));
+            prep.finish((xs, ws), forward(x.primitive, w.primitive, bias))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, w.primitive, bias)),
     }
 }
 

@@ -304,6 +304,13 @@ mod tests {
         t.into_data().to_vec().unwrap()
     }
 
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    }
+
     #[test]
     fn lora_forward_merge_and_unmerge() {
         let dev = Default::default();
@@ -317,11 +324,7 @@ mod tests {
             l.weight.val(),
             l.bias.as_ref().map(|b| b.val()),
         ));
-        let d = plain
-            .iter()
-            .zip(&burns)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let d = max_diff(&plain, &burns);
         assert!(d < 1e-6, "no adapter: burn's linear, {d}");
 
         // Kaiming init: B = 0, so the branch is a no-op.
@@ -359,29 +362,17 @@ mod tests {
                 .matmul(la.lora_b.val())
                 .mul_scalar(4.0);
         let got = vals(l.forward(x.clone()));
-        let d = got
-            .iter()
-            .zip(vals(want))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let d = max_diff(&got, &vals(want));
         assert!(d < 1e-5, "{d}");
         assert!(got.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-3));
 
         let w0 = vals(l.weight.val());
         assert!(l.merge_adapter("default") && l.is_merged() && !l.merge_adapter("default"));
         let merged = vals(l.forward(x.clone()));
-        let d = got
-            .iter()
-            .zip(&merged)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let d = max_diff(&got, &merged);
         assert!(d < 1e-5, "merged vs unmerged {d}");
         assert!(l.unmerge_adapter("default") && !l.is_merged());
-        let d = w0
-            .iter()
-            .zip(vals(l.weight.val()))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let d = max_diff(&w0, &vals(l.weight.val()));
         assert!(d < 1e-6, "unmerge restores W: {d}");
 
         // Inactive adapters are skipped; removal gives the plain layer back.

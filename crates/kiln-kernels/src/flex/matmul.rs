@@ -108,7 +108,8 @@ fn cuts(len: usize, parts: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Rows up to which a product with a row-major right-hand side is a decode step for [`few_rows`].
+/// Rows up to which a product with a row-major or transposed right-hand side is a decode step ([`few_rows`],
+/// [`few_rows_dot`]).
 pub(crate) const FEW_ROWS: usize = 8;
 
 /// `out [m, n] += x [m, k] · w [k, n]` (`w` row-major, rows `w_row` apart) for a few rows: the rows of `w` split
@@ -146,6 +147,40 @@ pub(crate) fn few_rows(out: &mut [f32], x: &[f32], k: usize, w: &[f32], w_row: u
     }
 }
 
+/// `out [m, n] += x [m, k] · w [k, n]` for a few rows and a transposed `w` (column j contiguous at
+/// `w[j · w_col ..][..k]`, e.g. a tied embedding `Eᵀ`): blocks of 256 columns dealt to the threads, each a dot
+/// product per (row, column) with the column read from L1 for every row.
+pub(crate) fn few_rows_dot(
+    out: &mut [f32],
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    w_col: usize,
+    n: usize,
+) {
+    const BLOCK: usize = 256;
+    let m = out.len() / n.max(1);
+    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|p| {
+            let (c0, c1) = (p * BLOCK, ((p + 1) * BLOCK).min(n));
+            let width = c1 - c0;
+            let mut o = vec![0f32; m * width];
+            rows::rows_dot_columns(&mut o, width, x, k, &w[c0 * w_col..], w_col, width);
+            o
+        })
+        .collect();
+    for (p, o) in blocks.iter().enumerate() {
+        let (c0, width) = (p * BLOCK, o.len() / m);
+        for i in 0..m {
+            let row = &mut out[i * n + c0..i * n + c0 + width];
+            for (r, v) in row.iter_mut().zip(&o[i * width..(i + 1) * width]) {
+                *r += v;
+            }
+        }
+    }
+}
+
 /// `lhs [m, k] · rhs [k, n] (+ bias [n])` for f32 rank-2 tensors with `k > 0`, or the inputs back.
 #[allow(clippy::type_complexity)]
 pub(crate) fn matmul(
@@ -172,40 +207,28 @@ pub(crate) fn matmul(
     let len = m
         .checked_mul(n)
         .expect("an m × n output that fits in memory");
-    if m <= FEW_ROWS && b.cs == 1 && b.rs >= n as isize {
-        // A decode step: the weight streamed once, its rows split over the threads (gemm would pack all of it
-        // on one thread).
-        let mut out = match &bias {
-            Some(bias) => {
-                let bias = bias.clone().to_contiguous();
-                bias.storage::<f32>()[..n].repeat(m)
-            }
-            None => vec![0f32; len],
-        };
+    // The bias rows the product accumulates onto (none: the product overwrites).
+    let bias_rows = bias.map(|bias| {
+        let bias = bias.to_contiguous();
+        bias.storage::<f32>()[..n].repeat(m)
+    });
+    let row_major = b.cs == 1 && b.rs >= n as isize;
+    let transposed = b.rs == 1 && b.cs >= k as isize;
+    if m <= FEW_ROWS && (row_major || transposed) {
+        // A decode step: the weight read once in place over the threads (gemm would pack all of it on one thread).
+        let mut out = bias_rows.unwrap_or_else(|| vec![0f32; len]);
         let x = lhs.to_contiguous();
+        let x: &[f32] = &x.storage::<f32>()[..m * k];
         let w: &[f32] = &rhs.storage::<f32>()[rhs.layout().start_offset()..];
-        few_rows(
-            &mut out,
-            &x.storage::<f32>()[..m * k],
-            k,
-            w,
-            b.rs as usize,
-            n,
-        );
+        if row_major {
+            few_rows(&mut out, x, k, w, b.rs as usize, n);
+        } else {
+            few_rows_dot(&mut out, x, k, w, b.cs as usize, n);
+        }
         return Ok(FlexTensor::from_data(TensorData::new(out, vec![m, n])));
     }
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let accumulate = match &bias {
-        Some(bias) => {
-            let bias = bias.clone().to_contiguous();
-            let bs: &[f32] = &bias.storage::<f32>()[..n];
-            for _ in 0..m {
-                out.extend_from_slice(bs);
-            }
-            true
-        }
-        None => false,
-    };
+    let accumulate = bias_rows.is_some();
+    let mut out: Vec<f32> = bias_rows.unwrap_or_else(|| Vec::with_capacity(len));
     let dst = out.as_mut_ptr() as usize;
     let threads = rayon::current_num_threads();
     let ops = m.saturating_mul(n).saturating_mul(k);

@@ -369,63 +369,19 @@ pub(crate) fn write_positions(
 /// Rows up to which [`small_rows_matmul`] takes a product (decoding: one row per sequence or beam).
 pub(crate) const SMALL_ROWS: usize = matmul::FEW_ROWS;
 
-/// `x [m, k] · w [k, n]` for a few rows over the rayon threads, reading `w` once in place (row-major: its rows
-/// streamed by [`matmul::few_rows`]; a transposed view: by dot products over its contiguous columns, in blocks of
-/// columns): flex runs a product this small on one thread, and `gemm` packs the whole matrix first, which for a
-/// few rows costs as much as the product. `Err`
-/// with both back when the shapes, dtypes or strides do not fit.
+/// `x [m, k] · w [k, n]` for a few rows (1 to [`SMALL_ROWS`]) over the rayon threads, reading `w` once in place
+/// (row-major: its rows streamed; a transposed view: dot products over its contiguous columns) — the few-rows
+/// branch of kiln's product: flex runs a product this small on one thread, and `gemm` packs the whole matrix
+/// first, which for a few rows costs as much as the product. `Err` with both back for other row counts, shapes
+/// or dtypes.
 pub(crate) fn small_rows_matmul(
     x: FlexTensor,
     w: FlexTensor,
 ) -> Result<FlexTensor, (FlexTensor, FlexTensor)> {
     let (xs, ws) = (x.shape(), w.shape());
-    let fits = x.dtype() == DType::F32
-        && w.dtype() == DType::F32
-        && xs.num_dims() == 2
-        && ws.num_dims() == 2
-        && xs[1] == ws[0]
-        && (1..=SMALL_ROWS).contains(&xs[0])
-        && ws[1] >= 256
-        && xs[1] > 0
-        && w.layout().strides().iter().all(|&v| v >= 0);
+    let fits = xs.num_dims() == 2 && ws.num_dims() == 2 && (1..=SMALL_ROWS).contains(&xs[0]);
     if !fits {
         return Err((x, w));
     }
-    let (m, k, n) = (xs[0], xs[1], ws[1]);
-    let (wr, wc) = (
-        w.layout().strides()[0] as usize,
-        w.layout().strides()[1] as usize,
-    );
-    if wc != 1 && wr != 1 {
-        return Err((x, w));
-    }
-    let xc = x.to_contiguous();
-    let xd: &[f32] = &xc.storage::<f32>()[..m * k];
-    let wd: &[f32] = &w.storage::<f32>()[w.layout().start_offset()..];
-    if wc == 1 {
-        let mut out = vec![0f32; m * n];
-        matmul::few_rows(&mut out, xd, k, wd, wr, n);
-        return Ok(f32_tensor(out, vec![m, n]));
-    }
-    // Blocks of 256 columns, dealt to the threads; each block computed into its own [m, width] buffer, then
-    // copied into place (m ≤ 8 rows: a few hundred kilobytes at most).
-    const BLOCK: usize = 256;
-    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(BLOCK))
-        .into_par_iter()
-        .map(|p| {
-            let (c0, c1) = (p * BLOCK, ((p + 1) * BLOCK).min(n));
-            let width = c1 - c0;
-            let mut o = vec![0f32; m * width];
-            rows::rows_dot_columns(&mut o, width, xd, k, &wd[c0 * wc..], wc, width);
-            o
-        })
-        .collect();
-    let mut out = vec![0f32; m * n];
-    for (p, o) in blocks.iter().enumerate() {
-        let (c0, width) = (p * BLOCK, o.len() / m);
-        for i in 0..m {
-            out[i * n + c0..i * n + c0 + width].copy_from_slice(&o[i * width..(i + 1) * width]);
-        }
-    }
-    Ok(f32_tensor(out, vec![m, n]))
+    matmul::matmul(x, w, None).map_err(|(x, w, _)| (x, w))
 }

@@ -161,27 +161,22 @@ impl<B: Backend> KvCache<B> {
             self.set(i, k.clone(), v.clone());
             return (k, v);
         }
+        let device = k.device();
+        // A buffer of `cap` positions with the first `len` of `t` copied in.
+        let grown = |t: Tensor<B, 4>, len: usize, cap: usize| {
+            let w = t.dims()[3];
+            let fresh = Tensor::zeros([b, h, cap, w], &device);
+            write_positions(fresh, 0, t.slice([0..b, 0..h, 0..len, 0..w]))
+        };
         let (len, mut kb, mut vb) = match self.layers[i].take() {
             Some(g) if g.k.dims()[2] >= g.len + new => (g.len, g.k, g.v),
             Some(g) => {
                 // Grow: a buffer of twice the capacity needed, the filled part copied over.
                 let cap = ((g.len + new) * 2).max(MIN_CAPACITY);
-                let device = g.k.device();
-                let kb = write_positions(
-                    Tensor::zeros([b, h, cap, d], &device),
-                    0,
-                    g.k.slice([0..b, 0..h, 0..g.len, 0..d]),
-                );
-                let vb = write_positions(
-                    Tensor::zeros([b, h, cap, dv], &device),
-                    0,
-                    g.v.slice([0..b, 0..h, 0..g.len, 0..dv]),
-                );
-                (g.len, kb, vb)
+                (g.len, grown(g.k, g.len, cap), grown(g.v, g.len, cap))
             }
             None => {
                 let cap = (new * 2).max(MIN_CAPACITY);
-                let device = k.device();
                 (
                     0,
                     Tensor::zeros([b, h, cap, d], &device),
