@@ -1,6 +1,25 @@
 //! The flex kernels: the ops on the tensors' raw f32 buffers, rayon over rows (flex's own thread pool).
 
+/// `f::<M>(args…)` for a row count 1–8 known only at run time (8 for anything larger): the const-generic row
+/// blocks of the decode products.
+macro_rules! by_rows {
+    ($rows:expr, $f:ident($($arg:expr),*)) => {
+        match $rows {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<8>($($arg),*),
+        }
+    };
+}
+
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod decode512;
 mod matmul;
 pub(crate) mod rows;
 

@@ -340,16 +340,7 @@ fn rows_axpy_body(
             &mut acc[i0 * n..(i0 + rows) * n],
             &x[i0 * k..(i0 + rows) * k],
         );
-        match rows {
-            1 => rows_axpy_m::<1>(acc, n, x, k, w, w_row, r0, r1),
-            2 => rows_axpy_m::<2>(acc, n, x, k, w, w_row, r0, r1),
-            3 => rows_axpy_m::<3>(acc, n, x, k, w, w_row, r0, r1),
-            4 => rows_axpy_m::<4>(acc, n, x, k, w, w_row, r0, r1),
-            5 => rows_axpy_m::<5>(acc, n, x, k, w, w_row, r0, r1),
-            6 => rows_axpy_m::<6>(acc, n, x, k, w, w_row, r0, r1),
-            7 => rows_axpy_m::<7>(acc, n, x, k, w, w_row, r0, r1),
-            _ => rows_axpy_m::<8>(acc, n, x, k, w, w_row, r0, r1),
-        }
+        by_rows!(rows, rows_axpy_m(acc, n, x, k, w, w_row, r0, r1))
     }
 }
 
@@ -358,7 +349,7 @@ multiversion! {
     /// matrix `w` (rows `w_row` apart): the rows r0..r1 of `w` read once, in order, with no packing — a decode
     /// step's product, bound by memory bandwidth. Threads take disjoint row ranges into their own accumulators.
     /// (More than 8 rows are taken 8 at a time, each block re-reading `w`.)
-    pub fn rows_axpy = rows_axpy_body(
+    pub fn rows_axpy_portable = rows_axpy_body(
         acc: &mut [f32],
         n: usize,
         x: &[f32],
@@ -393,7 +384,7 @@ fn rows_dot_columns_body(
 multiversion! {
     /// A few rows `x [m, k]` times columns that are contiguous in memory (a transposed matrix, e.g. a tied
     /// embedding `Eᵀ`), into `out[i * n_out + j]` for j < cols.
-    pub fn rows_dot_columns = rows_dot_columns_body(
+    pub fn rows_dot_columns_portable = rows_dot_columns_body(
         out: &mut [f32],
         n_out: usize,
         x: &[f32],
@@ -402,6 +393,46 @@ multiversion! {
         w_col: usize,
         cols: usize
     ) -> ()
+}
+
+/// `acc [m, n] += x[.., r0..r1] · w[r0..r1, ..n]` for a few rows `x [m, k]` (contiguous) and a row-major `w`
+/// (rows `w_row` apart): AVX-512 intrinsics where the CPU has them (`decode512`), else [`rows_axpy_portable`].
+#[allow(clippy::too_many_arguments)]
+pub fn rows_axpy(
+    acc: &mut [f32],
+    n: usize,
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    w_row: usize,
+    r0: usize,
+    r1: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::decode512::available() {
+        // SAFETY: the CPU has AVX-512F (checked at run time); the extents are checked inside.
+        return unsafe { super::decode512::rows_axpy(acc, n, x, k, w, w_row, r0, r1) };
+    }
+    rows_axpy_portable(acc, n, x, k, w, w_row, r0, r1)
+}
+
+/// A few rows `x [m, k]` times contiguous columns `w[j · w_col ..][..k]`, into `out[i · n_out + j]` for j < cols:
+/// AVX-512 intrinsics where the CPU has them (`decode512`), else [`rows_dot_columns_portable`].
+pub fn rows_dot_columns(
+    out: &mut [f32],
+    n_out: usize,
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    w_col: usize,
+    cols: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::decode512::available() {
+        // SAFETY: the CPU has AVX-512F (checked at run time); the extents are checked inside.
+        return unsafe { super::decode512::rows_dot_columns(out, n_out, x, k, w, w_col, cols) };
+    }
+    rows_dot_columns_portable(out, n_out, x, k, w, w_col, cols)
 }
 
 /// The normal CDF Φ(x) = ½·(1 + erf(x/√2)) with erf as PyTorch's vectorised CPU kernel computes it (Abramowitz &
@@ -566,5 +597,47 @@ mod tests {
         let mut x = vec![0.0f32, f32::NAN];
         assert!(softmax_row(&mut x, None, 1.0).is_nan());
         assert!(x.iter().all(|v| v.is_nan()));
+    }
+
+    /// The dispatched products (AVX-512 intrinsics on this CPU where it has them) against the portable ones, on
+    /// ragged shapes: row counts 1–11 (blocks of eight and a rest), widths not a multiple of 16, weight row ranges
+    /// that start and end off the sixteen-row passes, and padded row strides.
+    #[test]
+    fn decode_products_equal_the_portable_ones() {
+        let val = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 1000) as f32 / 500.0 - 1.0;
+        for m in [1usize, 2, 3, 5, 8, 11] {
+            for (k, n, r0, r1, pad) in [
+                (40usize, 37usize, 3usize, 38usize, 5usize),
+                (64, 16, 0, 64, 0),
+                (33, 50, 0, 33, 3),
+            ] {
+                let x: Vec<f32> = (0..m * k).map(|i| val(i, 1)).collect();
+                let w_row = n + pad;
+                let w: Vec<f32> = (0..k * w_row).map(|i| val(i, 2)).collect();
+                let init: Vec<f32> = (0..m * n).map(|i| val(i, 3)).collect();
+                let (mut a, mut b) = (init.clone(), init.clone());
+                rows_axpy(&mut a, n, &x, k, &w, w_row, r0, r1);
+                rows_axpy_portable(&mut b, n, &x, k, &w, w_row, r0, r1);
+                let d = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(u, v)| (u - v).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-5, "rows_axpy m={m} k={k} n={n}: {d}");
+                // Columns: w read as n columns of length k, `w_col` = k + pad apart.
+                let w_col = k + pad;
+                let wc: Vec<f32> = (0..n * w_col).map(|i| val(i, 4)).collect();
+                let n_out = n + 2;
+                let (mut a, mut b) = (vec![9f32; m * n_out], vec![9f32; m * n_out]);
+                rows_dot_columns(&mut a, n_out, &x, k, &wc, w_col, n);
+                rows_dot_columns_portable(&mut b, n_out, &x, k, &wc, w_col, n);
+                let d = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(u, v)| (u - v).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-5, "rows_dot_columns m={m} k={k} n={n}: {d}");
+            }
+        }
     }
 }

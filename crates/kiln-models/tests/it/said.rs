@@ -435,7 +435,9 @@ fn did_round_trips_and_apply_works_on_a_trainable_autodiff_model() {
     // On an autodiff model whose parameters require gradients (a tracked leaf + a delta is no leaf).
     let trainable = load::<AB>(&dir);
     let moved = did.apply(trainable, &d, None);
-    assert!(max_abs_diff(&logits(&moved), &logits(&merged)) < 1e-6);
+    // The two backends take different product kernels (fused multiply-adds vs gemm's): rounding, not more.
+    let d = max_abs_diff(&logits(&moved), &logits(&merged));
+    assert!(d < 1e-5, "{d}");
 }
 
 #[test]
