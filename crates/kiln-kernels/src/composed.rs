@@ -76,16 +76,22 @@ fn rows_width<B: Backend>(x: &FloatTensor<B>) -> (usize, usize, burn::tensor::Sh
     (rows, d, shape)
 }
 
-/// [`crate::KernelOps::layer_norm_fwd`] with burn ops: (y with x's shape, mean `[rows]`, rstd `[rows]`).
+/// [`crate::KernelOps::layer_norm_fwd`] with burn ops: (y with x's shape, mean `[rows]`, rstd `[rows]`). Without
+/// `centre` (RMSNorm) the mean is taken as 0: `rstd = 1 / sqrt(mean(x²) + eps)`.
 pub fn layer_norm_fwd<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     beta: FloatTensor<B>,
     eps: f64,
+    centre: bool,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let (rows, d, shape) = rows_width::<B>(&x);
     let x = float::<B, 2>(B::float_reshape(x, burn::tensor::Shape::new([rows, d])));
-    let mean = x.clone().mean_dim(1);
+    let mean = if centre {
+        x.clone().mean_dim(1)
+    } else {
+        Tensor::<B, 2>::zeros([rows, 1], &x.device())
+    };
     let xc = x - mean.clone();
     let var = xc.clone().powi_scalar(2).mean_dim(1);
     let rstd = var.add_scalar(eps).sqrt().recip();
@@ -98,13 +104,15 @@ pub fn layer_norm_fwd<B: Backend>(
     )
 }
 
-/// [`crate::KernelOps::layer_norm_bwd`] with burn ops: (dx, dgamma, dbeta).
+/// [`crate::KernelOps::layer_norm_bwd`] with burn ops: (dx, dgamma, dbeta). Without `centre` (RMSNorm) dx has
+/// no mean term: `dx = (g − x̂ · mean(g · x̂)) · rstd` with `g = dy · gamma`.
 pub fn layer_norm_bwd<B: Backend>(
     dy: FloatTensor<B>,
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     mean: FloatTensor<B>,
     rstd: FloatTensor<B>,
+    centre: bool,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let (rows, d, shape) = rows_width::<B>(&x);
     let x = float::<B, 2>(B::float_reshape(x, burn::tensor::Shape::new([rows, d])));
@@ -115,7 +123,12 @@ pub fn layer_norm_bwd<B: Backend>(
     let dbeta = dy.clone().sum_dim(0).reshape([d]);
     let dgamma = (dy.clone() * xhat.clone()).sum_dim(0).reshape([d]);
     let g = dy * float::<B, 1>(gamma).unsqueeze_dim(0);
-    let dx = (g.clone() - g.clone().mean_dim(1) - xhat.clone() * (g * xhat).mean_dim(1)) * rstd;
+    let centred = if centre {
+        g.clone() - g.clone().mean_dim(1)
+    } else {
+        g.clone()
+    };
+    let dx = (centred - xhat.clone() * (g * xhat).mean_dim(1)) * rstd;
     (B::float_reshape(prim(dx), shape), prim(dgamma), prim(dbeta))
 }
 

@@ -113,14 +113,15 @@ pub trait KernelOps: Backend {
 
     /// LayerNorm over the last dimension, `y = (x − mean) · rstd · gamma + beta` with
     /// `rstd = 1 / sqrt(var + eps)` (biased variance, as PyTorch), and the per-row `mean`, `rstd` `[rows]` the
-    /// backward pass needs.
+    /// backward pass needs. Without `centre` it is RMSNorm (T5's): the mean taken as 0 (and returned so).
     fn layer_norm_fwd(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         eps: f64,
+        centre: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        composed::layer_norm_fwd::<Self>(x, gamma, beta, eps)
+        composed::layer_norm_fwd::<Self>(x, gamma, beta, eps, centre)
     }
 
     /// LayerNorm's backward: (dx with x's shape, dgamma `[d]`, dbeta `[d]`) from the saved per-row statistics.
@@ -130,8 +131,9 @@ pub trait KernelOps: Backend {
         gamma: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         rstd: FloatTensor<Self>,
+        centre: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        composed::layer_norm_bwd::<Self>(dy, x, gamma, mean, rstd)
+        composed::layer_norm_bwd::<Self>(dy, x, gamma, mean, rstd, centre)
     }
 
     /// Attention `softmax(q·kᵀ·scale + bias)·v` and its per-row log-sum-exp (see [`composed::attention_fwd`]).
@@ -198,14 +200,16 @@ pub trait KernelOps: Backend {
         Self::gelu_fwd(x, tanh_form)
     }
 
-    /// LayerNorm's output alone (what `Autodiff<B>` overrides with its own backward node).
+    /// LayerNorm's (or RMSNorm's, without `centre`) output alone (what `Autodiff<B>` overrides with its own
+    /// backward node).
     fn layer_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         eps: f64,
+        centre: bool,
     ) -> FloatTensor<Self> {
-        Self::layer_norm_fwd(x, gamma, beta, eps).0
+        Self::layer_norm_fwd(x, gamma, beta, eps, centre).0
     }
 
     /// `lhs [m, k] · rhs [k, n]`, both rank 2 (either may be a transposed view).
@@ -338,9 +342,12 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         eps: f64,
+        centre: bool,
     ) -> FloatTensor<Self> {
         #[derive(Debug)]
-        struct LayerNormBackward;
+        struct LayerNormBackward {
+            centre: bool,
+        }
 
         impl<B: KernelOps> Backward<B, 3> for LayerNormBackward {
             // x and gamma (checkpointed parents) and the per-row mean and rstd.
@@ -357,7 +364,7 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
                 let (x_id, g_id, mean, rstd) = ops.state;
                 let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
                 let g: FloatTensor<B> = checkpointer.retrieve_node_output(g_id);
-                let (dx, dg, db) = B::layer_norm_bwd(dy, x, g, mean, rstd);
+                let (dx, dg, db) = B::layer_norm_bwd(dy, x, g, mean, rstd, self.centre);
                 if let Some(n) = px {
                     grads.register::<B>(n.id, dx);
                 }
@@ -370,7 +377,7 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
             }
         }
 
-        match LayerNormBackward
+        match (LayerNormBackward { centre })
             .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
             .compute_bound()
             .stateful()
@@ -379,7 +386,7 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
                 let x_id = prep.checkpoint(&x);
                 let g_id = prep.checkpoint(&gamma);
                 let (y, mean, rstd) =
-                    B::layer_norm_fwd(x.primitive, gamma.primitive, beta.primitive, eps);
+                    B::layer_norm_fwd(x.primitive, gamma.primitive, beta.primitive, eps, centre);
                 prep.finish((x_id, g_id, mean, rstd), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(<B as KernelOps>::layer_norm(
@@ -387,6 +394,7 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
                 gamma.primitive,
                 beta.primitive,
                 eps,
+                centre,
             )),
         }
     }
@@ -852,6 +860,25 @@ pub fn layer_norm<B: KernelOps, const D: usize>(
         gamma.into_primitive().tensor(),
         beta.into_primitive().tensor(),
         eps,
+        true,
+    )))
+}
+
+/// RMSNorm over the last dimension of `x` with `weight` `[d]` (T5's `T5LayerNorm`):
+/// `y = x / sqrt(mean(x²) + eps) · weight`, one pass forward keeping only the per-row reciprocal root mean square
+/// (LayerNorm's kernel with the mean taken as 0). Differentiable in x and weight.
+pub fn rms_norm<B: KernelOps, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let zeros = weight.zeros_like();
+    Tensor::from_primitive(TensorPrimitive::Float(<B as KernelOps>::layer_norm(
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        zeros.into_primitive().tensor(),
+        eps,
+        false,
     )))
 }
 
@@ -869,37 +896,68 @@ pub fn try_layer_norm<B: Backend, const D: usize>(
     beta: Option<Tensor<B, 1>>,
     eps: f64,
 ) -> Result<Tensor<B, D>, LayerNormInputs<B, D>> {
-    if !kernels_enabled() || beta.is_none() {
+    if beta.is_none() {
         return Err((x, gamma, beta));
+    }
+    try_norm((x, gamma, beta), eps, true)
+}
+
+/// [`rms_norm`] for code generic over `B: Backend` (T5's norm): on the training backends the fused op (saved:
+/// the per-row reciprocal root mean square) instead of burn's autodiff chain (square, mean, add, sqrt,
+/// reciprocal, two products, each tracked); elsewhere the inputs back (`Err`).
+#[allow(clippy::type_complexity)]
+pub fn try_rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, 1>)> {
+    try_norm((x, weight, None), eps, false).map_err(|(x, w, _)| (x, w))
+}
+
+/// LayerNorm (`centre`, with a bias) or RMSNorm (no bias: zeros stand in) on the training backends.
+fn try_norm<B: Backend, const D: usize>(
+    inputs: LayerNormInputs<B, D>,
+    eps: f64,
+    centre: bool,
+) -> Result<Tensor<B, D>, LayerNormInputs<B, D>> {
+    if !kernels_enabled() {
+        return Err(inputs);
     }
     #[allow(dead_code)]
     fn run<B: Backend, K: KernelOps, const D: usize>(
         inputs: LayerNormInputs<B, D>,
         eps: f64,
+        centre: bool,
     ) -> Result<Tensor<B, D>, LayerNormInputs<B, D>> {
         let (x, gamma, beta) = cast::<_, LayerNormInputs<K, D>>(inputs)?;
-        let beta = beta.expect("checked above: a bias");
-        Ok(cast(layer_norm::<K, D>(x, gamma, beta, eps))
+        let beta = beta.unwrap_or_else(|| gamma.zeros_like());
+        let y = Tensor::from_primitive(TensorPrimitive::Float(<K as KernelOps>::layer_norm(
+            x.into_primitive().tensor(),
+            gamma.into_primitive().tensor(),
+            beta.into_primitive().tensor(),
+            eps,
+            centre,
+        )));
+        Ok(cast::<Tensor<K, D>, Tensor<B, D>>(y)
             .ok()
             .expect("K is B: the cast above succeeded"))
     }
-    let inputs = (x, gamma, beta);
     #[cfg(feature = "flex")]
-    let inputs = match run::<B, Autodiff<burn::backend::Flex>, D>(inputs, eps) {
+    let inputs = match run::<B, Autodiff<burn::backend::Flex>, D>(inputs, eps, centre) {
         Ok(y) => return Ok(y),
         Err(i) => i,
     };
     #[cfg(feature = "ndarray")]
-    let inputs = match run::<B, Autodiff<burn::backend::NdArray>, D>(inputs, eps) {
+    let inputs = match run::<B, Autodiff<burn::backend::NdArray>, D>(inputs, eps, centre) {
         Ok(y) => return Ok(y),
         Err(i) => i,
     };
     #[cfg(feature = "cuda")]
-    let inputs = match run::<B, Autodiff<burn::backend::Cuda>, D>(inputs, eps) {
+    let inputs = match run::<B, Autodiff<burn::backend::Cuda>, D>(inputs, eps, centre) {
         Ok(y) => return Ok(y),
         Err(i) => i,
     };
-    let _ = eps;
+    let _ = (eps, centre);
     Err(inputs)
 }
 

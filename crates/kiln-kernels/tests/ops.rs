@@ -1,6 +1,6 @@
 //! kiln-kernels' fused ops against burn's decomposed chains through burn's autodiff, on flex (the kernels) and ndarray (the
 //! composed defaults inside the custom node). Cross-entropy (`log_softmax` + `gather`): loss rows and the gradient
-//! with ignored rows, the untracked path, targets outside the vocabulary. LayerNorm: y, dx, dgamma, dbeta.
+//! with ignored rows, the untracked path, targets outside the vocabulary. LayerNorm and RMSNorm: y, dx, dgamma, dbeta.
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::prelude::*;
@@ -181,7 +181,7 @@ fn targets_outside_the_vocabulary_are_errors() {
 
 // ------------------------------------------------------------------------------------------------ LayerNorm
 
-fn ln_check<B: KernelOps>(dims: [usize; 3])
+fn ln_check<B: KernelOps>(dims: [usize; 3], centre: bool)
 where
     Autodiff<B>: KernelOps,
 {
@@ -203,14 +203,21 @@ where
         let x = Tensor::<Autodiff<B>, 3>::from_data(x0.clone(), &dev).require_grad();
         let g = Tensor::<Autodiff<B>, 1>::from_data(g0.clone(), &dev).require_grad();
         let bb = Tensor::<Autodiff<B>, 1>::from_data(b0.clone(), &dev).require_grad();
-        let y = if fused {
-            kiln_kernels::layer_norm(x.clone(), g.clone(), bb.clone(), 1e-5)
-        } else {
-            let mean = x.clone().mean_dim(2);
-            let xc = x.clone() - mean;
-            let var = xc.clone().powi_scalar(2).mean_dim(2);
-            xc / (var + 1e-5).sqrt() * g.clone().unsqueeze_dim::<2>(0).unsqueeze_dim::<3>(0)
-                + bb.clone().unsqueeze_dim::<2>(0).unsqueeze_dim::<3>(0)
+        let bias = bb.clone().unsqueeze_dim::<2>(0).unsqueeze_dim::<3>(0);
+        // RMSNorm (T5's) has no bias of its own: burn's add puts one after it, so dbeta is checked either way.
+        let y = match (fused, centre) {
+            (true, true) => kiln_kernels::layer_norm(x.clone(), g.clone(), bb.clone(), 1e-5),
+            (true, false) => kiln_kernels::rms_norm(x.clone(), g.clone(), 1e-5) + bias,
+            (false, _) => {
+                let xc = if centre {
+                    x.clone() - x.clone().mean_dim(2)
+                } else {
+                    x.clone()
+                };
+                let var = xc.clone().powi_scalar(2).mean_dim(2);
+                xc / (var + 1e-5).sqrt() * g.clone().unsqueeze_dim::<2>(0).unsqueeze_dim::<3>(0)
+                    + bias
+            }
         };
         let yv: Vec<f32> = y.clone().inner().into_data().to_vec().unwrap();
         let grads = (y * w.clone()).sum().backward();
@@ -225,7 +232,7 @@ where
     };
     let (fy, fx, fg, fb) = run(true);
     let (ry, rx, rg, rb) = run(false);
-    let name = std::any::type_name::<B>();
+    let name = format!("{} centre={centre}", std::any::type_name::<B>());
     assert!(
         rel_err(&fy, &ry) <= 1e-5,
         "{name} {dims:?} y: {}",
@@ -238,11 +245,13 @@ where
 }
 
 #[test]
-fn fused_layer_norm_equals_the_decomposed_chain() {
-    ln_check::<Flex>([2, 3, 64]);
-    ln_check::<Flex>([3, 50, 37]); // several rayon tasks, d not a multiple of 8
-    ln_check::<Flex>([1, 130, 768]);
-    ln_check::<NdArray>([2, 3, 64]);
+fn fused_layer_norm_and_rms_norm_equal_the_decomposed_chain() {
+    for centre in [true, false] {
+        ln_check::<Flex>([2, 3, 64], centre);
+        ln_check::<Flex>([3, 50, 37], centre); // several rayon tasks, d not a multiple of 8
+        ln_check::<Flex>([1, 130, 768], centre);
+        ln_check::<NdArray>([2, 3, 64], centre);
+    }
 }
 
 /// Deterministic values in [-scale/2, scale/2).

@@ -150,9 +150,10 @@ impl KernelOps for Flex {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         eps: f64,
+        centre: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         if [&x, &gamma, &beta].iter().any(|t| t.dtype() != DType::F32) {
-            return composed::layer_norm_fwd::<Self>(x, gamma, beta, eps);
+            return composed::layer_norm_fwd::<Self>(x, gamma, beta, eps, centre);
         }
         let shape = x.shape();
         let (n, rows, d) = rows_width(&shape);
@@ -179,8 +180,12 @@ impl KernelOps for Flex {
                 {
                     let row = &xs[(c * NORM_ROWS + k) * d..][..d];
                     // Two passes over the row (in cache): the mean, then the centred variance (more accurate
-                    // than one pass of sum and sum of squares).
-                    let mu = row.iter().sum::<f32>() / d as f32;
+                    // than one pass of sum and sum of squares). RMSNorm: the mean is 0.
+                    let mu = if centre {
+                        row.iter().sum::<f32>() / d as f32
+                    } else {
+                        0.0
+                    };
                     let var = row.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / d as f32;
                     let rs = 1.0 / (var + eps).sqrt();
                     for (((y, &v), &g), &b) in y.iter_mut().zip(row).zip(g).zip(b) {
@@ -203,12 +208,13 @@ impl KernelOps for Flex {
         gamma: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         rstd: FloatTensor<Self>,
+        centre: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         if [&dy, &x, &gamma, &mean, &rstd]
             .iter()
             .any(|t| t.dtype() != DType::F32)
         {
-            return composed::layer_norm_bwd::<Self>(dy, x, gamma, mean, rstd);
+            return composed::layer_norm_bwd::<Self>(dy, x, gamma, mean, rstd, centre);
         }
         let shape = x.shape();
         let (n, rows, d) = rows_width(&shape);
@@ -247,7 +253,9 @@ impl KernelOps for Flex {
                         *dgv += dyv * xhat;
                         *dbv += dyv;
                     }
-                    let (mg, mgx) = (sum_g / d as f32, sum_gx / d as f32);
+                    // RMSNorm's dx has no mean term.
+                    let mg = if centre { sum_g / d as f32 } else { 0.0 };
+                    let mgx = sum_gx / d as f32;
                     for (((dxv, &v), &dyv), &gv) in dx.iter_mut().zip(row).zip(dyr).zip(g) {
                         let xhat = (v - mu) * rsd;
                         *dxv = (dyv * gv - mg - xhat * mgx) * rsd;

@@ -369,8 +369,13 @@ pub struct T5LayerNorm<B: Backend> {
 }
 
 impl<B: Backend> T5LayerNorm<B> {
-    /// Normalises `[b, s, d_model]` over the last dimension.
+    /// Normalises `[b, s, d_model]` over the last dimension. Training backends run kiln-kernels' fused RMSNorm
+    /// (one pass each way, the per-row reciprocal root mean square saved); the others the formula below.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = match kiln_kernels::try_rms_norm(x, self.weight.val(), self.eps) {
+            Ok(y) => return y,
+            Err((x, _)) => x,
+        };
         // Activations are f32 here, so the variance is computed in f32 as transformers does.
         let var = x.clone().powi_scalar(2).mean_dim(2);
         let x = x * var.add_scalar(self.eps).sqrt().recip();
