@@ -29,6 +29,16 @@ fn encoder_output_and_logits_match_transformers() {
     s2s::forward_matches("bart", &m, 1e-4);
 }
 
+/// On the training backend (autodiff over flex) BART runs kiln-kernels' fused LayerNorm, attention and GELU:
+/// the same reference, the same tolerance.
+#[test]
+fn training_backend_logits_match_transformers() {
+    type AB = burn::backend::Autodiff<B>;
+    let (_, m, _) =
+        kiln_models::bart::load::<AB>(&fixtures().join("bart"), &Default::default()).unwrap();
+    s2s::forward_matches("bart", &m, 1e-4);
+}
+
 #[test]
 fn generate_matches_transformers_in_every_mode() {
     s2s::generate_matches("bart", &model());

@@ -32,7 +32,7 @@ pub fn tokenizer_matches(name: &str) {
 
 /// kiln's encoder output (where attention_mask = 1) and teacher-forced logits for the reference inputs,
 /// with their max |Δ| from `want_enc` / `want_logits` (flattened `[b, s, d]` / `[b, t, vocab]`).
-pub fn forward_errors<M: EncoderDecoder<B>>(
+pub fn forward_errors<Bk: burn::prelude::Backend, M: EncoderDecoder<Bk>>(
     name: &str,
     m: &M,
     want_enc: &[f32],
@@ -41,7 +41,8 @@ pub fn forward_errors<M: EncoderDecoder<B>>(
     let r = reference(name);
     let ids = rows_u32(&r["input_ids"]);
     let mask = rows_u8(&r["attention_mask"]);
-    let t = kiln_models::attention::ids_tensor::<B>(&ids, &device());
+    let dev: Bk::Device = Default::default();
+    let t = kiln_models::attention::ids_tensor::<Bk>(&ids, &dev);
     let enc = m.encode(t, &mask).unwrap();
     let [b, s, d] = enc.dims();
     let got: Vec<f32> = enc.clone().into_data().to_vec().unwrap();
@@ -55,8 +56,7 @@ pub fn forward_errors<M: EncoderDecoder<B>>(
             }
         }
     }
-    let dec =
-        kiln_models::attention::ids_tensor::<B>(&rows_u32(&r["decoder_input_ids"]), &device());
+    let dec = kiln_models::attention::ids_tensor::<Bk>(&rows_u32(&r["decoder_input_ids"]), &dev);
     let logits: Vec<f32> = m
         .decoder_logits(dec, enc, &mask)
         .unwrap()
@@ -67,7 +67,11 @@ pub fn forward_errors<M: EncoderDecoder<B>>(
 }
 
 /// Encoder output and logits within `tol` of transformers' fp32 reference.
-pub fn forward_matches<M: EncoderDecoder<B>>(name: &str, m: &M, tol: f32) {
+pub fn forward_matches<Bk: burn::prelude::Backend, M: EncoderDecoder<Bk>>(
+    name: &str,
+    m: &M,
+    tol: f32,
+) {
     let r = reference(name);
     let (e, l) = forward_errors(
         name,

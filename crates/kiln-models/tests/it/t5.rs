@@ -85,6 +85,17 @@ fn encoder_output_and_logits_match_transformers_v1_1() {
     s2s::forward_matches("t5-v1_1", &m, 1e-4);
 }
 
+/// On the training backend (autodiff over flex) the model runs kiln-kernels' fused RMSNorm, attention and GELU
+/// instead of the inference ops: the same reference, the same tolerance.
+#[test]
+fn training_backend_logits_match_transformers() {
+    type AB = burn::backend::Autodiff<B>;
+    for name in ["t5", "t5-v1_1"] {
+        let (_, m, _) = t5::load::<AB>(&fixtures().join(name), &Default::default()).unwrap();
+        s2s::forward_matches(name, &m, 1e-4);
+    }
+}
+
 #[test]
 fn generate_matches_transformers_in_every_mode_v1_0() {
     s2s::generate_matches("t5", &model("t5").1);
