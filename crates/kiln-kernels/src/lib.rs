@@ -638,6 +638,7 @@ pub fn try_fused_attention<B: Backend>(
     if !fused_attention_enabled() {
         return Err((q, k, v, bias));
     }
+    #[allow(dead_code)]
     fn run<B: Backend, K: KernelOps>(
         inputs: AttentionInputs<B>,
         scale: f64,
@@ -697,6 +698,68 @@ pub fn try_write_positions<B: Backend>(
     {
         let _ = at;
         Err((buf, value))
+    }
+}
+
+/// One AdamW update's settings for [`try_adamw_step`]: burn's `AdamWConfig` (no AMSGrad, no cautious decay) and
+/// the step count after this update (1 on the first).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay (burn's default 0.9).
+    pub beta_1: f32,
+    /// Second-moment decay (burn's default 0.999).
+    pub beta_2: f32,
+    /// Added to the root of the corrected second moment.
+    pub epsilon: f32,
+    /// Decoupled weight decay (multiplied by the learning rate).
+    pub weight_decay: f32,
+    /// The step count after this update: 1 on the first.
+    pub time: usize,
+}
+
+/// [`try_adamw_step`]'s inputs: parameter, gradient and (first, second) moments (`None` on the first step).
+pub type AdamWInputs<B, const D: usize> = (
+    Tensor<B, D>,
+    Tensor<B, D>,
+    Option<(Tensor<B, D>, Tensor<B, D>)>,
+);
+
+/// One AdamW update of a parameter, as burn's `AdamW` computes it (`m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+/// `p ← p·(1 − lr·λ) − lr · m̂ / (√v̂ + ε)` with the bias corrections), returning (parameter, m, v). On flex one
+/// pass over the four buffers, written in place where they are not shared — burn's optimizer runs about fifteen
+/// elementwise ops per parameter, each a pass over memory into a fresh buffer (a BART-base full fine-tuning step:
+/// ≈ 20% of the step). Other backends (and other dtypes) get the inputs back.
+pub fn try_adamw_step<B: Backend, const D: usize>(
+    param: Tensor<B, D>,
+    grad: Tensor<B, D>,
+    moments: Option<(Tensor<B, D>, Tensor<B, D>)>,
+    step: AdamWStep,
+) -> Result<(Tensor<B, D>, Tensor<B, D>, Tensor<B, D>), AdamWInputs<B, D>> {
+    if !kernels_enabled() {
+        return Err((param, grad, moments));
+    }
+    #[cfg(feature = "flex")]
+    {
+        type F = burn::backend::Flex;
+        let (p, g, mv) = cast::<AdamWInputs<B, D>, AdamWInputs<F, D>>((param, grad, moments))?;
+        let prim = |t: Tensor<F, D>| t.into_primitive().tensor();
+        let back = |t| Tensor::<F, D>::from_primitive(TensorPrimitive::Float(t));
+        let out =
+            match flex::adamw_step(prim(p), prim(g), mv.map(|(m, v)| (prim(m), prim(v))), &step) {
+                Ok((p, m, v)) => Ok((back(p), back(m), back(v))),
+                Err((p, g, mv)) => Err((back(p), back(g), mv.map(|(m, v)| (back(m), back(v))))),
+            };
+        match out {
+            Ok(t) => Ok(cast(t).ok().expect("F is B")),
+            Err(i) => Err(cast(i).ok().expect("F is B")),
+        }
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = step;
+        Err((param, grad, moments))
     }
 }
 

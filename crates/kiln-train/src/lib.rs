@@ -42,6 +42,7 @@ pub mod chart;
 pub mod distributed;
 pub mod error;
 pub mod loss;
+pub mod optim;
 pub mod recipes;
 pub mod said;
 pub mod tasks;

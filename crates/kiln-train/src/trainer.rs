@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamConfig, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
@@ -445,24 +445,19 @@ fn with_optimizer<B: AutodiffBackend, T: Task<B>>(
     rep: &Replica,
 ) -> Result<(T::Model, TrainReport)> {
     match cfg.optimizer {
-        OptimizerKind::AdamW => {
-            let mut c = AdamWConfig::new()
-                .with_weight_decay(cfg.weight_decay as f32)
-                .with_epsilon(cfg.adam_epsilon as f32);
-            if let Some(n) = cfg.max_grad_norm {
-                c = c
-                    .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(n)));
-            }
-            run(
-                task,
-                model,
-                batcher,
-                cfg,
-                c.init::<B, T::Model>(),
-                trainable_params,
-                rep,
-            )
-        }
+        OptimizerKind::AdamW => run(
+            task,
+            model,
+            batcher,
+            cfg,
+            crate::optim::adamw::<B, T::Model>(
+                cfg.weight_decay as f32,
+                cfg.adam_epsilon as f32,
+                cfg.max_grad_norm,
+            ),
+            trainable_params,
+            rep,
+        ),
         OptimizerKind::Adam => {
             let mut c = AdamConfig::new().with_epsilon(cfg.adam_epsilon as f32);
             if cfg.weight_decay > 0.0 {

@@ -412,3 +412,88 @@ pub(crate) fn small_rows_matmul(
     }
     matmul::matmul(x, w, None).map_err(|(x, w, _)| (x, w))
 }
+
+/// One AdamW update (burn's `AdamW` without AMSGrad or cautious decay, the same f32 arithmetic per element) in
+/// one pass over parameter, gradient and moments, written into the parameter's and the moments' buffers when they
+/// are not shared. `moments` `None` is the first step (moments start at 0). `Err` with the inputs back for other
+/// dtypes or mismatched shapes.
+#[allow(clippy::type_complexity)]
+pub(crate) fn adamw_step(
+    p: FlexTensor,
+    g: FlexTensor,
+    moments: Option<(FlexTensor, FlexTensor)>,
+    s: &crate::AdamWStep,
+) -> Result<
+    (FlexTensor, FlexTensor, FlexTensor),
+    (FlexTensor, FlexTensor, Option<(FlexTensor, FlexTensor)>),
+> {
+    let shape = p.shape();
+    let same = |t: &FlexTensor| t.dtype() == DType::F32 && t.shape() == shape;
+    if !same(&p) || !same(&g) || moments.as_ref().is_some_and(|(m, v)| !same(m) || !same(v)) {
+        return Err((p, g, moments));
+    }
+    let n = shape.num_elements();
+    // `to_contiguous` borrows: the input is dropped after it, so a buffer held by nobody else stays unique.
+    let contiguous = |t: FlexTensor| {
+        let c = t.to_contiguous();
+        drop(t);
+        c
+    };
+    let (p, g) = (contiguous(p), contiguous(g));
+    let fresh = || f32_tensor(vec![0.0; n], shape.to_vec());
+    let moments = moments.map(|(m, v)| (contiguous(m), contiguous(v)));
+    // In place when no buffer is shared (moments absent: the first step); else every new value goes to a fresh
+    // buffer, read from the old ones (optimizer states arrive shared with burn's record map).
+    let in_place = p.is_unique()
+        && moments
+            .as_ref()
+            .is_none_or(|(m, v)| m.is_unique() && v.is_unique());
+    let (mut out, mut m, mut v, src) = match moments {
+        Some((m, v)) if in_place => (p, m, v, None),
+        None if in_place => (p, fresh(), fresh(), None),
+        Some((m, v)) => (fresh(), fresh(), fresh(), Some((p, m, v))),
+        None => (fresh(), fresh(), fresh(), Some((p, fresh(), fresh()))),
+    };
+    let (b1, b2) = (s.beta_1, s.beta_2);
+    let t = s.time as i32;
+    let decay_rate = s.lr * s.weight_decay as f64;
+    let k = rows::AdamWConsts {
+        b1,
+        b2,
+        f1: 1.0 - b1,
+        f2: 1.0 - b2,
+        c1: 1f32 - b1.powi(t),
+        c2: 1f32 - b2.powi(t),
+        eps: s.epsilon,
+        keep: (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32),
+        lr: s.lr as f32,
+    };
+    let gs: &[f32] = &g.storage::<f32>()[..n];
+    let src = src.as_ref().map(|(p, m, v)| {
+        (
+            &p.storage::<f32>()[..n],
+            &m.storage::<f32>()[..n],
+            &v.storage::<f32>()[..n],
+        )
+    });
+    let (Some(ps), Some(ms), Some(vs)) = (
+        out.try_storage_mut::<f32>(),
+        m.try_storage_mut::<f32>(),
+        v.try_storage_mut::<f32>(),
+    ) else {
+        unreachable!("unique or fresh buffers")
+    };
+    ps[..n]
+        .par_chunks_mut(ELEMS)
+        .zip(ms[..n].par_chunks_mut(ELEMS))
+        .zip(vs[..n].par_chunks_mut(ELEMS))
+        .zip(gs.par_chunks(ELEMS))
+        .enumerate()
+        .for_each(|(c, (((p, m), v), g))| {
+            let r = c * ELEMS..c * ELEMS + p.len();
+            let src = src.map(|(a, b, d)| (&a[r.clone()], &b[r.clone()], &d[r]));
+            rows::adamw(p, m, v, g, src, k);
+        });
+    let p = out;
+    Ok((p, m, v))
+}

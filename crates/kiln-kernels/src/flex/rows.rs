@@ -435,6 +435,76 @@ pub fn rows_dot_columns(
     rows_dot_columns_portable(out, n_out, x, k, w, w_col, cols)
 }
 
+/// One AdamW update's per-element constants (see `flex::adamw_step`).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWConsts {
+    pub b1: f32,
+    pub b2: f32,
+    pub f1: f32,
+    pub f2: f32,
+    pub c1: f32,
+    pub c2: f32,
+    pub eps: f32,
+    /// `1 − lr·λ`, or `None` without weight decay.
+    pub keep: Option<f32>,
+    pub lr: f32,
+}
+
+#[inline(always)]
+fn adamw_elem(pv: f32, mv: f32, vv: f32, g: f32, k: &AdamWConsts) -> (f32, f32, f32) {
+    let mi = mv * k.b1 + g * k.f1;
+    let vi = vv * k.b2 + g * g * k.f2;
+    let delta = (mi / k.c1) / ((vi / k.c2).sqrt() + k.eps);
+    let pv = match k.keep {
+        Some(keep) => pv * keep,
+        None => pv,
+    };
+    (pv - delta * k.lr, mi, vi)
+}
+
+/// The values before the update, when they are not read from the output buffers themselves.
+pub type AdamWSources<'a> = Option<(&'a [f32], &'a [f32], &'a [f32])>;
+
+#[inline(always)]
+fn adamw_body(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[f32],
+    src: AdamWSources,
+    k: AdamWConsts,
+) {
+    let n = p.len().min(m.len()).min(v.len()).min(g.len());
+    let (p, m, v, g) = (&mut p[..n], &mut m[..n], &mut v[..n], &g[..n]);
+    match src {
+        // Shared buffers: read the old values there, write the new ones here.
+        Some((ps, ms, vs)) => {
+            let (ps, ms, vs) = (&ps[..n], &ms[..n], &vs[..n]);
+            for i in 0..n {
+                (p[i], m[i], v[i]) = adamw_elem(ps[i], ms[i], vs[i], g[i], &k);
+            }
+        }
+        None => {
+            for i in 0..n {
+                (p[i], m[i], v[i]) = adamw_elem(p[i], m[i], v[i], g[i], &k);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// One AdamW update over a chunk of parameter, moments and gradient (in place, or from `src`), on the widest
+    /// vectors the CPU has.
+    pub fn adamw = adamw_body(
+        p: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        g: &[f32],
+        src: AdamWSources,
+        k: AdamWConsts
+    ) -> ()
+}
+
 /// The normal CDF Φ(x) = ½·(1 + erf(x/√2)) with erf as PyTorch's vectorised CPU kernel computes it (Abramowitz &
 /// Stegun 7.1.26: `erfc(z) = t·P(t)·e^(−z²)`, `t = 1 / (1 + 0.3275911·z)`, absolute error ≤ 1.5e-7), taking the
 /// tail `½·erfc(|z|)` directly for x < 0 (no cancellation in `1 + erf`).
