@@ -763,6 +763,33 @@ pub fn try_adamw_step<B: Backend, const D: usize>(
     }
 }
 
+/// Row r (dim 0) of a KV cache buffer `[b, h, cap, d]` becomes row `idx[r]` over its first `len` positions, in
+/// place on flex when the buffer is not shared (a beam search's reorder: only the rows that change, only the
+/// filled positions — `select` copies the whole buffer). `Err(buf)` elsewhere, or when `idx` changes the row count.
+pub fn try_select_rows<B: Backend>(
+    buf: Tensor<B, 4>,
+    idx: &[usize],
+    len: usize,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    #[cfg(feature = "flex")]
+    {
+        type F = burn::backend::Flex;
+        let buf = cast::<Tensor<B, 4>, Tensor<F, 4>>(buf)?;
+        let out = flex::select_rows(buf.into_primitive().tensor(), idx, len)
+            .map(|t| Tensor::<F, 4>::from_primitive(TensorPrimitive::Float(t)))
+            .map_err(|t| Tensor::<F, 4>::from_primitive(TensorPrimitive::Float(t)));
+        match out {
+            Ok(t) => Ok(cast(t).ok().expect("F is B")),
+            Err(t) => Err(cast(t).ok().expect("F is B")),
+        }
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (idx, len);
+        Err(buf)
+    }
+}
+
 /// Whether [`try_small_rows_matmul`] takes products on backend `B` (flex, with the kernels on): callers that would
 /// otherwise prepare a layout for burn's product (a materialised `Eᵀ`) can skip it.
 pub fn has_small_rows_matmul<B: Backend>() -> bool {

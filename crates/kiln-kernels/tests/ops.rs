@@ -545,6 +545,38 @@ fn write_positions_is_in_place_on_an_unshared_flex_buffer() {
     );
 }
 
+/// `try_select_rows` (a beam reorder of a KV cache buffer, in place) equals `select` on the filled positions, for
+/// reorders with repeated parents, cycles and untouched rows; shared buffers, other row counts and ndarray get the
+/// buffer back.
+#[test]
+fn select_rows_in_place_equals_select() {
+    let dev = Default::default();
+    let (b, h, cap, d, len) = (5, 3, 9, 4, 6);
+    for idx in [
+        vec![0usize, 0, 1, 2, 2],
+        vec![1, 2, 3, 4, 0],
+        vec![0, 1, 2, 3, 4],
+        vec![4, 4, 4, 4, 4],
+        vec![2, 0, 2, 1, 3],
+    ] {
+        let fresh = || Tensor::<Flex, 4>::from_data(data4([b, h, cap, d], 11, 2.0), &dev);
+        let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+        let t = Tensor::<Flex, 1, Int>::from_data(TensorData::new(ids, [b]), &dev);
+        let want = fresh().select(0, t).slice([0..b, 0..h, 0..len, 0..d]);
+        let got = kiln_kernels::try_select_rows(fresh(), &idx, len)
+            .ok()
+            .expect("unshared flex buffer")
+            .slice([0..b, 0..h, 0..len, 0..d]);
+        assert_eq!(got.into_data(), want.into_data(), "{idx:?}");
+    }
+    let buf = Tensor::<Flex, 4>::zeros([2, 1, 4, 2], &dev);
+    let keep = buf.clone();
+    assert!(kiln_kernels::try_select_rows(buf, &[1, 0], 4).is_err());
+    assert!(kiln_kernels::try_select_rows(keep, &[0, 0, 1], 4).is_err());
+    let nd = Tensor::<NdArray, 4>::zeros([2, 1, 4, 2], &Default::default());
+    assert!(kiln_kernels::try_select_rows(nd, &[1, 0], 4).is_err());
+}
+
 /// `try_small_rows_matmul` (decode products) equals flex's matmul for 1 to 8 rows, a row-major weight and a
 /// transposed view (a tied embedding), widths that are not a multiple of its blocks; more rows and ndarray get
 /// their inputs back.

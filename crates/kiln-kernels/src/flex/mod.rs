@@ -393,6 +393,60 @@ pub(crate) fn write_positions(
     Ok(buf)
 }
 
+/// Row r of `buf` `[b, h, cap, d]` (dim 0) becomes row `idx[r]` over the first `len` positions of dim 2, in place
+/// (a beam search's cache reorder): only rows that change are written, and a source row that is itself
+/// overwritten is saved first. `Err` with `buf` back when it is shared, not a plain contiguous f32 buffer, or
+/// `idx` / `len` do not fit.
+pub(crate) fn select_rows(
+    mut buf: FlexTensor,
+    idx: &[usize],
+    len: usize,
+) -> Result<FlexTensor, FlexTensor> {
+    let bs = buf.shape();
+    let fits = buf.dtype() == DType::F32
+        && bs.num_dims() == 4
+        && idx.len() == bs[0]
+        && idx.iter().all(|&i| i < bs[0])
+        && len <= bs[2]
+        && buf.is_contiguous()
+        && buf.layout().start_offset() == 0;
+    if !fits || !buf.is_unique() {
+        return Err(buf);
+    }
+    let [b, h, cap, d] = [bs[0], bs[1], bs[2], bs[3]];
+    let seg = len * d;
+    let at = |r: usize, hh: usize| (r * h + hh) * cap * d;
+    let Some(data) = buf.try_storage_mut::<f32>() else {
+        return Err(buf);
+    };
+    let changed: Vec<usize> = (0..b).filter(|&r| idx[r] != r).collect();
+    // Sources that are overwritten too: their filled parts, read before any write.
+    let mut saved: Vec<(usize, Vec<f32>)> = Vec::new();
+    for &r in &changed {
+        let s = idx[r];
+        if idx[s] != s && !saved.iter().any(|(t, _)| *t == s) {
+            let mut v = Vec::with_capacity(h * seg);
+            for hh in 0..h {
+                v.extend_from_slice(&data[at(s, hh)..at(s, hh) + seg]);
+            }
+            saved.push((s, v));
+        }
+    }
+    for &r in &changed {
+        let s = idx[r];
+        let kept = saved.iter().find(|(t, _)| *t == s).map(|(_, v)| v);
+        for hh in 0..h {
+            match kept {
+                Some(v) => {
+                    data[at(r, hh)..at(r, hh) + seg].copy_from_slice(&v[hh * seg..(hh + 1) * seg])
+                }
+                None => data.copy_within(at(s, hh)..at(s, hh) + seg, at(r, hh)),
+            }
+        }
+    }
+    Ok(buf)
+}
+
 /// Rows up to which [`small_rows_matmul`] takes a product (decoding: one row per sequence or beam).
 pub(crate) const SMALL_ROWS: usize = matmul::FEW_ROWS;
 

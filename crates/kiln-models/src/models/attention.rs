@@ -213,9 +213,18 @@ impl<B: Backend> KvCache<B> {
         let device = first.k.device();
         let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
         let t = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [idx.len()]), &device);
+        // In place on flex (only the rows that change, only the filled positions); `select` copies the buffer.
+        let reorder = |buf: Tensor<B, 4>, len: usize| {
+            kiln_kernels::try_select_rows(buf, idx, len)
+                .unwrap_or_else(|buf| buf.select(0, t.clone()))
+        };
         for l in self.layers.iter_mut().flatten() {
-            l.k = l.k.clone().select(0, t.clone());
-            l.v = l.v.clone().select(0, t.clone());
+            let (k, v) = (
+                std::mem::replace(&mut l.k, Tensor::empty([0, 0, 0, 0], &device)),
+                std::mem::replace(&mut l.v, Tensor::empty([0, 0, 0, 0], &device)),
+            );
+            l.k = reorder(k, l.len);
+            l.v = reorder(v, l.len);
         }
     }
 
