@@ -218,13 +218,15 @@ impl<B: Backend> KvCache<B> {
             kiln_kernels::try_select_rows(buf, idx, len)
                 .unwrap_or_else(|buf| buf.select(0, t.clone()))
         };
-        for l in self.layers.iter_mut().flatten() {
-            let (k, v) = (
-                std::mem::replace(&mut l.k, Tensor::empty([0, 0, 0, 0], &device)),
-                std::mem::replace(&mut l.v, Tensor::empty([0, 0, 0, 0], &device)),
-            );
-            l.k = reorder(k, l.len);
-            l.v = reorder(v, l.len);
+        // Each layer taken out of its slot, so that its buffers are not shared while they are reordered.
+        for slot in self.layers.iter_mut() {
+            if let Some(g) = slot.take() {
+                *slot = Some(Growing {
+                    k: reorder(g.k, g.len),
+                    v: reorder(g.v, g.len),
+                    len: g.len,
+                });
+            }
         }
     }
 
