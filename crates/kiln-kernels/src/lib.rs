@@ -945,13 +945,7 @@ pub fn layer_norm<B: KernelOps, const D: usize>(
     beta: Tensor<B, 1>,
     eps: f64,
 ) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(<B as KernelOps>::layer_norm(
-        x.into_primitive().tensor(),
-        gamma.into_primitive().tensor(),
-        beta.into_primitive().tensor(),
-        eps,
-        true,
-    )))
+    norm(x, gamma, Some(beta), eps, true)
 }
 
 /// RMSNorm over the last dimension of `x` with `weight` `[d]` (T5's `T5LayerNorm`):
@@ -962,13 +956,24 @@ pub fn rms_norm<B: KernelOps, const D: usize>(
     weight: Tensor<B, 1>,
     eps: f64,
 ) -> Tensor<B, D> {
-    let zeros = weight.zeros_like();
+    norm(x, weight, None, eps, false)
+}
+
+/// [`KernelOps::layer_norm`] on tensors; no bias (RMSNorm): zeros stand in.
+fn norm<B: KernelOps, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    eps: f64,
+    centre: bool,
+) -> Tensor<B, D> {
+    let beta = beta.unwrap_or_else(|| gamma.zeros_like());
     Tensor::from_primitive(TensorPrimitive::Float(<B as KernelOps>::layer_norm(
         x.into_primitive().tensor(),
-        weight.into_primitive().tensor(),
-        zeros.into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+        beta.into_primitive().tensor(),
         eps,
-        false,
+        centre,
     )))
 }
 
@@ -1020,17 +1025,11 @@ fn try_norm<B: Backend, const D: usize>(
         centre: bool,
     ) -> Result<Tensor<B, D>, LayerNormInputs<B, D>> {
         let (x, gamma, beta) = cast::<_, LayerNormInputs<K, D>>(inputs)?;
-        let beta = beta.unwrap_or_else(|| gamma.zeros_like());
-        let y = Tensor::from_primitive(TensorPrimitive::Float(<K as KernelOps>::layer_norm(
-            x.into_primitive().tensor(),
-            gamma.into_primitive().tensor(),
-            beta.into_primitive().tensor(),
-            eps,
-            centre,
-        )));
-        Ok(cast::<Tensor<K, D>, Tensor<B, D>>(y)
-            .ok()
-            .expect("K is B: the cast above succeeded"))
+        Ok(
+            cast::<Tensor<K, D>, Tensor<B, D>>(norm(x, gamma, beta, eps, centre))
+                .ok()
+                .expect("K is B: the cast above succeeded"),
+        )
     }
     #[cfg(feature = "flex")]
     let inputs = match run::<B, Autodiff<burn::backend::Flex>, D>(inputs, eps, centre) {

@@ -7,20 +7,13 @@
 //! every input row.
 //!
 //! The entry points check the slices' extents once; they are `unsafe` only because they need AVX-512F, which
-//! [`available`] says. Tests: the portable versions against these on ragged shapes (`rows::tests`).
+//! their callers in `rows` check (its run-time detection, shared with the other row passes). Tests: the portable versions against these on ragged shapes (`rows::tests`).
 
 use std::arch::x86_64::*;
 
 /// Weight rows per pass of [`rows_axpy`]: the accumulators of the input rows are loaded and stored once per
 /// sixteen weight rows (half as often as with eight; measured 1.3–2× on five rows with 3072 columns).
 const R: usize = 16;
-
-/// Whether the CPU has AVX-512F.
-pub(crate) fn available() -> bool {
-    static HAS: std::sync::LazyLock<bool> =
-        std::sync::LazyLock::new(|| std::arch::is_x86_feature_detected!("avx512f"));
-    *HAS
-}
 
 /// The lanes below `rem` (all sixteen when `rem ≥ 16`).
 #[inline(always)]

@@ -409,7 +409,7 @@ pub fn rows_axpy(
     r1: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::decode512::available() {
+    if *HAS_AVX512 {
         // SAFETY: the CPU has AVX-512F (checked at run time); the extents are checked inside.
         return unsafe { super::decode512::rows_axpy(acc, n, x, k, w, w_row, r0, r1) };
     }
@@ -428,7 +428,7 @@ pub fn rows_dot_columns(
     cols: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::decode512::available() {
+    if *HAS_AVX512 {
         // SAFETY: the CPU has AVX-512F (checked at run time); the extents are checked inside.
         return unsafe { super::decode512::rows_dot_columns(out, n_out, x, k, w, w_col, cols) };
     }
